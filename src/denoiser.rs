@@ -1,0 +1,298 @@
+//! The model interface: [`Denoiser`], its [`Prediction`] type, and conversions between
+//! prediction types.
+
+use ndarray::{Array, ArrayView, Dimension, Zip};
+
+use crate::error::{BoxError, Error, Result};
+use crate::float::Float;
+use crate::schedule::NoiseLevel;
+
+/// What a model's output means, at level `x = alpha x0 + sigma eps`.
+///
+/// | variant | output | diffusers |
+/// |---|---|---|
+/// | `Epsilon` | the noise `eps` | `"epsilon"` |
+/// | `Sample` | the clean sample `x0` | `"sample"` |
+/// | `Velocity` | `v = alpha eps - sigma x0` (Salimans & Ho 2022) | `"v_prediction"` |
+/// | `Flow` | the flow velocity `eps - x0` (rectified flow, `dx/dsigma` for `alpha = 1 - sigma`) | `"flow_prediction"` |
+///
+/// Every conversion is linear in `(x, output)`; [`to_x0`](Self::to_x0) and
+/// [`to_eps`](Self::to_eps) give the coefficients for any `(alpha, sigma)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Prediction {
+    /// The model predicts the noise `eps`.
+    Epsilon,
+    /// The model predicts the clean sample `x0`.
+    Sample,
+    /// The model predicts `v = alpha eps - sigma x0`.
+    Velocity,
+    /// The model predicts the rectified-flow velocity `eps - x0`.
+    Flow,
+}
+
+/// Coefficients of an estimate that is linear in the sample and the model output:
+/// `estimate = x * sample + out * output`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Linear {
+    /// Coefficient of the sample `x`.
+    pub x: f64,
+    /// Coefficient of the model output.
+    pub out: f64,
+}
+
+impl Linear {
+    fn finite(self) -> Option<Self> {
+        (self.x.is_finite() && self.out.is_finite()).then_some(self)
+    }
+}
+
+impl Prediction {
+    /// Coefficients of `x0` from `(x, output)` at `level`, or `None` where this prediction type
+    /// does not determine `x0` (an `Epsilon` output at `alpha = 0`).
+    ///
+    /// ```
+    /// use diffusion_samplers::{NoiseLevel, Prediction};
+    /// let l = NoiseLevel::from_alpha_bar(0.0, 0.36); // alpha 0.6, sigma 0.8
+    /// let c = Prediction::Epsilon.to_x0(&l).unwrap();
+    /// assert!((c.x - 1.0 / 0.6).abs() < 1e-12 && (c.out + 0.8 / 0.6).abs() < 1e-12);
+    /// assert!(Prediction::Epsilon.to_x0(&NoiseLevel::new(999.0, 0.0, 1.0)).is_none());
+    /// ```
+    pub fn to_x0(self, level: &NoiseLevel) -> Option<Linear> {
+        let (a, s) = (level.alpha, level.sigma);
+        match self {
+            Prediction::Epsilon => Linear { x: 1.0 / a, out: -s / a }.finite(),
+            Prediction::Sample => Some(Linear { x: 0.0, out: 1.0 }),
+            Prediction::Velocity => {
+                let n = a * a + s * s;
+                Linear { x: a / n, out: -s / n }.finite()
+            }
+            Prediction::Flow => {
+                let n = a + s;
+                Linear { x: 1.0 / n, out: -s / n }.finite()
+            }
+        }
+    }
+
+    /// Coefficients of `eps` from `(x, output)` at `level`, or `None` where this prediction type
+    /// does not determine `eps` (a `Sample` output at `sigma = 0`).
+    pub fn to_eps(self, level: &NoiseLevel) -> Option<Linear> {
+        let (a, s) = (level.alpha, level.sigma);
+        match self {
+            Prediction::Epsilon => Some(Linear { x: 0.0, out: 1.0 }),
+            Prediction::Sample => Linear { x: 1.0 / s, out: -a / s }.finite(),
+            Prediction::Velocity => {
+                let n = a * a + s * s;
+                Linear { x: s / n, out: a / n }.finite()
+            }
+            Prediction::Flow => {
+                let n = a + s;
+                Linear { x: 1.0 / n, out: a / n }.finite()
+            }
+        }
+    }
+
+    /// Coefficients `(c_x0, c_eps)` of this prediction's target from the clean sample and the
+    /// noise: `target = c_x0 x0 + c_eps eps` (the training target).
+    pub fn target_coefficients(self, level: &NoiseLevel) -> (f64, f64) {
+        match self {
+            Prediction::Epsilon => (0.0, 1.0),
+            Prediction::Sample => (1.0, 0.0),
+            Prediction::Velocity => (-level.sigma, level.alpha),
+            Prediction::Flow => (-1.0, 1.0),
+        }
+    }
+
+    /// Converts a model output of this prediction type at `level` into prediction type `to`.
+    ///
+    /// ```
+    /// use diffusion_samplers::{NoiseLevel, Prediction};
+    /// use ndarray::array;
+    /// let l = NoiseLevel::from_alpha_bar(0.0, 0.36);
+    /// let (x0, eps) = (array![0.5, -1.0], array![1.0, 2.0]);
+    /// let x = &x0 * l.alpha + &eps * l.sigma;
+    /// let v = &eps * l.alpha - &x0 * l.sigma;
+    /// let back = Prediction::Velocity.convert(Prediction::Sample, v.view(), x.view(), &l)?;
+    /// assert!((back[0] - 0.5f64).abs() < 1e-12 && (back[1] + 1.0f64).abs() < 1e-12);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `out` and `x` differ in shape; [`Error::Undetermined`] (with step 0)
+    /// where the conversion is undefined (see [`to_x0`](Self::to_x0), [`to_eps`](Self::to_eps)).
+    pub fn convert<F: Float, D: Dimension>(
+        self,
+        to: Prediction,
+        out: ArrayView<'_, F, D>,
+        x: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+    ) -> Result<Array<F, D>> {
+        if out.shape() != x.shape() {
+            return Err(Error::Shape {
+                what: "Prediction::convert (output vs sample)",
+                expected: x.shape().to_vec(),
+                got: out.shape().to_vec(),
+            });
+        }
+        let undetermined = |what| Error::Undetermined {
+            step: 0,
+            level: *level,
+            prediction: self,
+            what,
+        };
+        let (tx0, teps) = to.target_coefficients(level);
+        let mut cx = 0.0;
+        let mut co = 0.0;
+        if tx0 != 0.0 {
+            let c = self.to_x0(level).ok_or_else(|| undetermined("x0"))?;
+            cx += tx0 * c.x;
+            co += tx0 * c.out;
+        }
+        if teps != 0.0 {
+            let c = self.to_eps(level).ok_or_else(|| undetermined("eps"))?;
+            cx += teps * c.x;
+            co += teps * c.out;
+        }
+        let (cx, co) = (F::cast(cx), F::cast(co));
+        Ok(Zip::from(&out).and(&x).map_collect(|&o, &x| cx * x + co * o))
+    }
+}
+
+/// A diffusion model: maps a noisy sample at a level to its prediction.
+///
+/// `x` is exactly what the model was trained on (`alpha x0 + sigma eps` in its native scaling; no
+/// `scale_model_input` to remember), and `level.t` is its timestep input. Return an array of the
+/// same shape, interpreted according to [`prediction`](Self::prediction).
+///
+/// Implement it for your framework's model (candle, tch, burn, ONNX Runtime, ...), or wrap a
+/// closure with [`FnDenoiser`].
+///
+/// ```
+/// use diffusion_samplers::{BoxError, Denoiser, NoiseLevel, Prediction};
+/// use ndarray::{Array, ArrayView, IxDyn};
+///
+/// /// Predicts x0 = 0 whatever the input.
+/// struct Zero;
+/// impl Denoiser<f32, IxDyn> for Zero {
+///     fn prediction(&self) -> Prediction { Prediction::Sample }
+///     fn denoise(&mut self, x: ArrayView<'_, f32, IxDyn>, _: &NoiseLevel)
+///         -> Result<Array<f32, IxDyn>, BoxError> {
+///         Ok(Array::zeros(x.raw_dim()))
+///     }
+/// }
+/// ```
+pub trait Denoiser<F, D: Dimension> {
+    /// What [`denoise`](Self::denoise) returns.
+    fn prediction(&self) -> Prediction;
+
+    /// Evaluates the model on `x` at `level`.
+    ///
+    /// # Errors
+    /// Any error of the model; samplers wrap it in [`Error::Model`] with the step and level.
+    fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError>;
+}
+
+impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for &mut M {
+    fn prediction(&self) -> Prediction {
+        (**self).prediction()
+    }
+    fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        (**self).denoise(x, level)
+    }
+}
+
+impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for Box<M> {
+    fn prediction(&self) -> Prediction {
+        (**self).prediction()
+    }
+    fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        (**self).denoise(x, level)
+    }
+}
+
+/// A [`Denoiser`] from a closure `(x, level) -> Result<output, BoxError>` and its prediction type.
+///
+/// ```
+/// use diffusion_samplers::{BoxError, FnDenoiser, Prediction, NoiseLevel};
+/// use ndarray::{Array1, ArrayView1};
+/// // The exact epsilon-predictor for data that is always 0: x = sigma eps.
+/// let model = FnDenoiser::new(Prediction::Epsilon, |x: ArrayView1<'_, f64>, l: &NoiseLevel| {
+///     Ok::<Array1<f64>, BoxError>(x.mapv(|v| v / l.sigma))
+/// });
+/// # let _ = model;
+/// ```
+#[derive(Clone, Debug)]
+pub struct FnDenoiser<Fun> {
+    prediction: Prediction,
+    f: Fun,
+}
+
+impl<Fun> FnDenoiser<Fun> {
+    /// Wraps `f`, whose outputs are of type `prediction`.
+    pub fn new(prediction: Prediction, f: Fun) -> Self {
+        FnDenoiser { prediction, f }
+    }
+}
+
+impl<F, D, Fun> Denoiser<F, D> for FnDenoiser<Fun>
+where
+    D: Dimension,
+    Fun: FnMut(ArrayView<'_, F, D>, &NoiseLevel) -> Result<Array<F, D>, BoxError>,
+{
+    fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+    fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        (self.f)(x, level)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_abs_diff_eq;
+    use ndarray::array;
+
+    #[test]
+    fn conversions_round_trip_for_every_pair() {
+        let preds = [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity, Prediction::Flow];
+        let levels = [
+            NoiseLevel::from_alpha_bar(3.0, 0.7),
+            NoiseLevel::new(0.4, 0.6, 0.4), // a flow level: alpha + sigma = 1
+            NoiseLevel::new(1.0, 2.0, 3.0), // arbitrary scaling
+        ];
+        let x0 = array![0.3, -1.2, 2.0];
+        let eps = array![-0.7, 0.1, 1.5];
+        for l in &levels {
+            let x = &x0 * l.alpha + &eps * l.sigma;
+            for &from in &preds {
+                let (a, b) = from.target_coefficients(l);
+                let out = &x0 * a + &eps * b;
+                for &to in &preds {
+                    let (c, d) = to.target_coefficients(l);
+                    let want = &x0 * c + &eps * d;
+                    let got = from.convert(to, out.view(), x.view(), l).unwrap();
+                    assert_abs_diff_eq!(got, want, epsilon = 1e-12);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn undetermined_conversions_are_errors() {
+        let terminal = NoiseLevel::new(999.0, 0.0, 1.0);
+        let x = array![1.0f32];
+        let r = Prediction::Epsilon.convert(Prediction::Sample, x.view(), x.view(), &terminal);
+        assert!(matches!(r, Err(Error::Undetermined { what: "x0", .. })));
+        // Velocity still determines x0 there: x0 = -v.
+        let r = Prediction::Velocity.convert(Prediction::Sample, x.view(), x.view(), &terminal).unwrap();
+        assert_abs_diff_eq!(r[0], -1.0);
+        let r = Prediction::Sample.convert(Prediction::Epsilon, x.view(), x.view(), &NoiseLevel::CLEAN);
+        assert!(matches!(r, Err(Error::Undetermined { what: "eps", .. })));
+        let y = array![1.0f32, 2.0];
+        assert!(matches!(
+            Prediction::Sample.convert(Prediction::Sample, y.view(), x.view(), &terminal),
+            Err(Error::Shape { .. })
+        ));
+    }
+}

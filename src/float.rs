@@ -1,0 +1,63 @@
+//! The one float bound of the crate.
+
+use ndarray::NdFloat;
+use num_traits::FromPrimitive;
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// The element type of samples: `f32` or `f64`.
+///
+/// Schedules, grids and step coefficients are always computed in `f64`; arrays may be either.
+/// The trait bundles what the crate needs (ndarray's [`NdFloat`], conversions, a standard normal
+/// draw) so that no public signature lists num-traits bounds. It is sealed: only `f32` and `f64`
+/// implement it.
+///
+/// ```
+/// use diffusion_samplers::Float;
+/// fn half<F: Float>() -> F { F::cast(0.5) }
+/// assert_eq!(half::<f32>(), 0.5f32);
+/// ```
+pub trait Float: NdFloat + FromPrimitive + Default + sealed::Sealed {
+    /// Converts an `f64` (a literal or a coefficient) to `Self`, rounding to nearest.
+    fn cast(v: f64) -> Self;
+    /// Converts `self` to `f64` exactly.
+    fn as_f64(self) -> f64;
+    /// One draw from N(0, 1).
+    fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self;
+}
+
+impl Float for f32 {
+    #[inline(always)]
+    fn cast(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn as_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline(always)]
+    fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
+        StandardNormal.sample(rng)
+    }
+}
+
+impl Float for f64 {
+    #[inline(always)]
+    fn cast(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn as_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
+        StandardNormal.sample(rng)
+    }
+}

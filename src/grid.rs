@@ -1,0 +1,520 @@
+//! Sampling grids: the noise levels a sampler walks, noisiest first.
+//!
+//! A [`Grid`] is built from a [`NoiseSchedule`] with a [`Spacing`] (diffusers' exact formulas),
+//! from custom timesteps or k-diffusion sigmas, or from explicit [`NoiseLevel`]s. It ends at a
+//! final level chosen by [`FinalLevel`].
+
+use crate::error::{Error, Result};
+use crate::schedule::{NoiseLevel, NoiseSchedule};
+
+/// How a grid's timesteps (or sigmas) are spaced over the training schedule.
+///
+/// `T` is the number of training timesteps, `N` the number of sampling steps. Formulas follow
+/// diffusers (`timestep_spacing`, `use_karras_sigmas`, `use_exponential_sigmas`), with numpy's
+/// round-half-to-even.
+///
+/// | variant | timesteps (noisiest first) | diffusers |
+/// |---|---|---|
+/// | `Leading { offset }` | `(arange(N) * (T // N))[::-1] + offset` | `"leading"` + `steps_offset` (DDIM, DDPM, PNDM default) |
+/// | `Trailing` | `round(T - i T / N) - 1`, `i = 0..N` | `"trailing"` |
+/// | `Linspace` | `linspace(0, T - 1, N)[::-1]`, fractional | `"linspace"` of the Euler family |
+/// | `LinspaceRounded` | `round(linspace(0, T - 1, N))[::-1]` | `"linspace"` of DDIM / DDPM / PNDM |
+/// | `Karras { rho }` | sigmas `(smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho` | `use_karras_sigmas` (rho = 7) |
+/// | `Exponential` | sigmas `exp(linspace(ln smax, ln smin, N))` | `use_exponential_sigmas` |
+///
+/// For the sigma spacings `smin`, `smax` are the k-diffusion sigmas of the first and last
+/// training timesteps, and each sigma's `t` is found by log-sigma interpolation
+/// ([`NoiseSchedule::sigma_to_t`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Spacing {
+    /// Multiples of `T // N` plus an offset (Stable Diffusion uses `offset = 1`).
+    Leading {
+        /// diffusers' `steps_offset`.
+        offset: usize,
+    },
+    /// Counted back from the last training timestep: always starts at `T - 1`.
+    Trailing,
+    /// Evenly spaced fractional timesteps from `T - 1` to 0 (Euler family).
+    Linspace,
+    /// Evenly spaced timesteps from `T - 1` to 0, rounded to integers (DDIM / DDPM family).
+    LinspaceRounded,
+    /// Karras et al. 2022 (EDM) sigmas with exponent `rho` (7 in EDM and diffusers).
+    Karras {
+        /// The EDM exponent.
+        rho: f64,
+    },
+    /// Sigmas evenly spaced in log-sigma.
+    Exponential,
+}
+
+/// Where a grid ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FinalLevel {
+    /// The clean level `alpha = 1, sigma = 0` (diffusers' `set_alpha_to_one = True`,
+    /// `final_sigmas_type = "zero"`).
+    #[default]
+    Clean,
+    /// The first training timestep `t = 0` (`set_alpha_to_one = False`,
+    /// `final_sigmas_type = "sigma_min"`).
+    FirstTimestep,
+}
+
+/// The noise levels a sampler walks: `steps + 1` entries, noisiest first, the last one the final
+/// level.
+///
+/// Invariants (checked by every constructor): at least one step; every level finite with
+/// `alpha, sigma >= 0`; the k-diffusion sigma `sigma / alpha` strictly decreasing, except that the
+/// final level may equal the one before it (a zero-length step, which samplers skip without a
+/// model call); the first level is not clean. The first level may be the terminal level of a
+/// zero-terminal-SNR schedule (`alpha = 0`).
+///
+/// ```
+/// use diffusion_samplers::{FinalLevel, NoiseSchedule, Spacing};
+/// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+/// let g = s.grid(10, Spacing::Leading { offset: 1 })?;
+/// assert_eq!(g.timesteps(), vec![901.0, 801.0, 701.0, 601.0, 501.0, 401.0, 301.0, 201.0, 101.0, 1.0]);
+/// assert!(g.levels()[10].is_clean());
+/// let g = g.with_final(FinalLevel::FirstTimestep);
+/// assert_eq!(g.levels()[10], s.level(0.0));
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grid {
+    levels: Vec<NoiseLevel>,
+    first_timestep: Option<NoiseLevel>,
+}
+
+impl Grid {
+    /// A grid from explicit levels: the `steps` levels the model is evaluated at, then the final
+    /// level.
+    ///
+    /// ```
+    /// use diffusion_samplers::{Grid, NoiseLevel};
+    /// let g = Grid::from_levels(vec![
+    ///     NoiseLevel::from_sigma_ve(999.0, 80.0),
+    ///     NoiseLevel::from_sigma_ve(500.0, 1.0),
+    ///     NoiseLevel::CLEAN,
+    /// ])?;
+    /// assert_eq!(g.steps(), 2);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSteps`] for fewer than two levels, [`Error::InvalidValue`] for a level
+    /// that breaks the invariants above.
+    pub fn from_levels(levels: Vec<NoiseLevel>) -> Result<Self> {
+        Self::checked(levels, None)
+    }
+
+    fn checked(levels: Vec<NoiseLevel>, first_timestep: Option<NoiseLevel>) -> Result<Self> {
+        if levels.len() < 2 {
+            return Err(Error::InvalidSteps {
+                steps: levels.len().saturating_sub(1),
+                max: usize::MAX,
+            });
+        }
+        let bad = |index: usize, value: f64, reason: &'static str| Error::InvalidValue {
+            what: "levels",
+            index,
+            value,
+            reason,
+        };
+        for (i, l) in levels.iter().enumerate() {
+            if !l.is_valid() {
+                let v = [l.t, l.alpha, l.sigma]
+                    .into_iter()
+                    .find(|v| !v.is_finite() || *v < 0.0)
+                    .unwrap_or(0.0);
+                return Err(bad(i, v, "levels need finite t, alpha >= 0, sigma >= 0, not both 0"));
+            }
+        }
+        if levels[0].is_clean() {
+            return Err(bad(0, levels[0].sigma, "the first level must be noisy"));
+        }
+        let last = levels.len() - 1;
+        for i in 1..levels.len() {
+            let (prev, cur) = (levels[i - 1].sigma_ve(), levels[i].sigma_ve());
+            let ok = cur < prev || (i == last && cur == prev);
+            if !ok {
+                return Err(bad(i, cur, "sigma / alpha must decrease strictly along the grid"));
+            }
+        }
+        Ok(Grid {
+            levels,
+            first_timestep,
+        })
+    }
+
+    /// All levels: `steps() + 1` entries, the last the final level.
+    pub fn levels(&self) -> &[NoiseLevel] {
+        &self.levels
+    }
+
+    /// Number of steps (levels minus one).
+    pub fn steps(&self) -> usize {
+        self.levels.len() - 1
+    }
+
+    /// The model timesteps of the `steps()` levels where a step starts.
+    pub fn timesteps(&self) -> Vec<f64> {
+        self.levels[..self.steps()].iter().map(|l| l.t).collect()
+    }
+
+    /// The k-diffusion sigmas `sigma / alpha` of all levels, final included (k-diffusion's
+    /// `sigmas` with the appended final value).
+    pub fn sigmas_ve(&self) -> Vec<f64> {
+        self.levels.iter().map(NoiseLevel::sigma_ve).collect()
+    }
+
+    /// Replaces the final level.
+    ///
+    /// `FirstTimestep` needs the schedule's first level; a grid made by
+    /// [`from_levels`](Self::from_levels) has none and keeps its final level. If the last step
+    /// already starts at `t = 0`, the final step becomes a zero-length step, which samplers skip.
+    pub fn with_final(mut self, last: FinalLevel) -> Self {
+        let target = match last {
+            FinalLevel::Clean => Some(NoiseLevel::CLEAN),
+            FinalLevel::FirstTimestep => self.first_timestep,
+        };
+        if let Some(target) = target {
+            let n = self.levels.len();
+            // A final level noisier than the last step's level would break the grid; keep the
+            // old final level then (it cannot happen for grids built from a schedule).
+            if target.sigma_ve() <= self.levels[n - 2].sigma_ve() {
+                self.levels[n - 1] = target;
+            }
+        }
+        self
+    }
+
+    /// Rounds every step's timestep to the nearest integer (half to even), keeping alpha and
+    /// sigma: the DPM-Solver family of diffusers rounds the timesteps it gives the model while
+    /// stepping with the unrounded sigmas.
+    pub fn round_timesteps(mut self) -> Self {
+        for l in &mut self.levels {
+            l.t = l.t.round_ties_even();
+        }
+        self
+    }
+
+    /// The grid from level `start` on (img2img: drop the first `start` steps).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSteps`] when no step would remain.
+    pub fn skip(&self, start: usize) -> Result<Self> {
+        if start >= self.steps() {
+            return Err(Error::InvalidSteps {
+                steps: start,
+                max: self.steps().saturating_sub(1),
+            });
+        }
+        Ok(Grid {
+            levels: self.levels[start..].to_vec(),
+            first_timestep: self.first_timestep,
+        })
+    }
+}
+
+/// Karras et al. 2022 sigmas: `(smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho`,
+/// `i = 0..n` (k-diffusion's `get_sigmas_karras` without the appended zero).
+///
+/// ```
+/// let s = diffusion_samplers::karras_sigmas(3, 0.002, 80.0, 7.0);
+/// assert!((s[0] - 80.0).abs() < 1e-12 && (s[2] - 0.002).abs() < 1e-15);
+/// ```
+pub fn karras_sigmas(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
+    let (lo, hi) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
+    ramp(n)
+        .into_iter()
+        .map(|r| (hi + r * (lo - hi)).powf(rho))
+        .collect()
+}
+
+/// Sigmas evenly spaced in log-sigma from `sigma_max` down to `sigma_min` (k-diffusion's
+/// `get_sigmas_exponential` without the appended zero).
+///
+/// ```
+/// let s = diffusion_samplers::exponential_sigmas(3, 0.1, 10.0);
+/// assert!((s[1] - 1.0).abs() < 1e-12);
+/// ```
+pub fn exponential_sigmas(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
+    let (lo, hi) = (sigma_min.ln(), sigma_max.ln());
+    crate::schedule::linspace(hi, lo, n)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
+/// `linspace(0, 1, n)`.
+fn ramp(n: usize) -> Vec<f64> {
+    crate::schedule::linspace(0.0, 1.0, n)
+}
+
+impl NoiseSchedule {
+    /// A grid of `steps` steps with the given spacing, ending at the clean level (change that
+    /// with [`Grid::with_final`]).
+    ///
+    /// ```
+    /// use diffusion_samplers::{NoiseSchedule, Spacing};
+    /// let s = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
+    /// assert_eq!(s.grid(4, Spacing::Trailing)?.timesteps(), vec![999.0, 749.0, 499.0, 249.0]);
+    /// assert_eq!(s.grid(4, Spacing::LinspaceRounded)?.timesteps(), vec![999.0, 666.0, 333.0, 0.0]);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// Deliberate differences from diffusers (see the guide): `Trailing` always gives exactly
+    /// `steps` timesteps (numpy's float `arange` gives one more, ending at `-1`, for 62 step
+    /// counts below 1000, e.g. 61); `Linspace` and `LinspaceRounded` with one step start at
+    /// `T - 1` rather than at 0.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSteps`] unless `1 <= steps <= T`; [`Error::InvalidValue`] when a
+    /// `Leading` offset pushes a timestep past `T - 1`; [`Error::InvalidParameter`] for a
+    /// non-positive `rho`, or a sigma spacing on a schedule whose last level is pure noise
+    /// (infinite sigma, zero terminal SNR).
+    pub fn grid(&self, steps: usize, spacing: Spacing) -> Result<Grid> {
+        let t_train = self.len();
+        if steps == 0 || steps > t_train {
+            return Err(Error::InvalidSteps {
+                steps,
+                max: t_train,
+            });
+        }
+        let tmax = (t_train - 1) as f64;
+        match spacing {
+            Spacing::Leading { offset } => {
+                let ratio = t_train / steps;
+                let ts: Vec<f64> = (0..steps)
+                    .rev()
+                    .map(|i| (i * ratio + offset) as f64)
+                    .collect();
+                self.grid_from_timesteps(&ts)
+            }
+            Spacing::Trailing => {
+                // numpy: arange(T, 0, -T/N) computes start + i * delta with
+                // delta = (start + step) - start.
+                let start = t_train as f64;
+                let delta = (start - start / steps as f64) - start;
+                let ts: Vec<f64> = (0..steps)
+                    .map(|i| (start + i as f64 * delta).round_ties_even() - 1.0)
+                    .collect();
+                self.grid_from_timesteps(&ts)
+            }
+            Spacing::Linspace | Spacing::LinspaceRounded => {
+                let mut ts = if steps == 1 {
+                    vec![tmax]
+                } else {
+                    crate::schedule::linspace(0.0, tmax, steps)
+                };
+                ts.reverse();
+                if spacing == Spacing::LinspaceRounded {
+                    ts.iter_mut().for_each(|t| *t = t.round_ties_even());
+                }
+                self.grid_from_timesteps(&ts)
+            }
+            Spacing::Karras { rho } => {
+                if !(rho > 0.0 && rho.is_finite()) {
+                    return Err(Error::InvalidParameter {
+                        name: "rho",
+                        value: rho,
+                        reason: "must be positive and finite",
+                    });
+                }
+                let (lo, hi) = self.sigma_range()?;
+                self.grid_from_sigmas(&karras_sigmas(steps, lo, hi, rho))
+            }
+            Spacing::Exponential => {
+                let (lo, hi) = self.sigma_range()?;
+                self.grid_from_sigmas(&exponential_sigmas(steps, lo, hi))
+            }
+        }
+    }
+
+    fn sigma_range(&self) -> Result<(f64, f64)> {
+        let s = self.sigmas_ve();
+        let hi = s[s.len() - 1];
+        if !hi.is_finite() {
+            return Err(Error::InvalidParameter {
+                name: "sigma_max",
+                value: hi,
+                reason: "sigma spacings need a finite largest sigma; a zero-terminal-SNR schedule has none (use a timestep spacing, or grid_from_sigmas with your own sigma_max)",
+            });
+        }
+        Ok((s[0], hi))
+    }
+
+    /// A grid through the given model timesteps (strictly decreasing, within `[0, T - 1]`,
+    /// fractional allowed), ending at the clean level.
+    ///
+    /// ```
+    /// use diffusion_samplers::NoiseSchedule;
+    /// let s = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
+    /// let g = s.grid_from_timesteps(&[999.0, 500.5, 10.0])?;
+    /// assert_eq!(g.steps(), 3);
+    /// assert!(s.grid_from_timesteps(&[10.0, 500.0]).is_err());
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSteps`] for an empty list; [`Error::InvalidValue`] for a timestep that
+    /// is non-finite, out of range, or not below its predecessor.
+    pub fn grid_from_timesteps(&self, timesteps: &[f64]) -> Result<Grid> {
+        if timesteps.is_empty() {
+            return Err(Error::InvalidSteps {
+                steps: 0,
+                max: self.len(),
+            });
+        }
+        let tmax = (self.len() - 1) as f64;
+        let bad = |index, value, reason| Error::InvalidValue {
+            what: "timesteps",
+            index,
+            value,
+            reason,
+        };
+        for (i, &t) in timesteps.iter().enumerate() {
+            if !t.is_finite() {
+                return Err(bad(i, t, "must be finite"));
+            }
+            if t < 0.0 || t > tmax {
+                return Err(bad(i, t, "outside the training timesteps [0, T - 1]"));
+            }
+            if i > 0 && t >= timesteps[i - 1] {
+                return Err(bad(i, t, "timesteps must decrease strictly"));
+            }
+        }
+        let mut levels: Vec<NoiseLevel> = timesteps.iter().map(|&t| self.level(t)).collect();
+        levels.push(NoiseLevel::CLEAN);
+        Grid::checked(levels, Some(self.level_at(0)))
+    }
+
+    /// A grid through the given k-diffusion sigmas (`sigma / alpha`, strictly decreasing,
+    /// positive; the first may be `+inf` for a zero-terminal-SNR start). A trailing 0, as in
+    /// k-diffusion's sigma lists, marks the clean final level and is optional. Each level's `t`
+    /// comes from [`NoiseSchedule::sigma_to_t`].
+    ///
+    /// ```
+    /// use diffusion_samplers::{karras_sigmas, NoiseSchedule};
+    /// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+    /// let g = s.grid_from_sigmas(&karras_sigmas(20, 0.03, 14.6, 7.0))?;
+    /// assert_eq!(g.steps(), 20);
+    /// assert!((g.levels()[0].sigma_ve() - 14.6).abs() < 1e-12);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSteps`] for an empty list (or only a 0); [`Error::InvalidValue`] for a
+    /// sigma that is NaN, negative, zero before the end, or not below its predecessor.
+    pub fn grid_from_sigmas(&self, sigmas: &[f64]) -> Result<Grid> {
+        let body = match sigmas.split_last() {
+            Some((&last, rest)) if last == 0.0 => rest,
+            _ => sigmas,
+        };
+        if body.is_empty() {
+            return Err(Error::InvalidSteps {
+                steps: 0,
+                max: usize::MAX,
+            });
+        }
+        let bad = |index, value, reason| Error::InvalidValue {
+            what: "sigmas",
+            index,
+            value,
+            reason,
+        };
+        for (i, &s) in body.iter().enumerate() {
+            if s.is_nan() || s <= 0.0 || (i > 0 && s.is_infinite()) {
+                return Err(bad(i, s, "sigmas must be positive and finite (the first may be +inf)"));
+            }
+            if i > 0 && s >= body[i - 1] {
+                return Err(bad(i, s, "sigmas must decrease strictly"));
+            }
+        }
+        let mut levels: Vec<NoiseLevel> =
+            body.iter().map(|&s| self.level_from_sigma_ve(s)).collect();
+        levels.push(NoiseLevel::CLEAN);
+        Grid::checked(levels, Some(self.level_at(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd() -> NoiseSchedule {
+        NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap()
+    }
+
+    #[test]
+    fn spacings_match_diffusers_examples() {
+        let s = sd();
+        let ts = |sp| s.grid(10, sp).unwrap().timesteps();
+        assert_eq!(ts(Spacing::Leading { offset: 0 })[..3], [900.0, 800.0, 700.0]);
+        assert_eq!(ts(Spacing::Trailing)[..], [999.0, 899.0, 799.0, 699.0, 599.0, 499.0, 399.0, 299.0, 199.0, 99.0]);
+        assert_eq!(ts(Spacing::LinspaceRounded)[..], [999.0, 888.0, 777.0, 666.0, 555.0, 444.0, 333.0, 222.0, 111.0, 0.0]);
+        assert_eq!(ts(Spacing::Linspace)[1], 888.0);
+    }
+
+    #[test]
+    fn trailing_never_gives_extra_steps() {
+        let s = sd();
+        for n in [61, 103, 121, 998, 999, 1000] {
+            let g = s.grid(n, Spacing::Trailing).unwrap();
+            assert_eq!(g.steps(), n);
+            assert_eq!(g.timesteps()[0], 999.0);
+        }
+    }
+
+    #[test]
+    fn bad_steps_and_offsets_are_errors() {
+        let s = sd();
+        assert!(matches!(s.grid(0, Spacing::Trailing), Err(Error::InvalidSteps { steps: 0, max: 1000 })));
+        assert!(matches!(s.grid(1001, Spacing::Linspace), Err(Error::InvalidSteps { .. })));
+        // diffusers issue #10003: 1000 leading steps with steps_offset = 1 index t = 1000.
+        assert!(matches!(
+            s.grid(1000, Spacing::Leading { offset: 1 }),
+            Err(Error::InvalidValue { what: "timesteps", index: 0, .. })
+        ));
+        assert!(s.grid(10, Spacing::Karras { rho: 0.0 }).is_err());
+        let z = s.with_zero_terminal_snr().unwrap();
+        assert!(matches!(z.grid(10, Spacing::Karras { rho: 7.0 }), Err(Error::InvalidParameter { .. })));
+        assert!(z.grid(10, Spacing::Trailing).unwrap().levels()[0].alpha == 0.0);
+    }
+
+    #[test]
+    fn custom_lists_are_validated() {
+        let s = sd();
+        assert!(s.grid_from_timesteps(&[]).is_err());
+        assert!(s.grid_from_timesteps(&[f64::NAN]).is_err());
+        assert!(s.grid_from_timesteps(&[1000.0]).is_err());
+        assert!(s.grid_from_timesteps(&[5.0, 5.0]).is_err());
+        assert!(s.grid_from_sigmas(&[0.0]).is_err());
+        assert!(s.grid_from_sigmas(&[1.0, 2.0]).is_err());
+        assert!(s.grid_from_sigmas(&[1.0, -2.0]).is_err());
+        assert!(s.grid_from_sigmas(&[1.0, 0.0, 0.0]).is_err());
+        let a = s.grid_from_sigmas(&[10.0, 1.0, 0.1]).unwrap();
+        let b = s.grid_from_sigmas(&[10.0, 1.0, 0.1, 0.0]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.steps(), 3);
+        assert!(s.grid_from_sigmas(&[f64::INFINITY, 1.0]).is_ok());
+        assert!(Grid::from_levels(vec![NoiseLevel::CLEAN]).is_err());
+        assert!(Grid::from_levels(vec![NoiseLevel::CLEAN, NoiseLevel::CLEAN]).is_err());
+    }
+
+    #[test]
+    fn final_level_and_skip() {
+        let s = sd();
+        let g = s.grid(10, Spacing::LinspaceRounded).unwrap().with_final(FinalLevel::FirstTimestep);
+        // The last step starts at t = 0 and ends there: a zero-length step.
+        assert_eq!(g.levels()[9], g.levels()[10]);
+        let g2 = g.clone().with_final(FinalLevel::Clean);
+        assert!(g2.levels()[10].is_clean());
+        let k = g.skip(4).unwrap();
+        assert_eq!(k.steps(), 6);
+        assert_eq!(k.timesteps()[0], 555.0);
+        assert!(g.skip(10).is_err());
+        let r = s.grid(5, Spacing::Karras { rho: 7.0 }).unwrap().round_timesteps();
+        assert!(r.timesteps().iter().all(|t| t.fract() == 0.0));
+    }
+}

@@ -1,0 +1,440 @@
+//! Samplers: the [`Sampler`] trait, the step-by-step [`Run`], and one module per algorithm.
+//!
+//! Every sampler is written once in `(alpha, sigma)` form around the model's estimate of `x0`,
+//! so any sampler works with any schedule, grid and [`Prediction`] type. Two ways to drive one:
+//!
+//! * [`Sampler::sample`] with a [`Denoiser`]: one call, noise to data;
+//! * [`Sampler::start`] and a [`Run`]: the sampler asks for a level, the caller answers with the
+//!   model output — for models that cannot sit behind a trait (async, GPU queues), progress
+//!   bars, previews, cancellation.
+//!
+//! ```
+//! use diffusion_samplers::prelude::*;
+//! use ndarray::Array2;
+//! use rand::{rngs::StdRng, SeedableRng};
+//!
+//! let schedule = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
+//! let grid = schedule.grid(20, Spacing::Leading { offset: 0 })?;
+//! let mut model = GaussianMixture::gaussian(vec![1.0, -1.0], vec![0.1, 0.1])?;
+//! let mut rng = StdRng::seed_from_u64(0);
+//! let x: Array2<f32> = standard_normal((4, 2), &mut rng);
+//! // Step by step: the caller runs the model.
+//! let mut run = Ddim::new().clip_sample(None).start(x, &grid, Prediction::Epsilon)?;
+//! while let Some(req) = run.request() {
+//!     let out = model.denoise(req.x, &req.level).unwrap();
+//!     run.respond(out, &mut rng)?;
+//! }
+//! let sample = run.into_sample();
+//! assert!((sample[[0, 0]] - 1.0).abs() < 1.5);
+//! # Ok::<(), diffusion_samplers::Error>(())
+//! ```
+
+mod ddim;
+mod ddpm;
+mod kernel;
+pub(crate) mod x0;
+
+pub use ddim::{Ddim, DdimState};
+pub use ddpm::{Ddpm, DdpmState, DdpmVariance};
+pub use x0::Thresholding;
+
+use std::marker::PhantomData;
+
+use ndarray::{Array, ArrayView, Dimension, Zip};
+
+use crate::denoiser::{Denoiser, Prediction};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::grid::Grid;
+use crate::noise::NoiseSource;
+use crate::schedule::NoiseLevel;
+use x0::{Clamp, X0Policy};
+
+/// A sampling algorithm: walks a [`Grid`] from noise to data.
+///
+/// Implementors provide [`init`](Self::init) (validate the configuration, set up the run's
+/// state) and [`model_calls`](Self::model_calls); [`start`](Self::start) and
+/// [`sample`](Self::sample) are provided.
+pub trait Sampler {
+    /// The state of one run of this sampler.
+    type State<F: Float, D: Dimension>: SamplerState<F, D>;
+
+    /// Sets up a run from `x`, the sample at `grid.levels()[0]` in the model's native scaling.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for a configuration out of range.
+    fn init<F: Float, D: Dimension>(&self, x: Array<F, D>, grid: &Grid) -> Result<Self::State<F, D>>;
+
+    /// How many model evaluations a run over `grid` costs (NFE).
+    fn model_calls(&self, grid: &Grid) -> usize;
+
+    /// Starts a step-by-step [`Run`] for a model whose outputs are of type `prediction`.
+    ///
+    /// # Errors
+    /// As [`init`](Self::init).
+    fn start<F: Float, D: Dimension>(
+        &self,
+        x: Array<F, D>,
+        grid: &Grid,
+        prediction: Prediction,
+    ) -> Result<Run<F, D, Self::State<F, D>>> {
+        Ok(Run::new(self.init(x, grid)?, prediction))
+    }
+
+    /// Samples from `x` (at `grid.levels()[0]`, in the model's native scaling) to the grid's
+    /// final level. Deterministic samplers never touch `noise`.
+    ///
+    /// # Errors
+    /// Configuration errors as [`init`](Self::init); during the run, each naming the step and
+    /// level: [`Error::Model`] (the model failed), [`Error::ShapeMismatch`],
+    /// [`Error::NonFinite`] (model output, noise or sample), [`Error::Undetermined`] (e.g. an
+    /// epsilon prediction at a zero-SNR level).
+    fn sample<F, D, M, N>(&self, model: &mut M, x: Array<F, D>, grid: &Grid, noise: &mut N) -> Result<Array<F, D>>
+    where
+        F: Float,
+        D: Dimension,
+        M: Denoiser<F, D> + ?Sized,
+        N: NoiseSource<F> + ?Sized,
+    {
+        let mut run = self.start(x, grid, model.prediction())?;
+        while let Some(req) = run.request() {
+            let (step, level) = (req.step, req.level);
+            let out = model
+                .denoise(req.x, &level)
+                .map_err(|source| Error::Model { step, level, source })?;
+            run.respond(out, noise)?;
+        }
+        Ok(run.into_sample())
+    }
+}
+
+/// The state of one sampling run; driven by [`Run`]. Each sampler has its own.
+pub trait SamplerState<F: Float, D: Dimension> {
+    /// The next model evaluation the sampler needs, or `None` once the run is finished.
+    fn pending(&self) -> Option<Request<'_, F, D>>;
+
+    /// Consumes the model's output for the pending request and advances. Returns a buffer the
+    /// run may reuse for a later model output, if one became free.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] if the estimate, the noise or the updated sample is not finite.
+    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, est: Estimate<F, D>, noise: &mut N) -> Result<Option<Array<F, D>>>;
+
+    /// The current sample.
+    fn sample(&self) -> ArrayView<'_, F, D>;
+
+    /// The current sample, by value.
+    fn into_sample(self) -> Array<F, D>;
+}
+
+/// A model evaluation the sampler asks for: evaluate the model on `x` at `level`.
+#[derive(Debug)]
+pub struct Request<'a, F, D: Dimension> {
+    /// Sampler step (0 = first); multi-stage samplers ask several times per step.
+    pub step: usize,
+    /// The level to evaluate at (`level.t` is the model's timestep input).
+    pub level: NoiseLevel,
+    /// The input to evaluate, in the model's native scaling.
+    pub x: ArrayView<'a, F, D>,
+}
+
+/// The model's output for a pending [`Request`], with the coefficients that turn it into the x0
+/// estimate. Built by [`Run::respond`].
+#[derive(Debug)]
+pub struct Estimate<F, D: Dimension> {
+    pub(crate) out: Array<F, D>,
+    pub(crate) cx: F,
+    pub(crate) co: F,
+    pub(crate) step: usize,
+    pub(crate) level: NoiseLevel,
+}
+
+impl<F: Float, D: Dimension> Estimate<F, D> {
+    /// The step this output belongs to.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// The level the model was evaluated at.
+    pub fn level(&self) -> NoiseLevel {
+        self.level
+    }
+
+    /// The x0 estimate of element `o` of the output for input element `x`.
+    #[inline(always)]
+    pub(crate) fn x0(&self, x: F, o: F) -> F {
+        self.cx * x + self.co * o
+    }
+
+    /// Prepares the estimate under `policy` for samplers that only use the processed x0.
+    /// Without thresholding nothing is done here and the returned clamp (identity or
+    /// `clip_sample`) is applied inline by the sampler; with thresholding the output is turned
+    /// into the processed x0 in place (one extra pass, opt-in).
+    pub(crate) fn prepare(&mut self, x: &Array<F, D>, policy: &X0Policy, scratch: &mut Vec<F>) -> Result<Clamp<F>> {
+        match (policy.threshold, policy.clip) {
+            (None, None) => Ok(Clamp::none()),
+            (None, Some(c)) => Ok(Clamp {
+                lim: F::cast(c),
+                inv: F::one(),
+            }),
+            (Some(t), _) => {
+                let clamps = self.materialize_thresholds(x, t, scratch)?;
+                apply_per_sample(&mut self.out, &clamps);
+                Ok(Clamp::none())
+            }
+        }
+    }
+
+    /// Converts the output in place into the raw x0 estimate (checking it is finite) and returns
+    /// the per-batch-element thresholds. Afterwards `x0(x, o) == o`.
+    pub(crate) fn materialize_thresholds(
+        &mut self,
+        x: &Array<F, D>,
+        t: x0::Thresholding,
+        scratch: &mut Vec<F>,
+    ) -> Result<Vec<Clamp<F>>> {
+        let (cx, co) = (self.cx, self.co);
+        let ok = Zip::from(&mut self.out).and(x).fold(true, |ok, o, &x| {
+            *o = cx * x + co * *o;
+            ok & o.is_finite()
+        });
+        self.cx = F::zero();
+        self.co = F::one();
+        if !ok {
+            return Err(Error::NonFinite {
+                step: self.step,
+                level: self.level,
+                what: "model output",
+            });
+        }
+        Ok(x0::thresholds(&self.out, t, scratch))
+    }
+
+    pub(crate) fn into_buffer(self) -> Array<F, D> {
+        self.out
+    }
+}
+
+fn apply_per_sample<F: Float, D: Dimension>(a: &mut Array<F, D>, clamps: &[Clamp<F>]) {
+    if a.ndim() == 0 {
+        let c = clamps[0];
+        a.mapv_inplace(|v| c.apply(v));
+        return;
+    }
+    let mut a = a.view_mut().into_dyn();
+    for (mut sub, &c) in a.axis_iter_mut(ndarray::Axis(0)).zip(clamps) {
+        sub.mapv_inplace(|v| c.apply(v));
+    }
+}
+
+/// Finiteness flags gathered during a fused update pass.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Finite {
+    pub d: bool,
+    pub z: bool,
+    pub x: bool,
+}
+
+impl Finite {
+    pub(crate) const OK: Finite = Finite {
+        d: true,
+        z: true,
+        x: true,
+    };
+
+    pub(crate) fn and(self, o: Finite) -> Finite {
+        Finite {
+            d: self.d & o.d,
+            z: self.z & o.z,
+            x: self.x & o.x,
+        }
+    }
+
+    pub(crate) fn result(self, step: usize, level: NoiseLevel) -> Result<()> {
+        let what = if !self.d {
+            "model output"
+        } else if !self.z {
+            "noise"
+        } else if !self.x {
+            "sample"
+        } else {
+            return Ok(());
+        };
+        Err(Error::NonFinite { step, level, what })
+    }
+}
+
+/// Position along a grid. A zero-length final step (final level equal to the one before) is
+/// skipped: it would be the identity.
+#[derive(Clone, Debug)]
+pub(crate) struct Walk {
+    levels: Vec<NoiseLevel>,
+    step: usize,
+    end: usize,
+}
+
+impl Walk {
+    pub(crate) fn new(grid: &Grid) -> Self {
+        let levels = grid.levels().to_vec();
+        let n = levels.len() - 1;
+        let end = if levels[n].sigma_ve() == levels[n - 1].sigma_ve() { n - 1 } else { n };
+        Walk { levels, step: 0, end }
+    }
+
+    /// Number of steps that will actually be taken.
+    pub(crate) fn effective_steps(grid: &Grid) -> usize {
+        Walk::new(grid).end
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.step >= self.end
+    }
+
+    pub(crate) fn step(&self) -> usize {
+        self.step
+    }
+
+    pub(crate) fn from(&self) -> NoiseLevel {
+        self.levels[self.step]
+    }
+
+    pub(crate) fn to(&self) -> NoiseLevel {
+        self.levels[self.step + 1]
+    }
+
+    pub(crate) fn next(&mut self) {
+        self.step += 1;
+    }
+}
+
+/// A step-by-step sampling run: the sampler asks for a model evaluation
+/// ([`request`](Self::request)), the caller answers ([`respond`](Self::respond)).
+///
+/// After an error from `respond` that happened while updating the sample, the run is finished
+/// (`request` returns `None`). Errors detected before the update (shape mismatch, undetermined
+/// estimate) leave the run unchanged, so the caller may answer again.
+#[derive(Debug)]
+pub struct Run<F: Float, D: Dimension, S> {
+    state: S,
+    prediction: Prediction,
+    spare: Option<Array<F, D>>,
+    failed: bool,
+    _marker: PhantomData<fn() -> (F, D)>,
+}
+
+impl<F: Float, D: Dimension, S: SamplerState<F, D>> Run<F, D, S> {
+    /// A run over `state`, for a model whose outputs are of type `prediction`.
+    pub fn new(state: S, prediction: Prediction) -> Self {
+        Run {
+            state,
+            prediction,
+            spare: None,
+            failed: false,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The next model evaluation to perform, or `None` when the run is finished.
+    pub fn request(&self) -> Option<Request<'_, F, D>> {
+        if self.failed {
+            None
+        } else {
+            self.state.pending()
+        }
+    }
+
+    /// `true` once there is nothing left to evaluate.
+    pub fn is_finished(&self) -> bool {
+        self.request().is_none()
+    }
+
+    /// The model's prediction type.
+    pub fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+
+    /// Answers the pending request with the model's output.
+    ///
+    /// # Errors
+    /// [`Error::Finished`] if nothing is pending; [`Error::ShapeMismatch`] if `output` differs
+    /// from the sample in shape; [`Error::Undetermined`] if the prediction type cannot give
+    /// `x0` at this level; [`Error::NonFinite`] from the update.
+    pub fn respond<N: NoiseSource<F> + ?Sized>(&mut self, output: Array<F, D>, noise: &mut N) -> Result<()> {
+        let (step, level, shape_ok) = {
+            let req = self.request().ok_or(Error::Finished)?;
+            (req.step, req.level, req.x.shape() == output.shape())
+        };
+        if !shape_ok {
+            return Err(Error::ShapeMismatch {
+                step,
+                level,
+                expected: self.state.sample().shape().to_vec(),
+                got: output.shape().to_vec(),
+            });
+        }
+        let c = self.prediction.to_x0(&level).ok_or(Error::Undetermined {
+            step,
+            level,
+            prediction: self.prediction,
+            what: "x0",
+        })?;
+        let est = Estimate {
+            out: output,
+            cx: F::cast(c.x),
+            co: F::cast(c.out),
+            step,
+            level,
+        };
+        match self.state.advance(est, noise) {
+            Ok(spare) => {
+                if spare.is_some() {
+                    self.spare = spare;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The current sample (the final sample once finished).
+    pub fn sample(&self) -> ArrayView<'_, F, D> {
+        self.state.sample()
+    }
+
+    /// The sampler's state.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// Ends the run and returns the current sample (the final sample if the run finished).
+    pub fn into_sample(self) -> Array<F, D> {
+        self.state.into_sample()
+    }
+}
+
+fn check_eta(eta: f64) -> Result<()> {
+    if eta.is_finite() && eta >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name: "eta",
+            value: eta,
+            reason: "must be finite and non-negative",
+        })
+    }
+}
+
+/// Allocates (once) and returns the noise buffer, filled for `step`.
+pub(crate) fn fill_noise<'a, F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+    buf: &'a mut Option<Array<F, D>>,
+    like: &Array<F, D>,
+    step: usize,
+    noise: &mut N,
+) -> &'a Array<F, D> {
+    let z = buf.get_or_insert_with(|| Array::zeros(like.raw_dim()));
+    noise.fill(step, z.view_mut());
+    z
+}
