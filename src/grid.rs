@@ -322,13 +322,30 @@ impl NoiseSchedule {
                     });
                 }
                 let (lo, hi) = self.sigma_range()?;
-                self.grid_from_sigmas(&karras_sigmas(steps, lo, hi, rho))
+                self.grid_from_spaced_sigmas(&karras_sigmas(steps, lo, hi, rho), "rho", rho)
             }
             Spacing::Exponential => {
                 let (lo, hi) = self.sigma_range()?;
-                self.grid_from_sigmas(&exponential_sigmas(steps, lo, hi))
+                self.grid_from_spaced_sigmas(&exponential_sigmas(steps, lo, hi), "steps", steps as f64)
             }
         }
+    }
+
+    /// Sigmas computed by a spacing formula must all be positive and finite (an extreme `rho`
+    /// can underflow or overflow them); a computed 0 is not a final-level marker.
+    fn grid_from_spaced_sigmas(&self, sigmas: &[f64], name: &'static str, value: f64) -> Result<Grid> {
+        if sigmas.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
+            return Err(Error::InvalidParameter {
+                name,
+                value,
+                reason: "the spacing formula produces sigmas that underflow, overflow or repeat",
+            });
+        }
+        self.grid_from_sigmas(sigmas).map_err(|_| Error::InvalidParameter {
+            name,
+            value,
+            reason: "the spacing formula produces sigmas that underflow, overflow or repeat",
+        })
     }
 
     fn sigma_range(&self) -> Result<(f64, f64)> {

@@ -48,7 +48,7 @@ use crate::float::Float;
 use crate::grid::Grid;
 use crate::noise::NoiseSource;
 use crate::schedule::NoiseLevel;
-use x0::{Clamp, X0Policy};
+use x0::Clamp;
 
 /// A sampling algorithm: walks a [`Grid`] from noise to data.
 ///
@@ -160,31 +160,6 @@ impl<F: Float, D: Dimension> Estimate<F, D> {
         self.level
     }
 
-    /// The x0 estimate of element `o` of the output for input element `x`.
-    #[inline(always)]
-    pub(crate) fn x0(&self, x: F, o: F) -> F {
-        self.cx * x + self.co * o
-    }
-
-    /// Prepares the estimate under `policy` for samplers that only use the processed x0.
-    /// Without thresholding nothing is done here and the returned clamp (identity or
-    /// `clip_sample`) is applied inline by the sampler; with thresholding the output is turned
-    /// into the processed x0 in place (one extra pass, opt-in).
-    pub(crate) fn prepare(&mut self, x: &Array<F, D>, policy: &X0Policy, scratch: &mut Vec<F>) -> Result<Clamp<F>> {
-        match (policy.threshold, policy.clip) {
-            (None, None) => Ok(Clamp::none()),
-            (None, Some(c)) => Ok(Clamp {
-                lim: F::cast(c),
-                inv: F::one(),
-            }),
-            (Some(t), _) => {
-                let clamps = self.materialize_thresholds(x, t, scratch)?;
-                apply_per_sample(&mut self.out, &clamps);
-                Ok(Clamp::none())
-            }
-        }
-    }
-
     /// Converts the output in place into the raw x0 estimate (checking it is finite) and returns
     /// the per-batch-element thresholds. Afterwards `x0(x, o) == o`.
     pub(crate) fn materialize_thresholds(
@@ -212,18 +187,6 @@ impl<F: Float, D: Dimension> Estimate<F, D> {
 
     pub(crate) fn into_buffer(self) -> Array<F, D> {
         self.out
-    }
-}
-
-fn apply_per_sample<F: Float, D: Dimension>(a: &mut Array<F, D>, clamps: &[Clamp<F>]) {
-    if a.ndim() == 0 {
-        let c = clamps[0];
-        a.mapv_inplace(|v| c.apply(v));
-        return;
-    }
-    let mut a = a.view_mut().into_dyn();
-    for (mut sub, &c) in a.axis_iter_mut(ndarray::Axis(0)).zip(clamps) {
-        sub.mapv_inplace(|v| c.apply(v));
     }
 }
 

@@ -64,10 +64,6 @@ impl X0Policy {
         }
         Ok(())
     }
-
-    pub(crate) fn is_active(&self) -> bool {
-        self.threshold.is_some() || self.clip.is_some()
-    }
 }
 
 /// `v -> clamp(v, -lim, lim) * inv`, per element.
@@ -169,6 +165,5 @@ mod tests {
         let p = X0Policy { clip: None, threshold: Some(Thresholding { ratio: 0.9, max: 0.5 }) };
         assert!(p.validate().is_err());
         assert!(X0Policy::default().validate().is_ok());
-        assert!(!X0Policy::default().is_active());
     }
 }
