@@ -54,11 +54,19 @@ impl GaussianMixture {
     pub fn new(weights: Vec<f64>, means: Vec<Vec<f64>>, variances: Vec<Vec<f64>>) -> Result<Self> {
         let bad = |name, value, reason| Err(Error::InvalidParameter { name, value, reason });
         if weights.is_empty() || means.len() != weights.len() || variances.len() != weights.len() {
-            return bad("weights", weights.len() as f64, "need one weight, mean and variance per component, at least one");
+            return bad(
+                "weights",
+                weights.len() as f64,
+                "need one weight, mean and variance per component, at least one",
+            );
         }
         let dim = means[0].len();
         if dim == 0 || means.iter().chain(&variances).any(|v| v.len() != dim) {
-            return bad("means", dim as f64, "every mean and variance needs the same, non-zero dimension");
+            return bad(
+                "means",
+                dim as f64,
+                "every mean and variance needs the same, non-zero dimension",
+            );
         }
         if let Some(&w) = weights.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
             return bad("weights", w, "must be positive and finite");
@@ -66,7 +74,11 @@ impl GaussianMixture {
         if let Some(&m) = means.iter().flatten().find(|m| !m.is_finite()) {
             return bad("means", m, "must be finite");
         }
-        if let Some(&v) = variances.iter().flatten().find(|v| !(v.is_finite() && **v >= 0.0)) {
+        if let Some(&v) = variances
+            .iter()
+            .flatten()
+            .find(|v| !(v.is_finite() && **v >= 0.0))
+        {
             return bad("variances", v, "must be non-negative and finite");
         }
         let total: f64 = weights.iter().sum();
@@ -257,7 +269,11 @@ impl GaussianMixture {
     ///
     /// # Errors
     /// [`Error::Shape`] if the last axis of `x` is not `dim` long.
-    pub fn x0<F: Float, D: Dimension>(&self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>> {
+    pub fn x0<F: Float, D: Dimension>(
+        &self,
+        x: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+    ) -> Result<Array<F, D>> {
         self.check_dim(&x)?;
         let d = self.dim();
         let mut out = Array::zeros(x.raw_dim());
@@ -265,15 +281,17 @@ impl GaussianMixture {
         let mut xin = vec![0.0; d];
         let mut x0 = vec![0.0; d];
         let mut logp = vec![0.0; self.weights.len()];
-        Zip::from(out.lanes_mut(last)).and(x.lanes(last)).for_each(|mut o, xi| {
-            for (dst, &src) in xin.iter_mut().zip(xi.iter()) {
-                *dst = src.as_f64();
-            }
-            self.posterior_mean(&xin, level, &mut logp, &mut x0);
-            for (dst, &src) in o.iter_mut().zip(&x0) {
-                *dst = F::cast(src);
-            }
-        });
+        Zip::from(out.lanes_mut(last))
+            .and(x.lanes(last))
+            .for_each(|mut o, xi| {
+                for (dst, &src) in xin.iter_mut().zip(xi.iter()) {
+                    *dst = src.as_f64();
+                }
+                self.posterior_mean(&xin, level, &mut logp, &mut x0);
+                for (dst, &src) in o.iter_mut().zip(&x0) {
+                    *dst = F::cast(src);
+                }
+            });
         Ok(out)
     }
 }
@@ -290,6 +308,7 @@ impl<F: Float, D: Dimension> Denoiser<F, D> for GaussianMixture {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
     use approx::assert_relative_eq;
@@ -309,7 +328,12 @@ mod tests {
 
     #[test]
     fn terminal_level_gives_the_mean() {
-        let g = GaussianMixture::new(vec![1.0, 3.0], vec![vec![-1.0], vec![1.0]], vec![vec![0.1], vec![0.2]]).unwrap();
+        let g = GaussianMixture::new(
+            vec![1.0, 3.0],
+            vec![vec![-1.0], vec![1.0]],
+            vec![vec![0.1], vec![0.2]],
+        )
+        .unwrap();
         let x = array![[5.0f64], [-7.0]];
         let x0 = g.x0(x.view(), &NoiseLevel::new(999.0, 0.0, 1.0)).unwrap();
         assert_relative_eq!(x0[[0, 0]], 0.5, max_relative = 1e-12);
@@ -327,7 +351,9 @@ mod tests {
         let c = NoiseLevel::from_sigma_ve(0.0, 0.01);
         let x = array![[10.0f64, -20.0]];
         let direct = g.ode_solution(x.view(), &a, &c).unwrap();
-        let two = g.ode_solution(g.ode_solution(x.view(), &a, &b).unwrap().view(), &b, &c).unwrap();
+        let two = g
+            .ode_solution(g.ode_solution(x.view(), &a, &b).unwrap().view(), &b, &c)
+            .unwrap();
         assert_relative_eq!(direct, two, max_relative = 1e-12);
         let back = g.ode_solution(direct.view(), &c, &a).unwrap();
         assert_relative_eq!(back, x, max_relative = 1e-10);
@@ -335,11 +361,20 @@ mod tests {
 
     #[test]
     fn sampling_matches_moments_and_modes() {
-        let g = GaussianMixture::new(vec![0.25, 0.75], vec![vec![-3.0, 0.0], vec![3.0, 1.0]], vec![vec![0.2, 0.2], vec![0.5, 0.1]]).unwrap();
+        let g = GaussianMixture::new(
+            vec![0.25, 0.75],
+            vec![vec![-3.0, 0.0], vec![3.0, 1.0]],
+            vec![vec![0.2, 0.2], vec![0.5, 0.1]],
+        )
+        .unwrap();
         let xs: Array2<f64> = g.sample(20000, &mut StdRng::seed_from_u64(3));
         let m = xs.mean_axis(Axis(0)).unwrap();
         assert!((m[0] - g.mean()[0]).abs() < 0.05 && (m[1] - g.mean()[1]).abs() < 0.02);
-        let left = xs.rows().into_iter().filter(|r| g.component_of(r.as_slice().unwrap()) == 0).count();
+        let left = xs
+            .rows()
+            .into_iter()
+            .filter(|r| g.component_of(r.as_slice().unwrap()) == 0)
+            .count();
         assert!((left as f64 / 20000.0 - 0.25).abs() < 0.02);
     }
 
@@ -348,11 +383,26 @@ mod tests {
         assert!(GaussianMixture::new(vec![], vec![], vec![]).is_err());
         assert!(GaussianMixture::new(vec![1.0], vec![vec![0.0]], vec![vec![-1.0]]).is_err());
         assert!(GaussianMixture::new(vec![0.0], vec![vec![0.0]], vec![vec![1.0]]).is_err());
-        assert!(GaussianMixture::new(vec![1.0, 1.0], vec![vec![0.0], vec![0.0, 1.0]], vec![vec![1.0], vec![1.0]]).is_err());
+        assert!(
+            GaussianMixture::new(
+                vec![1.0, 1.0],
+                vec![vec![0.0], vec![0.0, 1.0]],
+                vec![vec![1.0], vec![1.0]]
+            )
+            .is_err()
+        );
         let g = GaussianMixture::gaussian(vec![0.0, 0.0], vec![1.0, 1.0]).unwrap();
         let x = array![[1.0f64, 2.0, 3.0]];
-        assert!(matches!(g.x0(x.view(), &NoiseLevel::CLEAN), Err(Error::Shape { .. })));
-        let two = GaussianMixture::new(vec![1.0, 1.0], vec![vec![0.0], vec![1.0]], vec![vec![1.0], vec![1.0]]).unwrap();
+        assert!(matches!(
+            g.x0(x.view(), &NoiseLevel::CLEAN),
+            Err(Error::Shape { .. })
+        ));
+        let two = GaussianMixture::new(
+            vec![1.0, 1.0],
+            vec![vec![0.0], vec![1.0]],
+            vec![vec![1.0], vec![1.0]],
+        )
+        .unwrap();
         let l = NoiseLevel::from_alpha_bar(0.0, 0.5);
         assert!(two.ode_solution(array![[0.0f64]].view(), &l, &l).is_err());
     }

@@ -61,15 +61,27 @@ impl Prediction {
     pub fn to_x0(self, level: &NoiseLevel) -> Option<Linear> {
         let (a, s) = (level.alpha, level.sigma);
         match self {
-            Prediction::Epsilon => Linear { x: 1.0 / a, out: -s / a }.finite(),
+            Prediction::Epsilon => Linear {
+                x: 1.0 / a,
+                out: -s / a,
+            }
+            .finite(),
             Prediction::Sample => Some(Linear { x: 0.0, out: 1.0 }),
             Prediction::Velocity => {
                 let n = a * a + s * s;
-                Linear { x: a / n, out: -s / n }.finite()
+                Linear {
+                    x: a / n,
+                    out: -s / n,
+                }
+                .finite()
             }
             Prediction::Flow => {
                 let n = a + s;
-                Linear { x: 1.0 / n, out: -s / n }.finite()
+                Linear {
+                    x: 1.0 / n,
+                    out: -s / n,
+                }
+                .finite()
             }
         }
     }
@@ -80,14 +92,22 @@ impl Prediction {
         let (a, s) = (level.alpha, level.sigma);
         match self {
             Prediction::Epsilon => Some(Linear { x: 0.0, out: 1.0 }),
-            Prediction::Sample => Linear { x: 1.0 / s, out: -a / s }.finite(),
+            Prediction::Sample => Linear {
+                x: 1.0 / s,
+                out: -a / s,
+            }
+            .finite(),
             Prediction::Velocity => {
                 let n = a * a + s * s;
                 Linear { x: s / n, out: a / n }.finite()
             }
             Prediction::Flow => {
                 let n = a + s;
-                Linear { x: 1.0 / n, out: a / n }.finite()
+                Linear {
+                    x: 1.0 / n,
+                    out: a / n,
+                }
+                .finite()
             }
         }
     }
@@ -248,6 +268,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
     use approx::assert_abs_diff_eq;
@@ -255,7 +276,12 @@ mod tests {
 
     #[test]
     fn conversions_round_trip_for_every_pair() {
-        let preds = [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity, Prediction::Flow];
+        let preds = [
+            Prediction::Epsilon,
+            Prediction::Sample,
+            Prediction::Velocity,
+            Prediction::Flow,
+        ];
         let levels = [
             NoiseLevel::from_alpha_bar(3.0, 0.7),
             NoiseLevel::new(0.4, 0.6, 0.4), // a flow level: alpha + sigma = 1
@@ -285,7 +311,9 @@ mod tests {
         let r = Prediction::Epsilon.convert(Prediction::Sample, x.view(), x.view(), &terminal);
         assert!(matches!(r, Err(Error::Undetermined { what: "x0", .. })));
         // Velocity still determines x0 there: x0 = -v.
-        let r = Prediction::Velocity.convert(Prediction::Sample, x.view(), x.view(), &terminal).unwrap();
+        let r = Prediction::Velocity
+            .convert(Prediction::Sample, x.view(), x.view(), &terminal)
+            .unwrap();
         assert_abs_diff_eq!(r[0], -1.0);
         let r = Prediction::Sample.convert(Prediction::Epsilon, x.view(), x.view(), &NoiseLevel::CLEAN);
         assert!(matches!(r, Err(Error::Undetermined { what: "eps", .. })));

@@ -74,7 +74,9 @@ pub enum Error {
     },
 
     /// The model returned an array whose shape differs from the sample's.
-    #[error("model output shape {got:?} does not match the sample shape {expected:?} at step {step} ({level})")]
+    #[error(
+        "model output shape {got:?} does not match the sample shape {expected:?} at step {step} ({level})"
+    )]
     ShapeMismatch {
         /// Sampler step (0 = first).
         step: usize,

@@ -255,7 +255,11 @@ impl ForwardProcess {
             .iter()
             .zip(&levels)
             .map(|(&t, l)| {
-                let prev = if t == 0 { NoiseLevel::CLEAN } else { self.schedule.level_at(t - 1) };
+                let prev = if t == 0 {
+                    NoiseLevel::CLEAN
+                } else {
+                    self.schedule.level_at(t - 1)
+                };
                 let tr = transition(&prev, l);
                 (tr.scale, tr.variance.sqrt())
             })
@@ -281,7 +285,11 @@ impl ForwardProcess {
             .iter()
             .zip(&levels)
             .map(|(&t, l)| {
-                let prev = if t == 0 { NoiseLevel::CLEAN } else { self.schedule.level_at(t - 1) };
+                let prev = if t == 0 {
+                    NoiseLevel::CLEAN
+                } else {
+                    self.schedule.level_at(t - 1)
+                };
                 posterior(l, &prev)
             })
             .collect();
@@ -306,10 +314,7 @@ impl ForwardProcess {
     ) -> Result<Array<F, D>> {
         same_shape("noise vs x0", &x0, &noise)?;
         let levels = self.levels(batch_size(&x0)?, timesteps)?;
-        let coefs: Vec<(f64, f64)> = levels
-            .iter()
-            .map(|l| prediction.target_coefficients(l))
-            .collect();
+        let coefs: Vec<(f64, f64)> = levels.iter().map(|l| prediction.target_coefficients(l)).collect();
         Ok(per_sample_combine(x0, noise, &coefs))
     }
 
@@ -365,7 +370,11 @@ fn batch_size<F, D: Dimension>(x: &ArrayView<'_, F, D>) -> Result<usize> {
     Ok(x.shape()[0])
 }
 
-fn same_shape<F, D: Dimension>(what: &'static str, a: &ArrayView<'_, F, D>, b: &ArrayView<'_, F, D>) -> Result<()> {
+fn same_shape<F, D: Dimension>(
+    what: &'static str,
+    a: &ArrayView<'_, F, D>,
+    b: &ArrayView<'_, F, D>,
+) -> Result<()> {
     if a.shape() == b.shape() {
         Ok(())
     } else {
@@ -399,6 +408,7 @@ fn per_sample_combine<F: Float, D: Dimension>(
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
     use approx::assert_relative_eq;
@@ -425,16 +435,28 @@ mod tests {
         let f = fp();
         let x0 = Array2::<f32>::zeros((2, 3));
         let e = Array2::<f32>::zeros((2, 4));
-        assert!(matches!(f.add_noise(x0.view(), e.view(), &[0, 1]), Err(Error::Shape { .. })));
-        assert!(matches!(f.add_noise(x0.view(), x0.view(), &[0]), Err(Error::Shape { .. })));
+        assert!(matches!(
+            f.add_noise(x0.view(), e.view(), &[0, 1]),
+            Err(Error::Shape { .. })
+        ));
+        assert!(matches!(
+            f.add_noise(x0.view(), x0.view(), &[0]),
+            Err(Error::Shape { .. })
+        ));
         assert!(matches!(
             f.add_noise(x0.view(), x0.view(), &[0, 1000]),
             Err(Error::InvalidValue { index: 1, .. })
         ));
         let scalar = ndarray::arr0(1.0f32);
-        assert!(f
-            .training_example(scalar.view(), Prediction::Epsilon, LossWeighting::Uniform, &mut StdRng::seed_from_u64(0))
-            .is_err());
+        assert!(
+            f.training_example(
+                scalar.view(),
+                Prediction::Epsilon,
+                LossWeighting::Uniform,
+                &mut StdRng::seed_from_u64(0)
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -443,9 +465,13 @@ mod tests {
         let x0 = array![[1.0f64, -2.0]];
         let eps = array![[0.3, 0.7]];
         let l = f.schedule().level_at(300);
-        let v = f.target(Prediction::Velocity, x0.view(), eps.view(), &[300]).unwrap();
+        let v = f
+            .target(Prediction::Velocity, x0.view(), eps.view(), &[300])
+            .unwrap();
         assert_relative_eq!(v[[0, 0]], l.alpha * 0.3 - l.sigma * 1.0, max_relative = 1e-14);
-        let s = f.target(Prediction::Sample, x0.view(), eps.view(), &[300]).unwrap();
+        let s = f
+            .target(Prediction::Sample, x0.view(), eps.view(), &[300])
+            .unwrap();
         assert_eq!(s, x0);
         let fl = f.target(Prediction::Flow, x0.view(), eps.view(), &[300]).unwrap();
         assert_relative_eq!(fl[[0, 1]], 0.7 + 2.0, max_relative = 1e-14);
@@ -456,13 +482,29 @@ mod tests {
         let w = LossWeighting::min_snr();
         let hi = NoiseLevel::from_alpha_bar(0.0, 0.99); // SNR 99
         let lo = NoiseLevel::from_alpha_bar(0.0, 0.5); // SNR 1
-        assert_relative_eq!(w.weight(Prediction::Epsilon, &hi), 5.0 / 99.0, max_relative = 1e-12);
+        assert_relative_eq!(
+            w.weight(Prediction::Epsilon, &hi),
+            5.0 / 99.0,
+            max_relative = 1e-12
+        );
         assert_relative_eq!(w.weight(Prediction::Epsilon, &lo), 1.0, max_relative = 1e-12);
-        assert_relative_eq!(w.weight(Prediction::Velocity, &hi), 5.0 / 100.0, max_relative = 1e-12);
+        assert_relative_eq!(
+            w.weight(Prediction::Velocity, &hi),
+            5.0 / 100.0,
+            max_relative = 1e-12
+        );
         assert_relative_eq!(w.weight(Prediction::Sample, &hi), 5.0, max_relative = 1e-12);
         assert_relative_eq!(w.weight(Prediction::Sample, &lo), 1.0, max_relative = 1e-12);
-        assert_relative_eq!(LossWeighting::Snr.weight(Prediction::Epsilon, &hi), 1.0, max_relative = 1e-12);
-        assert_relative_eq!(LossWeighting::Snr.weight(Prediction::Velocity, &hi), 0.99, max_relative = 1e-12);
+        assert_relative_eq!(
+            LossWeighting::Snr.weight(Prediction::Epsilon, &hi),
+            1.0,
+            max_relative = 1e-12
+        );
+        assert_relative_eq!(
+            LossWeighting::Snr.weight(Prediction::Velocity, &hi),
+            0.99,
+            max_relative = 1e-12
+        );
         assert_eq!(LossWeighting::Uniform.weight(Prediction::Sample, &hi), 1.0);
         // Zero terminal SNR: epsilon weight tends to 1.
         let term = NoiseLevel::new(999.0, 0.0, 1.0);

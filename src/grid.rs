@@ -126,13 +126,21 @@ impl Grid {
                     .into_iter()
                     .find(|v| !v.is_finite() || *v < 0.0)
                     .unwrap_or(0.0);
-                return Err(bad(i, v, "levels need finite t, alpha >= 0, sigma >= 0, not both 0"));
+                return Err(bad(
+                    i,
+                    v,
+                    "levels need finite t, alpha >= 0, sigma >= 0, not both 0",
+                ));
             }
         }
         if levels[0].is_clean() {
             return Err(bad(0, levels[0].sigma, "the first level must be noisy"));
         }
         let last = levels.len() - 1;
+        #[allow(
+            clippy::float_cmp,
+            reason = "a zero-length final step is an exact repeat of the level"
+        )]
         for i in 1..levels.len() {
             let (prev, cur) = (levels[i - 1].sigma_ve(), levels[i].sigma_ve());
             let ok = cur < prev || (i == last && cur == prev);
@@ -276,19 +284,13 @@ impl NoiseSchedule {
     pub fn grid(&self, steps: usize, spacing: Spacing) -> Result<Grid> {
         let t_train = self.len();
         if steps == 0 || steps > t_train {
-            return Err(Error::InvalidSteps {
-                steps,
-                max: t_train,
-            });
+            return Err(Error::InvalidSteps { steps, max: t_train });
         }
         let tmax = (t_train - 1) as f64;
         match spacing {
             Spacing::Leading { offset } => {
                 let ratio = t_train / steps;
-                let ts: Vec<f64> = (0..steps)
-                    .rev()
-                    .map(|i| (i * ratio + offset) as f64)
-                    .collect();
+                let ts: Vec<f64> = (0..steps).rev().map(|i| (i * ratio + offset) as f64).collect();
                 self.grid_from_timesteps(&ts)
             }
             Spacing::Trailing => {
@@ -341,11 +343,12 @@ impl NoiseSchedule {
                 reason: "the spacing formula produces sigmas that underflow, overflow or repeat",
             });
         }
-        self.grid_from_sigmas(sigmas).map_err(|_| Error::InvalidParameter {
-            name,
-            value,
-            reason: "the spacing formula produces sigmas that underflow, overflow or repeat",
-        })
+        self.grid_from_sigmas(sigmas)
+            .map_err(|_| Error::InvalidParameter {
+                name,
+                value,
+                reason: "the spacing formula produces sigmas that underflow, overflow or repeat",
+            })
     }
 
     fn sigma_range(&self) -> Result<(f64, f64)> {
@@ -425,7 +428,7 @@ impl NoiseSchedule {
     /// sigma that is NaN, negative, zero before the end, or not below its predecessor.
     pub fn grid_from_sigmas(&self, sigmas: &[f64]) -> Result<Grid> {
         let body = match sigmas.split_last() {
-            Some((&last, rest)) if last == 0.0 => rest,
+            Some((&0.0, rest)) => rest,
             _ => sigmas,
         };
         if body.is_empty() {
@@ -442,20 +445,24 @@ impl NoiseSchedule {
         };
         for (i, &s) in body.iter().enumerate() {
             if s.is_nan() || s <= 0.0 || (i > 0 && s.is_infinite()) {
-                return Err(bad(i, s, "sigmas must be positive and finite (the first may be +inf)"));
+                return Err(bad(
+                    i,
+                    s,
+                    "sigmas must be positive and finite (the first may be +inf)",
+                ));
             }
             if i > 0 && s >= body[i - 1] {
                 return Err(bad(i, s, "sigmas must decrease strictly"));
             }
         }
-        let mut levels: Vec<NoiseLevel> =
-            body.iter().map(|&s| self.level_from_sigma_ve(s)).collect();
+        let mut levels: Vec<NoiseLevel> = body.iter().map(|&s| self.level_from_sigma_ve(s)).collect();
         levels.push(NoiseLevel::CLEAN);
         Grid::checked(levels, Some(self.level_at(0)))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
 
@@ -468,8 +475,16 @@ mod tests {
         let s = sd();
         let ts = |sp| s.grid(10, sp).unwrap().timesteps();
         assert_eq!(ts(Spacing::Leading { offset: 0 })[..3], [900.0, 800.0, 700.0]);
-        assert_eq!(ts(Spacing::Trailing)[..], [999.0, 899.0, 799.0, 699.0, 599.0, 499.0, 399.0, 299.0, 199.0, 99.0]);
-        assert_eq!(ts(Spacing::LinspaceRounded)[..], [999.0, 888.0, 777.0, 666.0, 555.0, 444.0, 333.0, 222.0, 111.0, 0.0]);
+        assert_eq!(
+            ts(Spacing::Trailing)[..],
+            [
+                999.0, 899.0, 799.0, 699.0, 599.0, 499.0, 399.0, 299.0, 199.0, 99.0
+            ]
+        );
+        assert_eq!(
+            ts(Spacing::LinspaceRounded)[..],
+            [999.0, 888.0, 777.0, 666.0, 555.0, 444.0, 333.0, 222.0, 111.0, 0.0]
+        );
         assert_eq!(ts(Spacing::Linspace)[1], 888.0);
     }
 
@@ -486,16 +501,29 @@ mod tests {
     #[test]
     fn bad_steps_and_offsets_are_errors() {
         let s = sd();
-        assert!(matches!(s.grid(0, Spacing::Trailing), Err(Error::InvalidSteps { steps: 0, max: 1000 })));
-        assert!(matches!(s.grid(1001, Spacing::Linspace), Err(Error::InvalidSteps { .. })));
+        assert!(matches!(
+            s.grid(0, Spacing::Trailing),
+            Err(Error::InvalidSteps { steps: 0, max: 1000 })
+        ));
+        assert!(matches!(
+            s.grid(1001, Spacing::Linspace),
+            Err(Error::InvalidSteps { .. })
+        ));
         // diffusers issue #10003: 1000 leading steps with steps_offset = 1 index t = 1000.
         assert!(matches!(
             s.grid(1000, Spacing::Leading { offset: 1 }),
-            Err(Error::InvalidValue { what: "timesteps", index: 0, .. })
+            Err(Error::InvalidValue {
+                what: "timesteps",
+                index: 0,
+                ..
+            })
         ));
         assert!(s.grid(10, Spacing::Karras { rho: 0.0 }).is_err());
         let z = s.with_zero_terminal_snr().unwrap();
-        assert!(matches!(z.grid(10, Spacing::Karras { rho: 7.0 }), Err(Error::InvalidParameter { .. })));
+        assert!(matches!(
+            z.grid(10, Spacing::Karras { rho: 7.0 }),
+            Err(Error::InvalidParameter { .. })
+        ));
         assert!(z.grid(10, Spacing::Trailing).unwrap().levels()[0].alpha == 0.0);
     }
 
@@ -522,7 +550,10 @@ mod tests {
     #[test]
     fn final_level_and_skip() {
         let s = sd();
-        let g = s.grid(10, Spacing::LinspaceRounded).unwrap().with_final(FinalLevel::FirstTimestep);
+        let g = s
+            .grid(10, Spacing::LinspaceRounded)
+            .unwrap()
+            .with_final(FinalLevel::FirstTimestep);
         // The last step starts at t = 0 and ends there: a zero-length step.
         assert_eq!(g.levels()[9], g.levels()[10]);
         let g2 = g.clone().with_final(FinalLevel::Clean);

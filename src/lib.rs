@@ -88,8 +88,8 @@ pub mod prelude {
     pub use crate::analytic::GaussianMixture;
     pub use crate::noise::standard_normal;
     pub use crate::{
-        BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, Error, FinalLevel, FnDenoiser,
-        ForwardProcess, Grid, LossWeighting, NoiseLevel, NoiseSchedule, NoiseSource, Prediction,
-        ReplayNoise, Sampler, Spacing, Thresholding,
+        BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, Error, FinalLevel, FnDenoiser, ForwardProcess, Grid,
+        LossWeighting, NoiseLevel, NoiseSchedule, NoiseSource, Prediction, ReplayNoise, Sampler, Spacing,
+        Thresholding,
     };
 }

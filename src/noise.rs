@@ -128,6 +128,7 @@ impl<F: Float> NoiseSource<F> for ReplayNoise<F> {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
     use ndarray::{Array2, ShapeBuilder};

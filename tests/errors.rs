@@ -27,9 +27,20 @@ fn model_error_is_kept_as_source_with_step_and_level() {
     let mut calls = 0;
     let mut model = FnDenoiser::new(Prediction::Epsilon, |x: ArrayView2<'_, f64>, _: &NoiseLevel| {
         calls += 1;
-        if calls == 4 { Err(Box::new(Boom) as BoxError) } else { Ok(x.to_owned()) }
+        if calls == 4 {
+            Err(Box::new(Boom) as BoxError)
+        } else {
+            Ok(x.to_owned())
+        }
     });
-    let err = Ddim::new().sample(&mut model, Array2::zeros((1, 2)), &g, &mut StdRng::seed_from_u64(0)).unwrap_err();
+    let err = Ddim::new()
+        .sample(
+            &mut model,
+            Array2::zeros((1, 2)),
+            &g,
+            &mut StdRng::seed_from_u64(0),
+        )
+        .unwrap_err();
     match &err {
         Error::Model { step, level, source } => {
             assert_eq!(*step, 3);
@@ -48,9 +59,18 @@ fn shape_mismatch_names_step_and_shapes() {
     let mut model = FnDenoiser::new(Prediction::Epsilon, |_: ArrayView2<'_, f64>, _: &NoiseLevel| {
         Ok::<_, BoxError>(Array2::zeros((1, 3)))
     });
-    let err = Ddpm::new().sample(&mut model, Array2::zeros((1, 2)), &g, &mut StdRng::seed_from_u64(0)).unwrap_err();
+    let err = Ddpm::new()
+        .sample(
+            &mut model,
+            Array2::zeros((1, 2)),
+            &g,
+            &mut StdRng::seed_from_u64(0),
+        )
+        .unwrap_err();
     match err {
-        Error::ShapeMismatch { step, expected, got, .. } => {
+        Error::ShapeMismatch {
+            step, expected, got, ..
+        } => {
             assert_eq!(step, 0);
             assert_eq!(expected, vec![1, 2]);
             assert_eq!(got, vec![1, 3]);
@@ -71,10 +91,22 @@ fn non_finite_model_output_is_reported_at_its_step() {
         });
         let err = Ddim::new()
             .eta(sampler_eta)
-            .sample(&mut model, Array2::zeros((2, 2)), &g, &mut StdRng::seed_from_u64(0))
+            .sample(
+                &mut model,
+                Array2::zeros((2, 2)),
+                &g,
+                &mut StdRng::seed_from_u64(0),
+            )
             .unwrap_err();
         assert!(
-            matches!(err, Error::NonFinite { step: 5, what: "model output", .. }),
+            matches!(
+                err,
+                Error::NonFinite {
+                    step: 5,
+                    what: "model output",
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -86,8 +118,20 @@ fn missing_replay_noise_is_reported_not_used() {
     let mut model = GaussianMixture::gaussian(vec![0.0], vec![1.0]).unwrap();
     // Noise for only 3 of the 10 steps.
     let mut noise = ReplayNoise::new(vec![vec![0.1]; 3]);
-    let err = Ddpm::new().sample(&mut model, array![[0.5f64]], &g, &mut noise).unwrap_err();
-    assert!(matches!(err, Error::NonFinite { step: 3, what: "noise", .. }), "{err:?}");
+    let err = Ddpm::new()
+        .sample(&mut model, array![[0.5f64]], &g, &mut noise)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NonFinite {
+                step: 3,
+                what: "noise",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -101,25 +145,47 @@ fn ddpm_draws_no_noise_for_the_step_to_the_clean_level() {
     let mut model = GaussianMixture::gaussian(vec![0.0], vec![1.0]).unwrap();
     for v in [DdpmVariance::FixedSmall, DdpmVariance::FixedLarge] {
         let mut noise = ReplayNoise::new(vec![vec![0.3]; 9]);
-        let out = Ddpm::new().variance(v).sample(&mut model, array![[0.5f64]], &g, &mut noise);
+        let out = Ddpm::new()
+            .variance(v)
+            .sample(&mut model, array![[0.5f64]], &g, &mut noise);
         assert!(out.is_ok(), "{v:?}: {out:?}");
     }
 }
 
 #[test]
 fn epsilon_prediction_at_zero_snr_is_undetermined() {
-    let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap().with_zero_terminal_snr().unwrap();
+    let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)
+        .unwrap()
+        .with_zero_terminal_snr()
+        .unwrap();
     let g = s.grid(10, Spacing::Trailing).unwrap();
     assert_eq!(g.levels()[0].alpha, 0.0);
     let mut eps_model = GaussianMixture::gaussian(vec![0.0], vec![1.0]).unwrap();
-    let err = Ddim::new().sample(&mut eps_model, array![[0.5f64]], &g, &mut StdRng::seed_from_u64(0)).unwrap_err();
+    let err = Ddim::new()
+        .sample(
+            &mut eps_model,
+            array![[0.5f64]],
+            &g,
+            &mut StdRng::seed_from_u64(0),
+        )
+        .unwrap_err();
     assert!(
-        matches!(err, Error::Undetermined { step: 0, prediction: Prediction::Epsilon, what: "x0", .. }),
+        matches!(
+            err,
+            Error::Undetermined {
+                step: 0,
+                prediction: Prediction::Epsilon,
+                what: "x0",
+                ..
+            }
+        ),
         "{err:?}"
     );
     // v-prediction copes with the terminal level.
     let mut v_model = eps_model.with_prediction(Prediction::Velocity);
-    let out = Ddim::new().sample(&mut v_model, array![[0.5f64]], &g, &mut StdRng::seed_from_u64(0)).unwrap();
+    let out = Ddim::new()
+        .sample(&mut v_model, array![[0.5f64]], &g, &mut StdRng::seed_from_u64(0))
+        .unwrap();
     assert!(out[[0, 0]].is_finite());
 }
 
@@ -128,24 +194,42 @@ fn bad_sampler_parameters_are_rejected_before_running() {
     let (_, g) = grid();
     let x = Array1::<f64>::zeros(3);
     for eta in [-0.5, f64::NAN, f64::INFINITY] {
-        let err = Ddim::new().eta(eta).start(x.clone(), &g, Prediction::Epsilon).unwrap_err();
-        assert!(matches!(err, Error::InvalidParameter { name: "eta", .. }), "{err:?}");
+        let err = Ddim::new()
+            .eta(eta)
+            .start(x.clone(), &g, Prediction::Epsilon)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidParameter { name: "eta", .. }),
+            "{err:?}"
+        );
     }
     for clip in [0.0, -1.0, f64::NAN] {
         assert!(matches!(
-            Ddpm::new().clip_sample(Some(clip)).start(x.clone(), &g, Prediction::Epsilon),
-            Err(Error::InvalidParameter { name: "clip_sample", .. })
+            Ddpm::new()
+                .clip_sample(Some(clip))
+                .start(x.clone(), &g, Prediction::Epsilon),
+            Err(Error::InvalidParameter {
+                name: "clip_sample",
+                ..
+            })
         ));
     }
     let t = Thresholding { ratio: 1.5, max: 2.0 };
-    assert!(Ddim::new().thresholding(Some(t)).start(x, &g, Prediction::Epsilon).is_err());
+    assert!(
+        Ddim::new()
+            .thresholding(Some(t))
+            .start(x, &g, Prediction::Epsilon)
+            .is_err()
+    );
 }
 
 #[test]
 fn a_finished_run_refuses_more_answers() {
     let (_, g) = grid();
     let mut model = GaussianMixture::gaussian(vec![0.0], vec![1.0]).unwrap();
-    let mut run: Run<f64, _, _> = Ddim::new().start(array![[0.5f64]], &g, Prediction::Epsilon).unwrap();
+    let mut run: Run<f64, _, _> = Ddim::new()
+        .start(array![[0.5f64]], &g, Prediction::Epsilon)
+        .unwrap();
     let mut rng = StdRng::seed_from_u64(0);
     let mut steps = 0;
     while let Some(req) = run.request() {
@@ -156,7 +240,10 @@ fn a_finished_run_refuses_more_answers() {
     }
     assert_eq!(steps, 10);
     assert!(run.is_finished());
-    assert!(matches!(run.respond(array![[0.0]], &mut rng), Err(Error::Finished)));
+    assert!(matches!(
+        run.respond(array![[0.0]], &mut rng),
+        Err(Error::Finished)
+    ));
     assert_eq!(run.state().sample().len(), 1);
 }
 
@@ -165,7 +252,9 @@ fn shape_errors_leave_the_run_usable() {
     let (_, g) = grid();
     let mut model = GaussianMixture::gaussian(vec![0.0], vec![1.0]).unwrap();
     let mut rng = StdRng::seed_from_u64(0);
-    let mut run = Ddim::new().start(array![[0.5f64]], &g, Prediction::Epsilon).unwrap();
+    let mut run = Ddim::new()
+        .start(array![[0.5f64]], &g, Prediction::Epsilon)
+        .unwrap();
     assert!(run.respond(array![[0.0, 1.0]], &mut rng).is_err());
     let req = run.request().unwrap();
     assert_eq!(req.step, 0);

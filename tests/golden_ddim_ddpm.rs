@@ -3,8 +3,8 @@
 
 mod common;
 use common::*;
+use diffusion_samplers::Thresholding;
 use diffusion_samplers::prelude::*;
-use diffusion_samplers::{SamplerState, Thresholding};
 use ndarray::{Array, IxDyn};
 use serde_json::Value;
 
@@ -26,7 +26,12 @@ fn x_init(case: &Value, shape: &[usize]) -> Array<f64, IxDyn> {
 }
 
 fn replay(case: &Value) -> ReplayNoise<f64> {
-    ReplayNoise::new(case["noise"].as_array().map(|a| a.iter().map(f64s).collect()).unwrap_or_default())
+    ReplayNoise::new(
+        case["noise"]
+            .as_array()
+            .map(|a| a.iter().map(f64s).collect())
+            .unwrap_or_default(),
+    )
 }
 
 /// Runs `sampler` step by step over `grid`, returning the sample after every step.
@@ -37,7 +42,9 @@ fn trajectory<S: Sampler>(
     grid: &Grid,
     noise: &mut ReplayNoise<f64>,
 ) -> Vec<Vec<f64>> {
-    let mut run = sampler.start(x, grid, Denoiser::<f64, IxDyn>::prediction(model)).unwrap();
+    let mut run = sampler
+        .start(x, grid, Denoiser::<f64, IxDyn>::prediction(model))
+        .unwrap();
     let mut out = Vec::new();
     while let Some(req) = run.request() {
         let o = model.denoise(req.x, &req.level).unwrap();
@@ -53,7 +60,10 @@ fn trajectory<S: Sampler>(
 
 fn compare(got: &[Vec<f64>], want: &[Vec<f64>]) -> f64 {
     assert_eq!(got.len(), want.len(), "number of steps");
-    got.iter().zip(want).map(|(g, w)| max_abs_diff(g, w)).fold(0.0, f64::max)
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| max_abs_diff(g, w))
+        .fold(0.0, f64::max)
 }
 
 /// Shift each timestep down by one (keeping t = 0) to build the negative control.
@@ -73,26 +83,47 @@ fn run_ddim_case(meta: &Value, case: &Value) -> Outcome {
         "linspace" => Spacing::LinspaceRounded,
         s => panic!("{s}"),
     };
-    let last = if case["set_alpha_to_one"].as_bool().unwrap() { FinalLevel::Clean } else { FinalLevel::FirstTimestep };
+    let last = if case["set_alpha_to_one"].as_bool().unwrap() {
+        FinalLevel::Clean
+    } else {
+        FinalLevel::FirstTimestep
+    };
     let grid = sched.grid(n, spacing).unwrap().with_final(last);
     let want_ts = f64s(&case["timesteps"]);
     assert_eq!(grid.timesteps(), want_ts, "{}: grid", str_of(case, "name"));
 
-    let clip = case["clip_sample"].as_bool().unwrap().then(|| case.get("clip_sample_range").and_then(Value::as_f64).unwrap_or(1.0));
-    let thr = case.get("thresholding").and_then(Value::as_bool).unwrap_or(false).then(|| Thresholding {
-        ratio: case["ratio"].as_f64().unwrap(),
-        max: case["max"].as_f64().unwrap(),
+    let clip = case["clip_sample"].as_bool().unwrap().then(|| {
+        case.get("clip_sample_range")
+            .and_then(Value::as_f64)
+            .unwrap_or(1.0)
     });
-    let ddim = Ddim::new().eta(case["eta"].as_f64().unwrap()).clip_sample(clip).thresholding(thr);
+    let thr = case
+        .get("thresholding")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        .then(|| Thresholding {
+            ratio: case["ratio"].as_f64().unwrap(),
+            max: case["max"].as_f64().unwrap(),
+        });
+    let ddim = Ddim::new()
+        .eta(case["eta"].as_f64().unwrap())
+        .clip_sample(clip)
+        .thresholding(thr);
     let mut model = gmm(meta).with_prediction(prediction(str_of(case, "prediction")));
     let shape = shape(meta);
     let want: Vec<Vec<f64>> = case["trajectory"].as_array().unwrap().iter().map(f64s).collect();
     let got = trajectory(&ddim, &mut model, x_init(case, &shape), &grid, &mut replay(case));
-    let bad = sched.grid_from_timesteps(&shifted(&want_ts)).unwrap().with_final(last);
+    let bad = sched
+        .grid_from_timesteps(&shifted(&want_ts))
+        .unwrap()
+        .with_final(last);
     let got_bad = trajectory(&ddim, &mut model, x_init(case, &shape), &bad, &mut replay(case));
     Outcome {
         err: compare(&got, &want),
-        shifted_err: compare(&got_bad[..got_bad.len().min(want.len())], &want[..got_bad.len().min(want.len())]),
+        shifted_err: compare(
+            &got_bad[..got_bad.len().min(want.len())],
+            &want[..got_bad.len().min(want.len())],
+        ),
     }
 }
 
@@ -113,10 +144,14 @@ fn run_ddpm_case(meta: &Value, case: &Value) -> Outcome {
         v => panic!("{v}"),
     };
     let clip = case["clip_sample"].as_bool().unwrap().then_some(1.0);
-    let thr = case.get("thresholding").and_then(Value::as_bool).unwrap_or(false).then(|| Thresholding {
-        ratio: case["ratio"].as_f64().unwrap(),
-        max: case["max"].as_f64().unwrap(),
-    });
+    let thr = case
+        .get("thresholding")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        .then(|| Thresholding {
+            ratio: case["ratio"].as_f64().unwrap(),
+            max: case["max"].as_f64().unwrap(),
+        });
     let ddpm = Ddpm::new().variance(variance).clip_sample(clip).thresholding(thr);
     let mut model = gmm(meta).with_prediction(prediction(str_of(case, "prediction")));
     let shape = shape(meta);
@@ -125,13 +160,23 @@ fn run_ddpm_case(meta: &Value, case: &Value) -> Outcome {
     let bad = sched.grid_from_timesteps(&shifted(&want_ts)).unwrap();
     let got_bad = trajectory(&ddpm, &mut model, x_init(case, &shape), &bad, &mut replay(case));
     let k = got_bad.len().min(want.len());
-    Outcome { err: compare(&got, &want), shifted_err: compare(&got_bad[..k], &want[..k]) }
+    Outcome {
+        err: compare(&got, &want),
+        shifted_err: compare(&got_bad[..k], &want[..k]),
+    }
 }
 
 fn check(name: &str, o: Outcome) {
-    println!("{name:50} err {:.2e}   off-by-one err {:.2e}", o.err, o.shifted_err);
+    println!(
+        "{name:50} err {:.2e}   off-by-one err {:.2e}",
+        o.err, o.shifted_err
+    );
     assert!(o.err < TRAJ_TOL, "{name}: trajectory differs by {:e}", o.err);
-    assert!(o.shifted_err > TRAJ_TOL, "{name}: the tolerance would accept an off-by-one grid ({:e})", o.shifted_err);
+    assert!(
+        o.shifted_err > TRAJ_TOL,
+        "{name}: the tolerance would accept an off-by-one grid ({:e})",
+        o.shifted_err
+    );
 }
 
 #[test]
@@ -178,7 +223,13 @@ fn ddim_on_non_dividing_grids_matches_euler_and_ddpm() {
         let got = trajectory(&ddim, &mut model, x_init(case, &shape), &grid, &mut replay(case));
         let bad = sched.grid_from_timesteps(&shifted(&ts)).unwrap();
         let got_bad = trajectory(&ddim, &mut model, x_init(case, &shape), &bad, &mut replay(case));
-        check(name, Outcome { err: compare(&got, &want), shifted_err: compare(&got_bad, &want) });
+        check(
+            name,
+            Outcome {
+                err: compare(&got, &want),
+                shifted_err: compare(&got_bad, &want),
+            },
+        );
     }
 }
 
@@ -197,7 +248,13 @@ fn diffusers_fixed_stride_is_not_reproduced() {
     let grid = s.grid(7, Spacing::LinspaceRounded).unwrap();
     assert_eq!(grid.timesteps(), f64s(&stride["timesteps"]));
     let mut model = gmm(meta).with_prediction(Prediction::Epsilon);
-    let got = trajectory(&Ddim::new().clip_sample(None), &mut model, x_init(euler, &shape(meta)), &grid, &mut replay(euler));
+    let got = trajectory(
+        &Ddim::new().clip_sample(None),
+        &mut model,
+        x_init(euler, &shape(meta)),
+        &grid,
+        &mut replay(euler),
+    );
     let last = got.last().unwrap();
     let want_euler = f64s(euler["trajectory"].as_array().unwrap().last().unwrap());
     let diffusers = f64s(stride["trajectory"].as_array().unwrap().last().unwrap());

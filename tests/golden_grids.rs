@@ -28,7 +28,11 @@ fn ddim_timesteps_match_diffusers() {
         let offset = case["offset"].as_u64().unwrap() as usize;
         let n = case["steps"].as_u64().unwrap() as usize;
         let want = f64s(&case["timesteps"]);
-        let sp = if sp == "linspace" { Spacing::LinspaceRounded } else { spacing(sp, offset, None) };
+        let sp = if sp == "linspace" {
+            Spacing::LinspaceRounded
+        } else {
+            spacing(sp, offset, None)
+        };
         let got = s.grid(n, sp).unwrap().timesteps();
         if matches!(sp, Spacing::Trailing) && want.len() == n + 1 {
             assert_eq!(want[n], -1.0, "diffusers' extra trailing timestep is -1");
@@ -68,7 +72,10 @@ fn euler_grids_match_diffusers() {
             // Karras / exponential grids built on them) sample from the least noisy level. Ours
             // start at the noisiest level, like every other spacing (a deliberate difference).
             assert!(want_s[0] < 0.03, "{ctx}");
-            assert!(g.levels()[0].sigma_ve() > 14.0 || g.levels()[0].sigma_ve() > 150.0, "{ctx}");
+            assert!(
+                g.levels()[0].sigma_ve() > 14.0 || g.levels()[0].sigma_ve() > 150.0,
+                "{ctx}"
+            );
             continue;
         }
         let (want_t, want_s) = if matches!(sp, Spacing::Trailing) && want_t.len() == n + 1 {
@@ -90,7 +97,11 @@ fn euler_grids_match_diffusers() {
         // every sigma gets that relative tolerance on top. Adjacent sigmas of these grids
         // differ by > 5% for n <= 61.
         let smin = sched.sigmas_ve()[0];
-        let inherited = if case["sigmas_kind"].is_null() { 0.0 } else { f32_sigma_tol(smin) / smin };
+        let inherited = if case["sigmas_kind"].is_null() {
+            0.0
+        } else {
+            f32_sigma_tol(smin) / smin
+        };
         let (rs, is) = tol_ratio_by(&got_s[..n], &want_s[..n], |s| f32_sigma_tol(s) + inherited * s);
         assert!(rs <= 1.0, "{ctx}: sigma[{is}] = {} vs {}", got_s[is], want_s[is]);
         // The timestep of a given sigma moves by (relative sigma error) / (d ln sigma / dt).
@@ -110,13 +121,21 @@ fn euler_grids_match_diffusers() {
         // of a step; everywhere else (and on every other schedule) the tolerance is far below
         // one step.
         if str_of(case, "schedule") != "squaredcos_cap_v2" {
-            assert!(t_tol.iter().all(|&t| t < 0.5), "{ctx}: timestep tolerance too loose: {t_tol:?}");
+            assert!(
+                t_tol.iter().all(|&t| t < 0.5),
+                "{ctx}: timestep tolerance too loose: {t_tol:?}"
+            );
         }
         let got_t = g.timesteps();
         let (rt, it) = (0..n)
             .map(|i| ((got_t[i] - want_t[i]).abs() / t_tol[i], i))
             .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a });
-        assert!(rt <= 1.0, "{ctx}: t[{it}] = {} vs {}", g.timesteps()[it], want_t[it]);
+        assert!(
+            rt <= 1.0,
+            "{ctx}: t[{it}] = {} vs {}",
+            g.timesteps()[it],
+            want_t[it]
+        );
         checked += 1;
     }
     assert_eq!(checked, 3 * 5 * 7 - 3 * 3); // all but the one-step linspace-based grids
@@ -135,7 +154,13 @@ fn a_shifted_grid_fails_the_sigma_tolerance() {
 fn steps_beyond_training_are_errors() {
     let s = schedule("linear");
     for sp in [Spacing::Trailing, Spacing::Linspace, Spacing::Karras { rho: 7.0 }] {
-        assert!(matches!(s.grid(1001, sp), Err(Error::InvalidSteps { steps: 1001, max: 1000 })));
+        assert!(matches!(
+            s.grid(1001, sp),
+            Err(Error::InvalidSteps {
+                steps: 1001,
+                max: 1000
+            })
+        ));
         assert!(matches!(s.grid(0, sp), Err(Error::InvalidSteps { steps: 0, .. })));
     }
 }

@@ -37,17 +37,34 @@ fn schedules_match_diffusers() {
         let want_b = f64s(&fx[name]["betas"]);
         let want_a = f64s(&fx[name]["alphas_cumprod"]);
         let s = schedule(name);
-        let bt = if name.ends_with("zero_snr") { ZERO_SNR_BETA_TOL } else { BETA_TOL };
+        let bt = if name.ends_with("zero_snr") {
+            ZERO_SNR_BETA_TOL
+        } else {
+            BETA_TOL
+        };
         let (rb, ib) = tol_ratio(s.betas(), &want_b, bt.0, bt.1);
         let (ra, ia) = tol_ratio(s.alphas_cumprod(), &want_a, ABAR_TOL.0, ABAR_TOL.1);
         println!("{name}: betas at {rb:.3} of tolerance (t = {ib}), alphas_cumprod at {ra:.3} (t = {ia})");
-        assert!(rb <= 1.0, "{name}: beta[{ib}] = {} vs diffusers {}", s.betas()[ib], want_b[ib]);
-        assert!(ra <= 1.0, "{name}: abar[{ia}] = {} vs diffusers {}", s.alphas_cumprod()[ia], want_a[ia]);
+        assert!(
+            rb <= 1.0,
+            "{name}: beta[{ib}] = {} vs diffusers {}",
+            s.betas()[ib],
+            want_b[ib]
+        );
+        assert!(
+            ra <= 1.0,
+            "{name}: abar[{ia}] = {} vs diffusers {}",
+            s.alphas_cumprod()[ia],
+            want_a[ia]
+        );
 
         // Negative control: the same tolerances reject an off-by-one timestep.
         let (sb, _) = tol_ratio(&s.betas()[1..], &want_b[..999], bt.0, bt.1);
         let (sa, _) = tol_ratio(&s.alphas_cumprod()[1..], &want_a[..999], ABAR_TOL.0, ABAR_TOL.1);
-        assert!(sb > 1.0 && sa > 1.0, "{name}: tolerance would accept a shifted schedule");
+        assert!(
+            sb > 1.0 && sa > 1.0,
+            "{name}: tolerance would accept a shifted schedule"
+        );
     }
 }
 

@@ -26,7 +26,10 @@ fn check_schedule(s: &NoiseSchedule) {
         assert!(w[1] < w[0], "alphas_cumprod must decrease strictly");
     }
     assert!(a.iter().all(|&v| (0.0..=1.0).contains(&v)));
-    assert!(a[..a.len() - 1].iter().all(|&v| v > 0.0), "only the last level may be pure noise");
+    assert!(
+        a[..a.len() - 1].iter().all(|&v| v > 0.0),
+        "only the last level may be pure noise"
+    );
     for t in 0..s.len() {
         assert!(s.level_at(t).is_valid());
     }
@@ -172,10 +175,13 @@ proptest! {
         for from in preds {
             for to in preds {
                 let there = from.convert(to, array![o].view(), array![x].view(), &l);
-                if let Ok(there) = there {
-                    if let Ok(back) = to.convert(from, there.view(), array![x].view(), &l) {
-                        prop_assert!((back[0] - o).abs() <= 1e-8 * (1.0 + o.abs()) / alpha.max(1e-3), "{:?}->{:?}: {} vs {}", from, to, back[0], o);
-                    }
+                if let Ok(there) = there
+                    && let Ok(back) = to.convert(from, there.view(), array![x].view(), &l)
+                {
+                    prop_assert!(
+                        (back[0] - o).abs() <= 1e-8 * (1.0 + o.abs()) / alpha.max(1e-3),
+                        "{:?}->{:?}: {} vs {}", from, to, back[0], o
+                    );
                 }
             }
         }

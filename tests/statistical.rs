@@ -30,7 +30,11 @@ fn exact_output(abar: &[f64], eta_or_large: Result<f64, ()>, start: (f64, f64)) 
                 // DDPM fixed_large: posterior mean, forward variance beta = 1 - at / ap
                 let beta = 1.0 - at / ap;
                 let std2 = if ap == 1.0 { 0.0 } else { beta };
-                (a2 * beta / (1.0 - at), (at / ap).sqrt() * (1.0 - ap) / (1.0 - at), std2)
+                (
+                    a2 * beta / (1.0 - at),
+                    (at / ap).sqrt() * (1.0 - ap) / (1.0 - at),
+                    std2,
+                )
             }
         };
         let big_a = cd * g + cx;
@@ -47,7 +51,10 @@ fn check_stats(name: &str, out: &Array2<f64>, (mean, var): (f64, f64)) {
     let got_v = out.var_axis(Axis(0), 1.0)[0];
     let (se_m, se_v) = ((var / m).sqrt(), var * (2.0 / (m - 1.0)).sqrt());
     println!("{name}: mean {got_m:.4} (exact {mean:.4}), var {got_v:.4} (exact {var:.4}; data {VAR})");
-    assert!((got_m - mean).abs() < 4.0 * se_m, "{name}: mean {got_m} vs {mean}");
+    assert!(
+        (got_m - mean).abs() < 4.0 * se_m,
+        "{name}: mean {got_m} vs {mean}"
+    );
     assert!((got_v - var).abs() < 4.0 * se_v, "{name}: var {got_v} vs {var}");
 }
 
@@ -70,10 +77,16 @@ fn ddpm_1000_steps_reproduces_mean_and_variance() {
         (Prediction::Epsilon, DdpmVariance::FixedLarge),
         (Prediction::Velocity, DdpmVariance::FixedSmall),
     ] {
-        let mut model = GaussianMixture::gaussian(vec![MU], vec![VAR]).unwrap().with_prediction(pred);
+        let mut model = GaussianMixture::gaussian(vec![MU], vec![VAR])
+            .unwrap()
+            .with_prediction(pred);
         let mut rng = StdRng::seed_from_u64(42);
         let x: Array2<f64> = standard_normal((m, 1), &mut rng);
-        let out = Ddpm::new().variance(variance).clip_sample(None).sample(&mut model, x, &g, &mut rng).unwrap();
+        let out = Ddpm::new()
+            .variance(variance)
+            .clip_sample(None)
+            .sample(&mut model, x, &g, &mut rng)
+            .unwrap();
         let exact = if variance == DdpmVariance::FixedLarge {
             exact_output(&abar, Err(()), (0.0, 1.0))
         } else {
@@ -85,7 +98,11 @@ fn ddpm_1000_steps_reproduces_mean_and_variance() {
             assert!((exact.1 - VAR).abs() < se_v, "fixed_large bias {}", exact.1 - VAR);
             check_stats("DDPM FixedLarge vs data", &out, (MU, VAR));
         } else {
-            assert!((exact.1 / VAR - 0.9845).abs() < 0.002, "fixed_small bias {}", exact.1);
+            assert!(
+                (exact.1 / VAR - 0.9845).abs() < 0.002,
+                "fixed_small bias {}",
+                exact.1
+            );
         }
     }
 }
@@ -98,7 +115,11 @@ fn ddpm_1000_steps_reproduces_mean_and_variance() {
 fn ddim_eta1_matches_its_exact_output_distribution() {
     let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
     let g = s.grid(100, Spacing::Trailing).unwrap();
-    let abar: Vec<f64> = g.timesteps().iter().map(|&t| s.alphas_cumprod()[t as usize]).collect();
+    let abar: Vec<f64> = g
+        .timesteps()
+        .iter()
+        .map(|&t| s.alphas_cumprod()[t as usize])
+        .collect();
     let m = 20_000;
     let mut model = GaussianMixture::gaussian(vec![MU], vec![VAR]).unwrap();
     let mut rng = StdRng::seed_from_u64(7);
@@ -107,7 +128,11 @@ fn ddim_eta1_matches_its_exact_output_distribution() {
     let l0 = g.levels()[0];
     let sd0 = (l0.alpha * l0.alpha * VAR + l0.sigma * l0.sigma).sqrt();
     let x = x.mapv(|z| l0.alpha * MU + sd0 * z);
-    let out = Ddim::new().eta(1.0).clip_sample(None).sample(&mut model, x, &g, &mut rng).unwrap();
+    let out = Ddim::new()
+        .eta(1.0)
+        .clip_sample(None)
+        .sample(&mut model, x, &g, &mut rng)
+        .unwrap();
     let exact = exact_output(&abar, Ok(1.0), (l0.alpha * MU, sd0 * sd0));
     check_stats("DDIM eta=1, 100 steps", &out, exact);
 }
@@ -124,7 +149,10 @@ fn ddim_eta0_follows_the_exact_ode() {
         let g = s.grid(steps, Spacing::Trailing).unwrap();
         let (first, last) = (g.levels()[0], g.levels()[steps]);
         let exact = model.ode_solution(x.view(), &first, &last).unwrap();
-        let out = Ddim::new().clip_sample(None).sample(&mut model, x.clone(), &g, &mut StdRng::seed_from_u64(0)).unwrap();
+        let out = Ddim::new()
+            .clip_sample(None)
+            .sample(&mut model, x.clone(), &g, &mut StdRng::seed_from_u64(0))
+            .unwrap();
         let err = (&out - &exact).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
         println!("{steps} steps: max |x - exact| = {err:.3e}");
         errs.push(err);
@@ -158,8 +186,14 @@ fn forward_process_marginals() {
     for (name, a) in [("q(x_t|x_0)", &xt), ("chained steps", &chain)] {
         let am = a.mean().unwrap();
         let av = a.var_axis(Axis(0), 1.0)[0];
-        assert!((am - mean).abs() < 4.0 * (var / m as f64).sqrt(), "{name}: mean {am} vs {mean}");
-        assert!((av - var).abs() < 4.0 * var * (2.0 / m as f64).sqrt(), "{name}: var {av} vs {var}");
+        assert!(
+            (am - mean).abs() < 4.0 * (var / m as f64).sqrt(),
+            "{name}: mean {am} vs {mean}"
+        );
+        assert!(
+            (av - var).abs() < 4.0 * var * (2.0 / m as f64).sqrt(),
+            "{name}: var {av} vs {var}"
+        );
     }
     // The posterior q(x_{t-1} | x_t, x_0) has the DDPM variance.
     let (_, pv) = fp.posterior(x0.view(), xt.view(), &vec![t; m]).unwrap();

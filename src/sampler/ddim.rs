@@ -152,7 +152,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DdimState<F, D> {
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (step, from, to) = (self.walk.step(), self.walk.from(), self.walk.to());
         let var = if to.sigma == 0.0 {
             0.0
@@ -165,13 +169,23 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DdimState<F, D> {
         // ce * eps = ce / sigma * x - ce * alpha / sigma * x0_e
         let (kx, kd) = (ce / from.sigma, -ce * from.alpha / from.sigma);
         let k = if self.cfg.use_clipped_model_output {
-            Affine { clamped: to.alpha + kd, raw: 0.0, x: kx, z: std }
+            Affine {
+                clamped: to.alpha + kd,
+                raw: 0.0,
+                x: kx,
+                z: std,
+            }
         } else {
-            Affine { clamped: to.alpha, raw: kd, x: kx, z: std }
+            Affine {
+                clamped: to.alpha,
+                raw: kd,
+                x: kx,
+                z: std,
+            }
         };
         let clamps = Clamps::for_policy(&mut est, &self.x, &self.cfg.policy, &mut self.scratch)?;
         let z = if std > 0.0 {
-            Some(&*fill_noise(&mut self.z, &self.x, step, noise))
+            Some(fill_noise(&mut self.z, &self.x, step, noise))
         } else {
             None
         };

@@ -150,7 +150,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DdpmState<F, D> {
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (step, from, to) = (self.walk.step(), self.walk.from(), self.walk.to());
         let p = posterior(&from, &to);
         let var = if to.is_clean() {
@@ -162,10 +166,15 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DdpmState<F, D> {
             }
         };
         let std = var.sqrt();
-        let k = Affine { clamped: p.x0, raw: 0.0, x: p.xt, z: std };
+        let k = Affine {
+            clamped: p.x0,
+            raw: 0.0,
+            x: p.xt,
+            z: std,
+        };
         let clamps = Clamps::for_policy(&mut est, &self.x, &self.cfg.policy, &mut self.scratch)?;
         let z = if std > 0.0 {
-            Some(&*fill_noise(&mut self.z, &self.x, step, noise))
+            Some(fill_noise(&mut self.z, &self.x, step, noise))
         } else {
             None
         };

@@ -53,9 +53,15 @@ pub(crate) fn affine_step<F: Float, D: Dimension>(
     let (cx, co) = (est.cx, est.co);
     match clamps {
         Clamps::Uniform(c) => affine_view(x.view_mut(), est.out.view(), z.map(|z| z.view()), cx, co, *c, k),
-        Clamps::PerSample(cs) if x.ndim() == 0 => {
-            affine_view(x.view_mut(), est.out.view(), z.map(|z| z.view()), cx, co, cs[0], k)
-        }
+        Clamps::PerSample(cs) if x.ndim() == 0 => affine_view(
+            x.view_mut(),
+            est.out.view(),
+            z.map(|z| z.view()),
+            cx,
+            co,
+            cs[0],
+            k,
+        ),
         Clamps::PerSample(cs) => {
             let mut fin = Finite::OK;
             let mut x = x.view_mut().into_dyn();

@@ -89,7 +89,13 @@ pub trait Sampler {
     /// level: [`Error::Model`] (the model failed), [`Error::ShapeMismatch`],
     /// [`Error::NonFinite`] (model output, noise or sample), [`Error::Undetermined`] (e.g. an
     /// epsilon prediction at a zero-SNR level).
-    fn sample<F, D, M, N>(&self, model: &mut M, x: Array<F, D>, grid: &Grid, noise: &mut N) -> Result<Array<F, D>>
+    fn sample<F, D, M, N>(
+        &self,
+        model: &mut M,
+        x: Array<F, D>,
+        grid: &Grid,
+        noise: &mut N,
+    ) -> Result<Array<F, D>>
     where
         F: Float,
         D: Dimension,
@@ -118,7 +124,11 @@ pub trait SamplerState<F: Float, D: Dimension> {
     ///
     /// # Errors
     /// [`Error::NonFinite`] if the estimate, the noise or the updated sample is not finite.
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, est: Estimate<F, D>, noise: &mut N) -> Result<Option<Array<F, D>>>;
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        est: Estimate<F, D>,
+        noise: &mut N,
+    ) -> Result<Option<Array<F, D>>>;
 
     /// The current sample.
     fn sample(&self) -> ArrayView<'_, F, D>;
@@ -237,10 +247,18 @@ pub(crate) struct Walk {
 }
 
 impl Walk {
+    #[allow(
+        clippy::float_cmp,
+        reason = "a zero-length final step is an exact repeat of the level"
+    )]
     pub(crate) fn new(grid: &Grid) -> Self {
         let levels = grid.levels().to_vec();
         let n = levels.len() - 1;
-        let end = if levels[n].sigma_ve() == levels[n - 1].sigma_ve() { n - 1 } else { n };
+        let end = if levels[n].sigma_ve() == levels[n - 1].sigma_ve() {
+            n - 1
+        } else {
+            n
+        };
         Walk { levels, step: 0, end }
     }
 
@@ -299,11 +317,7 @@ impl<F: Float, D: Dimension, S: SamplerState<F, D>> Run<F, D, S> {
 
     /// The next model evaluation to perform, or `None` when the run is finished.
     pub fn request(&self) -> Option<Request<'_, F, D>> {
-        if self.failed {
-            None
-        } else {
-            self.state.pending()
-        }
+        if self.failed { None } else { self.state.pending() }
     }
 
     /// `true` once there is nothing left to evaluate.

@@ -53,14 +53,14 @@ impl X0Policy {
                     reason: "must be finite and at least 1",
                 });
             }
-        } else if let Some(c) = self.clip {
-            if !(c > 0.0 && c.is_finite()) {
-                return Err(Error::InvalidParameter {
-                    name: "clip_sample",
-                    value: c,
-                    reason: "the clip range must be positive and finite",
-                });
-            }
+        } else if let Some(c) = self.clip
+            && !(c > 0.0 && c.is_finite())
+        {
+            return Err(Error::InvalidParameter {
+                name: "clip_sample",
+                value: c,
+                reason: "the clip range must be positive and finite",
+            });
         }
         Ok(())
     }
@@ -125,14 +125,12 @@ fn quantile<F: Float>(v: &mut [F], q: f64) -> f64 {
     if frac == 0.0 || rest.is_empty() {
         return a;
     }
-    let b = rest
-        .iter()
-        .map(|v| v.as_f64())
-        .fold(f64::INFINITY, f64::min);
+    let b = rest.iter().map(|v| v.as_f64()).fold(f64::INFINITY, f64::min);
     a + frac * (b - a)
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
     use ndarray::array;
@@ -158,11 +156,20 @@ mod tests {
 
     #[test]
     fn validation() {
-        let p = X0Policy { clip: Some(-1.0), threshold: None };
+        let p = X0Policy {
+            clip: Some(-1.0),
+            threshold: None,
+        };
         assert!(p.validate().is_err());
-        let p = X0Policy { clip: None, threshold: Some(Thresholding { ratio: 0.0, max: 1.0 }) };
+        let p = X0Policy {
+            clip: None,
+            threshold: Some(Thresholding { ratio: 0.0, max: 1.0 }),
+        };
         assert!(p.validate().is_err());
-        let p = X0Policy { clip: None, threshold: Some(Thresholding { ratio: 0.9, max: 0.5 }) };
+        let p = X0Policy {
+            clip: None,
+            threshold: Some(Thresholding { ratio: 0.9, max: 0.5 }),
+        };
         assert!(p.validate().is_err());
         assert!(X0Policy::default().validate().is_ok());
     }

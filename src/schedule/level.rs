@@ -131,6 +131,7 @@ impl fmt::Display for NoiseLevel {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
     use approx::assert_relative_eq;

@@ -8,8 +8,8 @@
 mod betas;
 mod level;
 
-pub use level::NoiseLevel;
 pub(crate) use betas::linspace;
+pub use level::NoiseLevel;
 
 use crate::error::{Error, Result};
 
@@ -58,7 +58,7 @@ impl NoiseSchedule {
     pub fn scaled_linear(steps: usize, beta_start: f64, beta_end: f64) -> Result<Self> {
         check_steps(steps)?;
         for (name, v) in [("beta_start", beta_start), ("beta_end", beta_end)] {
-            if !(v >= 0.0) {
+            if v.is_nan() || v < 0.0 {
                 return Err(Error::InvalidParameter {
                     name,
                     value: v,
@@ -130,11 +130,7 @@ impl NoiseSchedule {
     /// # Errors
     /// [`Error::InvalidSteps`] for `steps = 0`, [`Error::InvalidParameter`] for `max_beta`
     /// outside (0, 1], [`Error::InvalidBeta`] if `abar` produces a beta outside (0, 1).
-    pub fn from_alpha_bar_fn(
-        steps: usize,
-        max_beta: f64,
-        alpha_bar: impl Fn(f64) -> f64,
-    ) -> Result<Self> {
+    pub fn from_alpha_bar_fn(steps: usize, max_beta: f64, alpha_bar: impl Fn(f64) -> f64) -> Result<Self> {
         check_steps(steps)?;
         if !(max_beta > 0.0 && max_beta <= 1.0) {
             return Err(Error::InvalidParameter {
@@ -161,6 +157,10 @@ impl NoiseSchedule {
     /// finite or not in (0, 1) (the last may be exactly 1); [`Error::InvalidValue`] when a beta is
     /// so small that `1 - beta` rounds to 1, or the cumulative product underflows to 0 before the
     /// last step — either would make two levels identical.
+    #[allow(
+        clippy::float_cmp,
+        reason = "only an exact 1 marks a pure-noise terminal level"
+    )]
     pub fn from_betas(betas: &[f64]) -> Result<Self> {
         check_steps(betas.len())?;
         let last = betas.len() - 1;
@@ -193,7 +193,13 @@ impl NoiseSchedule {
         }
         let sigmas_ve = alphas_cumprod
             .iter()
-            .map(|&a| if a == 0.0 { f64::INFINITY } else { ((1.0 - a) / a).sqrt() })
+            .map(|&a| {
+                if a == 0.0 {
+                    f64::INFINITY
+                } else {
+                    ((1.0 - a) / a).sqrt()
+                }
+            })
             .collect();
         Ok(NoiseSchedule {
             betas: betas.to_vec(),
@@ -311,8 +317,7 @@ impl NoiseSchedule {
         if s1.is_finite() {
             NoiseLevel::from_sigma_ve(t, (1.0 - frac) * s0 + frac * s1)
         } else {
-            let a = (1.0 - frac) * self.alphas_cumprod[i].sqrt()
-                + frac * self.alphas_cumprod[i + 1].sqrt();
+            let a = (1.0 - frac) * self.alphas_cumprod[i].sqrt() + frac * self.alphas_cumprod[i + 1].sqrt();
             NoiseLevel::from_alpha_bar(t, a * a)
         }
     }
@@ -385,6 +390,7 @@ fn check_steps(steps: usize) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
     use approx::assert_relative_eq;
@@ -403,7 +409,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_betas() {
-        assert!(matches!(NoiseSchedule::from_betas(&[]), Err(Error::InvalidSteps { .. })));
+        assert!(matches!(
+            NoiseSchedule::from_betas(&[]),
+            Err(Error::InvalidSteps { .. })
+        ));
         assert!(matches!(
             NoiseSchedule::from_betas(&[0.1, 1.0, 0.2]),
             Err(Error::InvalidBeta { index: 1, .. })
@@ -434,7 +443,12 @@ mod tests {
         assert_relative_eq!(z.alphas_cumprod()[0], s.alphas_cumprod()[0], max_relative = 1e-12);
         assert_eq!(z.alphas_cumprod()[999], 0.0);
         assert!(z.sigmas_ve()[999].is_infinite());
-        assert!(NoiseSchedule::linear(1, 1e-4, 0.02).unwrap().with_zero_terminal_snr().is_err());
+        assert!(
+            NoiseSchedule::linear(1, 1e-4, 0.02)
+                .unwrap()
+                .with_zero_terminal_snr()
+                .is_err()
+        );
         // Fractional levels next to the terminal one stay finite and ordered.
         let l = z.level(998.5);
         assert!(l.alpha > 0.0 && l.alpha < z.level(998.0).alpha);
@@ -469,9 +483,17 @@ mod tests {
         assert_eq!(s.posterior_variance(0), 0.0);
         let t = 400;
         let (a, ap, b) = (s.alphas_cumprod()[t], s.alphas_cumprod()[t - 1], s.betas()[t]);
-        assert_relative_eq!(s.posterior_variance(t), (1.0 - ap) / (1.0 - a) * b, max_relative = 1e-14);
+        assert_relative_eq!(
+            s.posterior_variance(t),
+            (1.0 - ap) / (1.0 - a) * b,
+            max_relative = 1e-14
+        );
         let (c0, ct) = s.posterior_mean_coefs(t);
         assert_relative_eq!(c0, b * ap.sqrt() / (1.0 - a), max_relative = 1e-14);
-        assert_relative_eq!(ct, (1.0 - ap) * (1.0 - b).sqrt() / (1.0 - a), max_relative = 1e-14);
+        assert_relative_eq!(
+            ct,
+            (1.0 - ap) * (1.0 - b).sqrt() / (1.0 - a),
+            max_relative = 1e-14
+        );
     }
 }

@@ -25,7 +25,9 @@ pub fn f64s2(v: &Value) -> Vec<Vec<f64>> {
 }
 
 pub fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("no string {key} in case"))
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string {key} in case"))
 }
 
 /// Our schedule for a fixture schedule name (the generator's `SCHEDULES`).
@@ -62,7 +64,12 @@ pub fn gmm(meta: &Value) -> GaussianMixture {
 }
 
 pub fn shape(meta: &Value) -> Vec<usize> {
-    meta["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect()
+    meta["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect()
 }
 
 /// Largest absolute difference.
