@@ -4,7 +4,7 @@ use ndarray::{Array, ArrayView, Dimension};
 
 use super::kernel::{Affine, Clamps, affine_step};
 use super::x0::{Thresholding, X0Policy};
-use super::{Estimate, Request, Sampler, SamplerState, Walk, fill_noise};
+use super::{Estimate, Request, Sampler, SamplerState, Walk, attribute, fill_noise};
 use crate::error::Result;
 use crate::float::Float;
 use crate::forward::{posterior, transition};
@@ -178,7 +178,8 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DdpmState<F, D> {
         } else {
             None
         };
-        affine_step(&mut self.x, &est, &clamps, k, z).result(step, from)?;
+        let ok = affine_step(&mut self.x, &est, &clamps, k, z);
+        attribute(ok, &est, z)?;
         self.walk.next();
         Ok(Some(est.into_buffer()))
     }

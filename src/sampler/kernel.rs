@@ -2,8 +2,8 @@
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Axis, Dimension, Zip};
 
+use super::Estimate;
 use super::x0::{Clamp, X0Policy};
-use super::{Estimate, Finite};
 use crate::error::Result;
 use crate::float::Float;
 
@@ -49,7 +49,7 @@ pub(crate) fn affine_step<F: Float, D: Dimension>(
     clamps: &Clamps<F>,
     k: Affine,
     z: Option<&Array<F, D>>,
-) -> Finite {
+) -> bool {
     let (cx, co) = (est.cx, est.co);
     match clamps {
         Clamps::Uniform(c) => affine_view(x.view_mut(), est.out.view(), z.map(|z| z.view()), cx, co, *c, k),
@@ -63,13 +63,13 @@ pub(crate) fn affine_step<F: Float, D: Dimension>(
             k,
         ),
         Clamps::PerSample(cs) => {
-            let mut fin = Finite::OK;
+            let mut fin = true;
             let mut x = x.view_mut().into_dyn();
             let out = est.out.view().into_dyn();
             let z = z.map(|z| z.view().into_dyn());
             for (b, c) in cs.iter().enumerate() {
                 let zb = z.as_ref().map(|z| z.index_axis(Axis(0), b));
-                fin = fin.and(affine_view(
+                fin &= affine_view(
                     x.index_axis_mut(Axis(0), b),
                     out.index_axis(Axis(0), b),
                     zb,
@@ -77,7 +77,7 @@ pub(crate) fn affine_step<F: Float, D: Dimension>(
                     co,
                     *c,
                     k,
-                ));
+                );
             }
             fin
         }
@@ -93,38 +93,39 @@ fn affine_view<F: Float, E: Dimension>(
     co: F,
     c: Clamp<F>,
     k: Affine,
-) -> Finite {
+) -> bool {
     let (kc, kr, kx, kz) = (F::cast(k.clamped), F::cast(k.raw), F::cast(k.x), F::cast(k.z));
-    match z {
-        None => {
-            let (d_ok, x_ok) = Zip::from(x).and(out).fold((true, true), |(d_ok, x_ok), x, &o| {
-                let d = cx * *x + co * o;
-                let nx = kc * c.apply(d) + kr * d + kx * *x;
+    // The fast path: no clamp, so clamp(d) = d and the update is linear in (x, out, z).
+    // Non-finite values propagate into the new sample (NaN * 0 is NaN), so checking the new
+    // sample alone catches a bad model output or noise; `attribute` says which it was.
+    if c.is_none() {
+        let (kd, kx2) = (kc + kr, kx);
+        return match z {
+            None => Zip::from(x).and(out).fold(true, |ok, x, &o| {
+                let nx = kd * (cx * *x + co * o) + kx2 * *x;
                 *x = nx;
-                (d_ok & d.is_finite(), x_ok & nx.is_finite())
-            });
-            Finite {
-                d: d_ok,
-                z: true,
-                x: x_ok,
-            }
-        }
-        Some(z) => {
-            let (d_ok, z_ok, x_ok) =
-                Zip::from(x)
-                    .and(out)
-                    .and(z)
-                    .fold((true, true, true), |(d_ok, z_ok, x_ok), x, &o, &z| {
-                        let d = cx * *x + co * o;
-                        let nx = kc * c.apply(d) + kr * d + kx * *x + kz * z;
-                        *x = nx;
-                        (d_ok & d.is_finite(), z_ok & z.is_finite(), x_ok & nx.is_finite())
-                    });
-            Finite {
-                d: d_ok,
-                z: z_ok,
-                x: x_ok,
-            }
-        }
+                ok & nx.is_finite()
+            }),
+            Some(z) => Zip::from(x).and(out).and(z).fold(true, |ok, x, &o, &z| {
+                let nx = kd * (cx * *x + co * o) + kx2 * *x + kz * z;
+                *x = nx;
+                ok & nx.is_finite()
+            }),
+        };
+    }
+    match z {
+        None => Zip::from(x).and(out).fold(true, |ok, x, &o| {
+            let d = cx * *x + co * o;
+            let nx = kc * c.apply(d) + kr * d + kx * *x;
+            *x = nx;
+            // clamp() maps NaN to a bound: check d itself too.
+            ok & nx.is_finite() & d.is_finite()
+        }),
+        Some(z) => Zip::from(x).and(out).and(z).fold(true, |ok, x, &o, &z| {
+            let d = cx * *x + co * o;
+            let nx = kc * c.apply(d) + kr * d + kx * *x + kz * z;
+            *x = nx;
+            ok & nx.is_finite() & d.is_finite()
+        }),
     }
 }

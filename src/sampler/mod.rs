@@ -200,41 +200,29 @@ impl<F: Float, D: Dimension> Estimate<F, D> {
     }
 }
 
-/// Finiteness flags gathered during a fused update pass.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Finite {
-    pub d: bool,
-    pub z: bool,
-    pub x: bool,
-}
-
-impl Finite {
-    pub(crate) const OK: Finite = Finite {
-        d: true,
-        z: true,
-        x: true,
+/// After an update pass found a non-finite value in the new sample: names the culprit — the
+/// model output, the noise, or (if both are finite) the sample itself (overflow, or a
+/// non-finite input sample). Only runs on the error path.
+pub(crate) fn attribute<F: Float, D: Dimension>(
+    x_ok: bool,
+    est: &Estimate<F, D>,
+    z: Option<&Array<F, D>>,
+) -> Result<()> {
+    if x_ok {
+        return Ok(());
+    }
+    let what = if est.out.iter().any(|v| !v.is_finite()) {
+        "model output"
+    } else if z.is_some_and(|z| z.iter().any(|v| !v.is_finite())) {
+        "noise"
+    } else {
+        "sample"
     };
-
-    pub(crate) fn and(self, o: Finite) -> Finite {
-        Finite {
-            d: self.d & o.d,
-            z: self.z & o.z,
-            x: self.x & o.x,
-        }
-    }
-
-    pub(crate) fn result(self, step: usize, level: NoiseLevel) -> Result<()> {
-        let what = if !self.d {
-            "model output"
-        } else if !self.z {
-            "noise"
-        } else if !self.x {
-            "sample"
-        } else {
-            return Ok(());
-        };
-        Err(Error::NonFinite { step, level, what })
-    }
+    Err(Error::NonFinite {
+        step: est.step,
+        level: est.level,
+        what,
+    })
 }
 
 /// Position along a grid. A zero-length final step (final level equal to the one before) is

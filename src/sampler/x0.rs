@@ -80,6 +80,14 @@ impl<F: Float> Clamp<F> {
             inv: F::one(),
         }
     }
+    #[allow(
+        clippy::float_cmp,
+        reason = "the identity clamp is built from exact constants"
+    )]
+    pub(crate) fn is_none(&self) -> bool {
+        self.lim == F::infinity() && self.inv == F::one()
+    }
+
     #[inline(always)]
     pub(crate) fn apply(self, v: F) -> F {
         v.max(-self.lim).min(self.lim) * self.inv
