@@ -196,7 +196,7 @@ fn bad_sampler_parameters_are_rejected_before_running() {
     for eta in [-0.5, f64::NAN, f64::INFINITY] {
         let err = Ddim::new()
             .eta(eta)
-            .start(x.clone(), &g, Prediction::Epsilon)
+            .start(x.clone(), &g, Prediction::Epsilon, &mut StdRng::seed_from_u64(0))
             .unwrap_err();
         assert!(
             matches!(err, Error::InvalidParameter { name: "eta", .. }),
@@ -205,9 +205,12 @@ fn bad_sampler_parameters_are_rejected_before_running() {
     }
     for clip in [0.0, -1.0, f64::NAN] {
         assert!(matches!(
-            Ddpm::new()
-                .clip_sample(Some(clip))
-                .start(x.clone(), &g, Prediction::Epsilon),
+            Ddpm::new().clip_sample(Some(clip)).start(
+                x.clone(),
+                &g,
+                Prediction::Epsilon,
+                &mut StdRng::seed_from_u64(0)
+            ),
             Err(Error::InvalidParameter {
                 name: "clip_sample",
                 ..
@@ -218,7 +221,7 @@ fn bad_sampler_parameters_are_rejected_before_running() {
     assert!(
         Ddim::new()
             .thresholding(Some(t))
-            .start(x, &g, Prediction::Epsilon)
+            .start(x, &g, Prediction::Epsilon, &mut StdRng::seed_from_u64(0))
             .is_err()
     );
 }
@@ -227,23 +230,20 @@ fn bad_sampler_parameters_are_rejected_before_running() {
 fn a_finished_run_refuses_more_answers() {
     let (_, g) = grid();
     let mut model = GaussianMixture::gaussian(vec![0.0], vec![1.0]).unwrap();
-    let mut run: Run<f64, _, _> = Ddim::new()
-        .start(array![[0.5f64]], &g, Prediction::Epsilon)
-        .unwrap();
     let mut rng = StdRng::seed_from_u64(0);
+    let mut run: Run<f64, _, _, _> = Ddim::new()
+        .start(array![[0.5f64]], &g, Prediction::Epsilon, &mut rng)
+        .unwrap();
     let mut steps = 0;
     while let Some(req) = run.request() {
         assert_eq!(req.step, steps);
         let out = model.denoise(req.x, &req.level).unwrap();
-        run.respond(out, &mut rng).unwrap();
+        run.respond(out).unwrap();
         steps += 1;
     }
     assert_eq!(steps, 10);
     assert!(run.is_finished());
-    assert!(matches!(
-        run.respond(array![[0.0]], &mut rng),
-        Err(Error::Finished)
-    ));
+    assert!(matches!(run.respond(array![[0.0]]), Err(Error::Finished)));
     assert_eq!(run.state().sample().len(), 1);
 }
 
@@ -253,13 +253,13 @@ fn shape_errors_leave_the_run_usable() {
     let mut model = GaussianMixture::gaussian(vec![0.0], vec![1.0]).unwrap();
     let mut rng = StdRng::seed_from_u64(0);
     let mut run = Ddim::new()
-        .start(array![[0.5f64]], &g, Prediction::Epsilon)
+        .start(array![[0.5f64]], &g, Prediction::Epsilon, &mut rng)
         .unwrap();
-    assert!(run.respond(array![[0.0, 1.0]], &mut rng).is_err());
+    assert!(run.respond(array![[0.0, 1.0]]).is_err());
     let req = run.request().unwrap();
     assert_eq!(req.step, 0);
     let out = model.denoise(req.x, &req.level).unwrap();
-    run.respond(out, &mut rng).unwrap();
+    run.respond(out).unwrap();
 }
 
 #[test]

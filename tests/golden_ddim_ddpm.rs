@@ -43,12 +43,12 @@ fn trajectory<S: Sampler>(
     noise: &mut ReplayNoise<f64>,
 ) -> Vec<Vec<f64>> {
     let mut run = sampler
-        .start(x, grid, Denoiser::<f64, IxDyn>::prediction(model))
+        .start(x, grid, Denoiser::<f64, IxDyn>::prediction(model), noise)
         .unwrap();
     let mut out = Vec::new();
     while let Some(req) = run.request() {
         let o = model.denoise(req.x, &req.level).unwrap();
-        run.respond(o, noise).unwrap();
+        run.respond(o).unwrap();
         out.push(run.sample().iter().copied().collect());
     }
     // A zero-length final step (t = 0 to the first timestep) is skipped: it is the identity.

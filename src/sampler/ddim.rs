@@ -1,6 +1,6 @@
 //! DDIM (Song, Meng & Ermon 2021).
 
-use ndarray::{Array, ArrayView, Dimension};
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
 
 use super::kernel::{Affine, Clamps, affine_step};
 use super::x0::{Thresholding, X0Policy};
@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::grid::Grid;
 use crate::noise::NoiseSource;
+use crate::schedule::NoiseLevel;
 
 /// DDIM: denoising diffusion implicit models[^ddim], diffusers' `DDIMScheduler`.
 ///
@@ -116,7 +117,12 @@ impl Ddim {
 impl Sampler for Ddim {
     type State<F: Float, D: Dimension> = DdimState<F, D>;
 
-    fn init<F: Float, D: Dimension>(&self, x: Array<F, D>, grid: &Grid) -> Result<DdimState<F, D>> {
+    fn init<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        x: Array<F, D>,
+        grid: &Grid,
+        _noise: &mut N,
+    ) -> Result<DdimState<F, D>> {
         check_eta(self.eta)?;
         self.policy.validate()?;
         Ok(DdimState {
@@ -197,6 +203,14 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DdimState<F, D> {
 
     fn sample(&self) -> ArrayView<'_, F, D> {
         self.x.view()
+    }
+
+    fn sample_mut(&mut self) -> ArrayViewMut<'_, F, D> {
+        self.x.view_mut()
+    }
+
+    fn level(&self) -> NoiseLevel {
+        self.walk.current()
     }
 
     fn into_sample(self) -> Array<F, D> {

@@ -1,6 +1,6 @@
 //! DDPM ancestral sampling (Ho, Jain & Abbeel 2020).
 
-use ndarray::{Array, ArrayView, Dimension};
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
 
 use super::kernel::{Affine, Clamps, affine_step};
 use super::x0::{Thresholding, X0Policy};
@@ -10,6 +10,7 @@ use crate::float::Float;
 use crate::forward::{posterior, transition};
 use crate::grid::Grid;
 use crate::noise::NoiseSource;
+use crate::schedule::NoiseLevel;
 
 /// The variance of DDPM's reverse step (diffusers' `variance_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -115,7 +116,12 @@ impl Ddpm {
 impl Sampler for Ddpm {
     type State<F: Float, D: Dimension> = DdpmState<F, D>;
 
-    fn init<F: Float, D: Dimension>(&self, x: Array<F, D>, grid: &Grid) -> Result<DdpmState<F, D>> {
+    fn init<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        x: Array<F, D>,
+        grid: &Grid,
+        _noise: &mut N,
+    ) -> Result<DdpmState<F, D>> {
         self.policy.validate()?;
         Ok(DdpmState {
             x,
@@ -186,6 +192,14 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DdpmState<F, D> {
 
     fn sample(&self) -> ArrayView<'_, F, D> {
         self.x.view()
+    }
+
+    fn sample_mut(&mut self) -> ArrayViewMut<'_, F, D> {
+        self.x.view_mut()
+    }
+
+    fn level(&self) -> NoiseLevel {
+        self.walk.current()
     }
 
     fn into_sample(self) -> Array<F, D> {

@@ -19,10 +19,10 @@
 //! let mut rng = StdRng::seed_from_u64(0);
 //! let x: Array2<f32> = standard_normal((4, 2), &mut rng);
 //! // Step by step: the caller runs the model.
-//! let mut run = Ddim::new().clip_sample(None).start(x, &grid, Prediction::Epsilon)?;
+//! let mut run = Ddim::new().clip_sample(None).start(x, &grid, Prediction::Epsilon, &mut rng)?;
 //! while let Some(req) = run.request() {
 //!     let out = model.denoise(req.x, &req.level).unwrap();
-//!     run.respond(out, &mut rng)?;
+//!     run.respond(out)?;
 //! }
 //! let sample = run.into_sample();
 //! assert!((sample[[0, 0]] - 1.0).abs() < 1.5);
@@ -38,9 +38,7 @@ pub use ddim::{Ddim, DdimState};
 pub use ddpm::{Ddpm, DdpmState, DdpmVariance};
 pub use x0::Thresholding;
 
-use std::marker::PhantomData;
-
-use ndarray::{Array, ArrayView, Dimension, Zip};
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
 
 use crate::denoiser::{Denoiser, Prediction};
 use crate::error::{Error, Result};
@@ -60,25 +58,35 @@ pub trait Sampler {
     type State<F: Float, D: Dimension>: SamplerState<F, D>;
 
     /// Sets up a run from `x`, the sample at `grid.levels()[0]` in the model's native scaling.
+    /// Samplers that perturb the sample before the first model call (stochastic churn) draw
+    /// that noise from `noise` here.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for a configuration out of range.
-    fn init<F: Float, D: Dimension>(&self, x: Array<F, D>, grid: &Grid) -> Result<Self::State<F, D>>;
+    fn init<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        x: Array<F, D>,
+        grid: &Grid,
+        noise: &mut N,
+    ) -> Result<Self::State<F, D>>;
 
     /// How many model evaluations a run over `grid` costs (NFE).
     fn model_calls(&self, grid: &Grid) -> usize;
 
-    /// Starts a step-by-step [`Run`] for a model whose outputs are of type `prediction`.
+    /// Starts a step-by-step [`Run`] for a model whose outputs are of type `prediction`,
+    /// drawing any noise it needs from `noise`.
     ///
     /// # Errors
     /// As [`init`](Self::init).
-    fn start<F: Float, D: Dimension>(
+    fn start<'n, F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
         &self,
         x: Array<F, D>,
         grid: &Grid,
         prediction: Prediction,
-    ) -> Result<Run<F, D, Self::State<F, D>>> {
-        Ok(Run::new(self.init(x, grid)?, prediction))
+        noise: &'n mut N,
+    ) -> Result<Run<'n, F, D, Self::State<F, D>, N>> {
+        let state = self.init(x, grid, noise)?;
+        Ok(Run::new(state, prediction, noise))
     }
 
     /// Samples from `x` (at `grid.levels()[0]`, in the model's native scaling) to the grid's
@@ -102,13 +110,13 @@ pub trait Sampler {
         M: Denoiser<F, D> + ?Sized,
         N: NoiseSource<F> + ?Sized,
     {
-        let mut run = self.start(x, grid, model.prediction())?;
+        let mut run = self.start(x, grid, model.prediction(), noise)?;
         while let Some(req) = run.request() {
             let (step, level) = (req.step, req.level);
             let out = model
                 .denoise(req.x, &level)
                 .map_err(|source| Error::Model { step, level, source })?;
-            run.respond(out, noise)?;
+            run.respond(out)?;
         }
         Ok(run.into_sample())
     }
@@ -119,8 +127,9 @@ pub trait SamplerState<F: Float, D: Dimension> {
     /// The next model evaluation the sampler needs, or `None` once the run is finished.
     fn pending(&self) -> Option<Request<'_, F, D>>;
 
-    /// Consumes the model's output for the pending request and advances. Returns a buffer the
-    /// run may reuse for a later model output, if one became free.
+    /// Consumes the model's output for the pending request and advances (drawing any noise the
+    /// update, or the next request, needs). Returns a buffer the run may reuse for a later model
+    /// output, if one became free.
     ///
     /// # Errors
     /// [`Error::NonFinite`] if the estimate, the noise or the updated sample is not finite.
@@ -132,6 +141,14 @@ pub trait SamplerState<F: Float, D: Dimension> {
 
     /// The current sample.
     fn sample(&self) -> ArrayView<'_, F, D>;
+
+    /// The current sample, mutably (e.g. to re-impose a known region between steps). Only
+    /// meaningful between whole steps: [`level`](Self::level) tells which level it is at.
+    fn sample_mut(&mut self) -> ArrayViewMut<'_, F, D>;
+
+    /// The level the current sample is at (the grid level of the next step's start, or the final
+    /// level once finished).
+    fn level(&self) -> NoiseLevel;
 
     /// The current sample, by value.
     fn into_sample(self) -> Array<F, D>;
@@ -271,6 +288,15 @@ impl Walk {
         self.levels[self.step + 1]
     }
 
+    /// The level the sample is at now: the start of the next step, or the final level.
+    pub(crate) fn current(&self) -> NoiseLevel {
+        if self.done() {
+            self.levels[self.levels.len() - 1]
+        } else {
+            self.levels[self.step]
+        }
+    }
+
     pub(crate) fn next(&mut self) {
         self.step += 1;
     }
@@ -279,27 +305,37 @@ impl Walk {
 /// A step-by-step sampling run: the sampler asks for a model evaluation
 /// ([`request`](Self::request)), the caller answers ([`respond`](Self::respond)).
 ///
-/// After an error from `respond` that happened while updating the sample, the run is finished
-/// (`request` returns `None`). Errors detected before the update (shape mismatch, undetermined
-/// estimate) leave the run unchanged, so the caller may answer again.
-#[derive(Debug)]
-pub struct Run<F: Float, D: Dimension, S> {
+/// The run borrows the noise source it was started with. After an error from `respond` that
+/// happened while updating the sample, the run is finished (`request` returns `None`). Errors
+/// detected before the update (shape mismatch, undetermined estimate) leave the run unchanged,
+/// so the caller may answer again.
+pub struct Run<'n, F: Float, D: Dimension, S, N: ?Sized> {
     state: S,
     prediction: Prediction,
+    noise: &'n mut N,
     spare: Option<Array<F, D>>,
     failed: bool,
-    _marker: PhantomData<fn() -> (F, D)>,
 }
 
-impl<F: Float, D: Dimension, S: SamplerState<F, D>> Run<F, D, S> {
+impl<F: Float, D: Dimension, S: std::fmt::Debug, N: ?Sized> std::fmt::Debug for Run<'_, F, D, S, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("state", &self.state)
+            .field("prediction", &self.prediction)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'n, F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F> + ?Sized> Run<'n, F, D, S, N> {
     /// A run over `state`, for a model whose outputs are of type `prediction`.
-    pub fn new(state: S, prediction: Prediction) -> Self {
+    pub fn new(state: S, prediction: Prediction, noise: &'n mut N) -> Self {
         Run {
             state,
             prediction,
+            noise,
             spare: None,
             failed: false,
-            _marker: PhantomData,
         }
     }
 
@@ -324,7 +360,7 @@ impl<F: Float, D: Dimension, S: SamplerState<F, D>> Run<F, D, S> {
     /// [`Error::Finished`] if nothing is pending; [`Error::ShapeMismatch`] if `output` differs
     /// from the sample in shape; [`Error::Undetermined`] if the prediction type cannot give
     /// `x0` at this level; [`Error::NonFinite`] from the update.
-    pub fn respond<N: NoiseSource<F> + ?Sized>(&mut self, output: Array<F, D>, noise: &mut N) -> Result<()> {
+    pub fn respond(&mut self, output: Array<F, D>) -> Result<()> {
         let (step, level, shape_ok) = {
             let req = self.request().ok_or(Error::Finished)?;
             (req.step, req.level, req.x.shape() == output.shape())
@@ -350,7 +386,7 @@ impl<F: Float, D: Dimension, S: SamplerState<F, D>> Run<F, D, S> {
             step,
             level,
         };
-        match self.state.advance(est, noise) {
+        match self.state.advance(est, self.noise) {
             Ok(spare) => {
                 if spare.is_some() {
                     self.spare = spare;
@@ -367,6 +403,17 @@ impl<F: Float, D: Dimension, S: SamplerState<F, D>> Run<F, D, S> {
     /// The current sample (the final sample once finished).
     pub fn sample(&self) -> ArrayView<'_, F, D> {
         self.state.sample()
+    }
+
+    /// The level the current sample is at.
+    pub fn level(&self) -> NoiseLevel {
+        self.state.level()
+    }
+
+    /// The current sample, mutably, between steps (e.g. to re-impose known pixels at the
+    /// current [`level`](Self::level), as inpainting does).
+    pub fn sample_mut(&mut self) -> ArrayViewMut<'_, F, D> {
+        self.state.sample_mut()
     }
 
     /// The sampler's state.
