@@ -4,27 +4,34 @@
 //! from custom timesteps or k-diffusion sigmas, or from explicit [`NoiseLevel`]s. It ends at a
 //! final level chosen by [`FinalLevel`].
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::schedule::{NoiseLevel, NoiseSchedule};
 
 /// How a grid's timesteps (or sigmas) are spaced over the training schedule.
 ///
 /// `T` is the number of training timesteps, `N` the number of sampling steps. Formulas follow
-/// diffusers (`timestep_spacing`, `use_karras_sigmas`, `use_exponential_sigmas`), with numpy's
-/// round-half-to-even.
+/// diffusers (`timestep_spacing`, `use_karras_sigmas`, `use_exponential_sigmas`,
+/// `use_beta_sigmas`, LCM's `original_inference_steps`), with numpy's round-half-to-even.
 ///
 /// | variant | timesteps (noisiest first) | diffusers |
 /// |---|---|---|
 /// | `Leading { offset }` | `(arange(N) * (T // N))[::-1] + offset` | `"leading"` + `steps_offset` (DDIM, DDPM, PNDM default) |
 /// | `Trailing` | `round(T - i T / N) - 1`, `i = 0..N` | `"trailing"` |
-/// | `Linspace` | `linspace(0, T - 1, N)[::-1]`, fractional | `"linspace"` of the Euler family |
+/// | `Linspace` | `linspace(0, T - 1, N)[::-1]`, fractional | `"linspace"` of the Euler family (default there) |
 /// | `LinspaceRounded` | `round(linspace(0, T - 1, N))[::-1]` | `"linspace"` of DDIM / DDPM / PNDM |
+/// | `DpmLinspace` | `round(linspace(0, T - 1, N + 1))[::-1][:-1]` | `"linspace"` of DPM-Solver, UniPC, DEIS (default there) |
+/// | `DpmLeading { offset }` | `(arange(N + 1) * (T // (N + 1)))[::-1][:-1] + offset` | `"leading"` of DPM-Solver, UniPC, DEIS |
 /// | `Karras { rho }` | sigmas `(smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho` | `use_karras_sigmas` (rho = 7) |
 /// | `Exponential` | sigmas `exp(linspace(ln smax, ln smin, N))` | `use_exponential_sigmas` |
+/// | `Beta { alpha, beta }` | sigmas `smin + ppf(1 - i/(N-1)) (smax - smin)`, ppf of Beta(alpha, beta) | `use_beta_sigmas` (0.6, 0.6) |
+/// | `Lcm { original_steps }` | every `len / N`-th of `[T/k - 1, 2T/k - 1, ..., T - 1]`, `k = original_steps` | `LCMScheduler` (50) |
 ///
 /// For the sigma spacings `smin`, `smax` are the k-diffusion sigmas of the first and last
 /// training timesteps, and each sigma's `t` is found by log-sigma interpolation
-/// ([`NoiseSchedule::sigma_to_t`]).
+/// ([`NoiseSchedule::sigma_to_t`]). For a [`FlowSchedule`](crate::FlowSchedule) see its
+/// [`grid`](crate::FlowSchedule::grid).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Spacing {
@@ -39,6 +46,14 @@ pub enum Spacing {
     Linspace,
     /// Evenly spaced timesteps from `T - 1` to 0, rounded to integers (DDIM / DDPM family).
     LinspaceRounded,
+    /// The DPM-Solver family's linspace: `N + 1` rounded points from `T - 1` to 0, the last
+    /// (t = 0) dropped.
+    DpmLinspace,
+    /// The DPM-Solver family's leading spacing: multiples of `T // (N + 1)`, the last dropped.
+    DpmLeading {
+        /// diffusers' `steps_offset`.
+        offset: usize,
+    },
     /// Karras et al. 2022 (EDM) sigmas with exponent `rho` (7 in EDM and diffusers).
     Karras {
         /// The EDM exponent.
@@ -46,6 +61,84 @@ pub enum Spacing {
     },
     /// Sigmas evenly spaced in log-sigma.
     Exponential,
+    /// Sigmas at the quantiles of a Beta distribution (Lee et al. 2024, *Beta sampling is all
+    /// you need*); diffusers uses `alpha = beta = 0.6`.
+    Beta {
+        /// First shape parameter.
+        alpha: f64,
+        /// Second shape parameter.
+        beta: f64,
+    },
+    /// Latent Consistency Models' timesteps: a subset of the `original_steps` distillation
+    /// timesteps.
+    Lcm {
+        /// diffusers' `original_inference_steps` (50).
+        original_steps: usize,
+    },
+}
+
+impl Spacing {
+    /// diffusers' beta sigmas: `Beta { alpha: 0.6, beta: 0.6 }`.
+    pub const BETA: Spacing = Spacing::Beta {
+        alpha: 0.6,
+        beta: 0.6,
+    };
+    /// EDM / diffusers' Karras sigmas: `Karras { rho: 7.0 }`.
+    pub const KARRAS: Spacing = Spacing::Karras { rho: 7.0 };
+}
+
+/// The family a grid's levels belong to. It decides how levels between grid points are built
+/// (stochastic churn, midpoints) and which ODE coordinates the sigma-space samplers (Heun,
+/// DPM-2, LMS, iPNDM) integrate in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleFamily {
+    /// Variance preserving: `alpha^2 + sigma^2 = 1` (DDPM, Stable Diffusion, cosine, ...).
+    /// Sigma-space samplers use k-diffusion's coordinates `x / alpha`, `sigma / alpha`.
+    Vp,
+    /// Variance exploding: `alpha = 1` (EDM, score SDE VE). Same coordinates as `Vp`.
+    Ve,
+    /// Rectified flow: `alpha + sigma = 1`. Sigma-space samplers integrate `dx/dsigma` directly,
+    /// as diffusers' FlowMatch schedulers do.
+    Flow,
+}
+
+impl ScheduleFamily {
+    /// The level of this family with k-diffusion sigma `s = sigma / alpha` and timestep `t`.
+    pub fn level(self, t: f64, sigma_ve: f64) -> NoiseLevel {
+        match self {
+            ScheduleFamily::Vp => NoiseLevel::from_sigma_ve(t, sigma_ve),
+            ScheduleFamily::Ve => NoiseLevel::new(t, 1.0, sigma_ve),
+            ScheduleFamily::Flow => {
+                if sigma_ve.is_infinite() {
+                    NoiseLevel::new(t, 0.0, 1.0)
+                } else {
+                    let s = sigma_ve / (1.0 + sigma_ve);
+                    NoiseLevel::new(t, 1.0 - s, s)
+                }
+            }
+        }
+    }
+
+    /// The weight `kappa` of the ODE coordinates `y = x / (alpha + kappa sigma)`,
+    /// `tau = sigma / (alpha + kappa sigma)` that sigma-space samplers integrate in: 0 (VE
+    /// coordinates) for `Vp` and `Ve`, 1 (`y = x`, `tau = sigma`) for `Flow`.
+    pub fn kappa(self) -> f64 {
+        match self {
+            ScheduleFamily::Flow => 1.0,
+            _ => 0.0,
+        }
+    }
+}
+
+/// How a grid builds levels between its own (churned or midpoint sigmas).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum LevelMap {
+    /// Through the discrete schedule (`t` by log-sigma interpolation).
+    Schedule(Arc<NoiseSchedule>),
+    /// A flow schedule with `T` training timesteps: `t = sigma T`.
+    Flow { t_max: f64 },
+    /// `t` interpolated in log-sigma between the grid's own levels.
+    Interpolated(ScheduleFamily),
 }
 
 /// Where a grid ends.
@@ -83,11 +176,14 @@ pub enum FinalLevel {
 pub struct Grid {
     levels: Vec<NoiseLevel>,
     first_timestep: Option<NoiseLevel>,
+    map: LevelMap,
 }
 
 impl Grid {
     /// A grid from explicit levels: the `steps` levels the model is evaluated at, then the final
-    /// level.
+    /// level. Its [`family`](Self::family) is `Ve` if every `alpha` is 1, `Flow` if every level
+    /// has `alpha + sigma = 1` (and not all are VP), `Vp` otherwise; levels between grid points
+    /// take their `t` by log-sigma interpolation.
     ///
     /// ```
     /// use diffusion_samplers::{Grid, NoiseLevel};
@@ -104,10 +200,47 @@ impl Grid {
     /// [`Error::InvalidSteps`] for fewer than two levels, [`Error::InvalidValue`] for a level
     /// that breaks the invariants above.
     pub fn from_levels(levels: Vec<NoiseLevel>) -> Result<Self> {
-        Self::checked(levels, None)
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9;
+        let all = |f: &dyn Fn(&NoiseLevel) -> bool| levels.iter().all(f);
+        let family = if all(&|l| close(l.alpha, 1.0)) {
+            ScheduleFamily::Ve
+        } else if all(&|l| close(l.alpha + l.sigma, 1.0))
+            && !all(&|l| close(l.alpha * l.alpha + l.sigma * l.sigma, 1.0))
+        {
+            ScheduleFamily::Flow
+        } else {
+            ScheduleFamily::Vp
+        };
+        Self::checked(levels, None, LevelMap::Interpolated(family))
     }
 
-    fn checked(levels: Vec<NoiseLevel>, first_timestep: Option<NoiseLevel>) -> Result<Self> {
+    /// A variance-exploding grid (`alpha = 1`, `sigma` = the given sigmas), as EDM and
+    /// k-diffusion use: `x = x0 + sigma n`. Each level's `t` is its sigma (EDM models compute
+    /// their own `c_noise = ln(sigma) / 4` from `level.sigma`). A trailing 0 marks the clean
+    /// final level and is optional.
+    ///
+    /// ```
+    /// use diffusion_samplers::{karras_sigmas, Grid};
+    /// let g = Grid::ve(&karras_sigmas(18, 0.002, 80.0, 7.0))?; // EDM's CIFAR-10 grid
+    /// assert_eq!(g.steps(), 18);
+    /// assert_eq!(g.levels()[0].alpha, 1.0);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`NoiseSchedule::grid_from_sigmas`].
+    pub fn ve(sigmas: &[f64]) -> Result<Self> {
+        let body = check_sigma_list(sigmas, false)?;
+        let mut levels: Vec<NoiseLevel> = body.iter().map(|&s| NoiseLevel::new(s, 1.0, s)).collect();
+        levels.push(NoiseLevel::CLEAN);
+        Self::checked(levels, None, LevelMap::Interpolated(ScheduleFamily::Ve))
+    }
+
+    pub(crate) fn checked(
+        levels: Vec<NoiseLevel>,
+        first_timestep: Option<NoiseLevel>,
+        map: LevelMap,
+    ) -> Result<Self> {
         if levels.len() < 2 {
             return Err(Error::InvalidSteps {
                 steps: levels.len().saturating_sub(1),
@@ -151,7 +284,69 @@ impl Grid {
         Ok(Grid {
             levels,
             first_timestep,
+            map,
         })
+    }
+
+    /// The family of the grid's levels (see [`ScheduleFamily`]).
+    pub fn family(&self) -> ScheduleFamily {
+        match &self.map {
+            LevelMap::Schedule(_) => ScheduleFamily::Vp,
+            LevelMap::Flow { .. } => ScheduleFamily::Flow,
+            LevelMap::Interpolated(f) => *f,
+        }
+    }
+
+    /// The level with k-diffusion sigma `sigma_ve` (`sigma / alpha`), as the grid's schedule
+    /// defines it: through the training schedule for grids built from a [`NoiseSchedule`]
+    /// (`t` by log-sigma interpolation, diffusers' `_sigma_to_t`), `t = sigma T` for flow
+    /// schedules, and for other grids `t` interpolated in log-sigma between the grid's levels.
+    /// Samplers use it for levels off the grid: EDM's churned sigma, DPM-2's midpoint.
+    ///
+    /// ```
+    /// use diffusion_samplers::{NoiseSchedule, Spacing};
+    /// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+    /// let g = s.grid(10, Spacing::Linspace)?;
+    /// let mid = g.level_at_sigma_ve(1.0);
+    /// assert_eq!(mid, s.level_from_sigma_ve(1.0));
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    pub fn level_at_sigma_ve(&self, sigma_ve: f64) -> NoiseLevel {
+        match &self.map {
+            LevelMap::Schedule(s) => s.level_from_sigma_ve(sigma_ve),
+            LevelMap::Flow { t_max } => {
+                let l = ScheduleFamily::Flow.level(0.0, sigma_ve);
+                NoiseLevel { t: l.sigma * t_max, ..l }
+            }
+            LevelMap::Interpolated(f) => f.level(self.interpolated_t(sigma_ve), sigma_ve),
+        }
+    }
+
+    /// `t` for a sigma between the grid's levels, interpolated in log-sigma (clamped to the
+    /// grid's first and last step levels).
+    fn interpolated_t(&self, s: f64) -> f64 {
+        let body = &self.levels[..self.levels.len() - 1];
+        let sig: Vec<f64> = body.iter().map(NoiseLevel::sigma_ve).collect();
+        if s >= sig[0] {
+            return body[0].t;
+        }
+        for i in 0..body.len() - 1 {
+            let (a, b) = (sig[i], sig[i + 1]);
+            if s <= a && s >= b {
+                let w = if a.is_finite() { (a.ln() - s.ln()) / (a.ln() - b.ln()) } else { 1.0 };
+                return body[i].t + w * (body[i + 1].t - body[i].t);
+            }
+        }
+        // Below the last step level: towards the final level.
+        let last = self.levels[self.levels.len() - 1];
+        let lb = body[body.len() - 1];
+        let (a, b) = (lb.sigma_ve(), last.sigma_ve());
+        if b > 0.0 && s > b {
+            let w = (a.ln() - s.ln()) / (a.ln() - b.ln());
+            lb.t + w * (last.t - lb.t)
+        } else {
+            lb.t
+        }
     }
 
     /// All levels: `steps() + 1` entries, the last the final level.
@@ -220,6 +415,7 @@ impl Grid {
         Ok(Grid {
             levels: self.levels[start..].to_vec(),
             first_timestep: self.first_timestep,
+            map: self.map.clone(),
         })
     }
 }
@@ -252,6 +448,64 @@ pub fn exponential_sigmas(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> 
         .into_iter()
         .map(f64::exp)
         .collect()
+}
+
+/// Sigmas at the quantiles of Beta(alpha, beta) between `sigma_max` and `sigma_min`
+/// (diffusers' `use_beta_sigmas`: `smin + ppf(1 - i/(n-1)) (smax - smin)`).
+///
+/// ```
+/// let s = diffusion_samplers::grid::beta_sigmas(5, 0.03, 14.6, 0.6, 0.6);
+/// assert!((s[0] - 14.6).abs() < 1e-9 && (s[4] - 0.03).abs() < 1e-12);
+/// assert!((s[2] - (0.03 + 14.6) / 2.0).abs() < 1e-9); // the median of a symmetric Beta
+/// ```
+pub fn beta_sigmas(n: usize, sigma_min: f64, sigma_max: f64, alpha: f64, beta: f64) -> Vec<f64> {
+    ramp(n)
+        .into_iter()
+        .map(|r| sigma_min + crate::special::beta_ppf(1.0 - r, alpha, beta) * (sigma_max - sigma_min))
+        .collect()
+}
+
+fn check_beta_shape(alpha: f64, beta: f64) -> Result<()> {
+    for (name, v) in [("alpha", alpha), ("beta", beta)] {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(Error::InvalidParameter {
+                name,
+                value: v,
+                reason: "Beta shape parameters must be positive and finite",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Validates a list of sigmas (strictly decreasing, positive; the first may be `+inf` when
+/// `allow_inf` holds; an optional trailing 0) and returns it without the trailing 0.
+pub(crate) fn check_sigma_list(sigmas: &[f64], allow_inf: bool) -> Result<&[f64]> {
+    let body = match sigmas.split_last() {
+        Some((&0.0, rest)) => rest,
+        _ => sigmas,
+    };
+    if body.is_empty() {
+        return Err(Error::InvalidSteps {
+            steps: 0,
+            max: usize::MAX,
+        });
+    }
+    let bad = |index, value, reason| Error::InvalidValue {
+        what: "sigmas",
+        index,
+        value,
+        reason,
+    };
+    for (i, &s) in body.iter().enumerate() {
+        if s.is_nan() || s <= 0.0 || (s.is_infinite() && (i > 0 || !allow_inf)) {
+            return Err(bad(i, s, "sigmas must be positive and finite (the first may be +inf where pure noise exists)"));
+        }
+        if i > 0 && s >= body[i - 1] {
+            return Err(bad(i, s, "sigmas must decrease strictly"));
+        }
+    }
+    Ok(body)
 }
 
 /// `linspace(0, 1, n)`.
@@ -287,21 +541,23 @@ impl NoiseSchedule {
             return Err(Error::InvalidSteps { steps, max: t_train });
         }
         let tmax = (t_train - 1) as f64;
-        match spacing {
+        let ts: Vec<f64> = match spacing {
             Spacing::Leading { offset } => {
                 let ratio = t_train / steps;
-                let ts: Vec<f64> = (0..steps).rev().map(|i| (i * ratio + offset) as f64).collect();
-                self.grid_from_timesteps(&ts)
+                (0..steps).rev().map(|i| (i * ratio + offset) as f64).collect()
+            }
+            Spacing::DpmLeading { offset } => {
+                let ratio = t_train / (steps + 1);
+                (1..=steps).rev().map(|i| (i * ratio + offset) as f64).collect()
             }
             Spacing::Trailing => {
                 // numpy: arange(T, 0, -T/N) computes start + i * delta with
                 // delta = (start + step) - start.
                 let start = t_train as f64;
                 let delta = (start - start / steps as f64) - start;
-                let ts: Vec<f64> = (0..steps)
+                (0..steps)
                     .map(|i| (start + i as f64 * delta).round_ties_even() - 1.0)
-                    .collect();
-                self.grid_from_timesteps(&ts)
+                    .collect()
             }
             Spacing::Linspace | Spacing::LinspaceRounded => {
                 let mut ts = if steps == 1 {
@@ -313,7 +569,30 @@ impl NoiseSchedule {
                 if spacing == Spacing::LinspaceRounded {
                     ts.iter_mut().for_each(|t| *t = t.round_ties_even());
                 }
-                self.grid_from_timesteps(&ts)
+                ts
+            }
+            Spacing::DpmLinspace => {
+                let mut ts: Vec<f64> = crate::schedule::linspace(0.0, tmax, steps + 1)
+                    .into_iter()
+                    .map(f64::round_ties_even)
+                    .collect();
+                ts.reverse();
+                ts.pop();
+                ts
+            }
+            Spacing::Lcm { original_steps } => {
+                if original_steps == 0 || original_steps > t_train || steps > original_steps {
+                    return Err(Error::InvalidParameter {
+                        name: "original_steps",
+                        value: original_steps as f64,
+                        reason: "LCM needs steps <= original_steps <= training timesteps",
+                    });
+                }
+                let k = t_train / original_steps;
+                let origin: Vec<usize> = (1..=original_steps).rev().map(|i| i * k - 1).collect();
+                (0..steps)
+                    .map(|i| origin[(i as f64 * origin.len() as f64 / steps as f64).floor() as usize] as f64)
+                    .collect()
             }
             Spacing::Karras { rho } => {
                 if !(rho > 0.0 && rho.is_finite()) {
@@ -324,13 +603,19 @@ impl NoiseSchedule {
                     });
                 }
                 let (lo, hi) = self.sigma_range()?;
-                self.grid_from_spaced_sigmas(&karras_sigmas(steps, lo, hi, rho), "rho", rho)
+                return self.grid_from_spaced_sigmas(&karras_sigmas(steps, lo, hi, rho), "rho", rho);
             }
             Spacing::Exponential => {
                 let (lo, hi) = self.sigma_range()?;
-                self.grid_from_spaced_sigmas(&exponential_sigmas(steps, lo, hi), "steps", steps as f64)
+                return self.grid_from_spaced_sigmas(&exponential_sigmas(steps, lo, hi), "steps", steps as f64);
             }
-        }
+            Spacing::Beta { alpha, beta } => {
+                check_beta_shape(alpha, beta)?;
+                let (lo, hi) = self.sigma_range()?;
+                return self.grid_from_spaced_sigmas(&beta_sigmas(steps, lo, hi, alpha, beta), "alpha", alpha);
+            }
+        };
+        self.grid_from_timesteps(&ts)
     }
 
     /// Sigmas computed by a spacing formula must all be positive and finite (an extreme `rho`
@@ -406,7 +691,7 @@ impl NoiseSchedule {
         }
         let mut levels: Vec<NoiseLevel> = timesteps.iter().map(|&t| self.level(t)).collect();
         levels.push(NoiseLevel::CLEAN);
-        Grid::checked(levels, Some(self.level_at(0)))
+        Grid::checked(levels, Some(self.level_at(0)), LevelMap::Schedule(Arc::new(self.clone())))
     }
 
     /// A grid through the given k-diffusion sigmas (`sigma / alpha`, strictly decreasing,
@@ -427,37 +712,10 @@ impl NoiseSchedule {
     /// [`Error::InvalidSteps`] for an empty list (or only a 0); [`Error::InvalidValue`] for a
     /// sigma that is NaN, negative, zero before the end, or not below its predecessor.
     pub fn grid_from_sigmas(&self, sigmas: &[f64]) -> Result<Grid> {
-        let body = match sigmas.split_last() {
-            Some((&0.0, rest)) => rest,
-            _ => sigmas,
-        };
-        if body.is_empty() {
-            return Err(Error::InvalidSteps {
-                steps: 0,
-                max: usize::MAX,
-            });
-        }
-        let bad = |index, value, reason| Error::InvalidValue {
-            what: "sigmas",
-            index,
-            value,
-            reason,
-        };
-        for (i, &s) in body.iter().enumerate() {
-            if s.is_nan() || s <= 0.0 || (i > 0 && s.is_infinite()) {
-                return Err(bad(
-                    i,
-                    s,
-                    "sigmas must be positive and finite (the first may be +inf)",
-                ));
-            }
-            if i > 0 && s >= body[i - 1] {
-                return Err(bad(i, s, "sigmas must decrease strictly"));
-            }
-        }
+        let body = check_sigma_list(sigmas, true)?;
         let mut levels: Vec<NoiseLevel> = body.iter().map(|&s| self.level_from_sigma_ve(s)).collect();
         levels.push(NoiseLevel::CLEAN);
-        Grid::checked(levels, Some(self.level_at(0)))
+        Grid::checked(levels, Some(self.level_at(0)), LevelMap::Schedule(Arc::new(self.clone())))
     }
 }
 

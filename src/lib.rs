@@ -70,18 +70,19 @@ pub mod grid;
 pub mod noise;
 pub mod sampler;
 pub mod schedule;
+mod special;
 
 pub use denoiser::{Denoiser, FnDenoiser, Linear, Prediction};
 pub use error::{BoxError, Error, Result};
 pub use float::Float;
 pub use forward::{ForwardProcess, LossWeighting};
-pub use grid::{FinalLevel, Grid, Spacing, exponential_sigmas, karras_sigmas};
+pub use grid::{FinalLevel, Grid, ScheduleFamily, Spacing, exponential_sigmas, karras_sigmas};
 pub use noise::{NoiseSource, ReplayNoise};
 pub use sampler::{
     Ddim, DdimState, Ddpm, DdpmState, DdpmVariance, Estimate, Request, Run, Sampler, SamplerState,
     Thresholding,
 };
-pub use schedule::{NoiseLevel, NoiseSchedule};
+pub use schedule::{FlowSchedule, FlowShift, NoiseLevel, NoiseSchedule};
 
 /// Everything a typical user needs, in one `use diffusion_samplers::prelude::*`.
 pub mod prelude {

@@ -6,9 +6,11 @@
 //! Lin et al. 2023.
 
 mod betas;
+mod flow;
 mod level;
 
 pub(crate) use betas::linspace;
+pub use flow::{FlowSchedule, FlowShift};
 pub use level::NoiseLevel;
 
 use crate::error::{Error, Result};
