@@ -316,9 +316,42 @@ impl Grid {
             LevelMap::Schedule(s) => s.level_from_sigma_ve(sigma_ve),
             LevelMap::Flow { t_max } => {
                 let l = ScheduleFamily::Flow.level(0.0, sigma_ve);
-                NoiseLevel { t: l.sigma * t_max, ..l }
+                NoiseLevel {
+                    t: l.sigma * t_max,
+                    ..l
+                }
             }
             LevelMap::Interpolated(f) => f.level(self.interpolated_t(sigma_ve), sigma_ve),
+        }
+    }
+
+    /// The level at model timestep `t`, as the grid's schedule defines it: `NoiseSchedule::level`
+    /// (fractional `t` interpolated as diffusers' `np.interp`) for grids from a discrete schedule,
+    /// `sigma = t / T` for flow schedules, and for other grids log-sigma interpolated in `t`
+    /// between the grid's levels. PNDM's Runge-Kutta warm-up evaluates the model at such
+    /// half-way timesteps.
+    pub fn level_at_t(&self, t: f64) -> NoiseLevel {
+        match &self.map {
+            LevelMap::Schedule(s) => s.level(t),
+            LevelMap::Flow { t_max } => {
+                let s = (t / t_max).clamp(0.0, 1.0);
+                NoiseLevel::new(t, 1.0 - s, s)
+            }
+            LevelMap::Interpolated(f) => {
+                let body = &self.levels[..self.levels.len() - 1];
+                let mut sigma = body[0].sigma_ve();
+                for w in body.windows(2) {
+                    let (a, b) = (w[0], w[1]);
+                    if (t <= a.t && t >= b.t) || (t >= a.t && t <= b.t) {
+                        let u = if a.t == b.t { 0.0 } else { (t - a.t) / (b.t - a.t) };
+                        let (la, lb) = (a.sigma_ve().ln(), b.sigma_ve().ln());
+                        sigma = (la + u * (lb - la)).exp();
+                        break;
+                    }
+                    sigma = b.sigma_ve();
+                }
+                f.level(t, sigma)
+            }
         }
     }
 
@@ -333,7 +366,11 @@ impl Grid {
         for i in 0..body.len() - 1 {
             let (a, b) = (sig[i], sig[i + 1]);
             if s <= a && s >= b {
-                let w = if a.is_finite() { (a.ln() - s.ln()) / (a.ln() - b.ln()) } else { 1.0 };
+                let w = if a.is_finite() {
+                    (a.ln() - s.ln()) / (a.ln() - b.ln())
+                } else {
+                    1.0
+                };
                 return body[i].t + w * (body[i + 1].t - body[i].t);
             }
         }
@@ -499,7 +536,11 @@ pub(crate) fn check_sigma_list(sigmas: &[f64], allow_inf: bool) -> Result<&[f64]
     };
     for (i, &s) in body.iter().enumerate() {
         if s.is_nan() || s <= 0.0 || (s.is_infinite() && (i > 0 || !allow_inf)) {
-            return Err(bad(i, s, "sigmas must be positive and finite (the first may be +inf where pure noise exists)"));
+            return Err(bad(
+                i,
+                s,
+                "sigmas must be positive and finite (the first may be +inf where pure noise exists)",
+            ));
         }
         if i > 0 && s >= body[i - 1] {
             return Err(bad(i, s, "sigmas must decrease strictly"));
@@ -607,12 +648,20 @@ impl NoiseSchedule {
             }
             Spacing::Exponential => {
                 let (lo, hi) = self.sigma_range()?;
-                return self.grid_from_spaced_sigmas(&exponential_sigmas(steps, lo, hi), "steps", steps as f64);
+                return self.grid_from_spaced_sigmas(
+                    &exponential_sigmas(steps, lo, hi),
+                    "steps",
+                    steps as f64,
+                );
             }
             Spacing::Beta { alpha, beta } => {
                 check_beta_shape(alpha, beta)?;
                 let (lo, hi) = self.sigma_range()?;
-                return self.grid_from_spaced_sigmas(&beta_sigmas(steps, lo, hi, alpha, beta), "alpha", alpha);
+                return self.grid_from_spaced_sigmas(
+                    &beta_sigmas(steps, lo, hi, alpha, beta),
+                    "alpha",
+                    alpha,
+                );
             }
         };
         self.grid_from_timesteps(&ts)
@@ -691,7 +740,11 @@ impl NoiseSchedule {
         }
         let mut levels: Vec<NoiseLevel> = timesteps.iter().map(|&t| self.level(t)).collect();
         levels.push(NoiseLevel::CLEAN);
-        Grid::checked(levels, Some(self.level_at(0)), LevelMap::Schedule(Arc::new(self.clone())))
+        Grid::checked(
+            levels,
+            Some(self.level_at(0)),
+            LevelMap::Schedule(Arc::new(self.clone())),
+        )
     }
 
     /// A grid through the given k-diffusion sigmas (`sigma / alpha`, strictly decreasing,
@@ -715,7 +768,11 @@ impl NoiseSchedule {
         let body = check_sigma_list(sigmas, true)?;
         let mut levels: Vec<NoiseLevel> = body.iter().map(|&s| self.level_from_sigma_ve(s)).collect();
         levels.push(NoiseLevel::CLEAN);
-        Grid::checked(levels, Some(self.level_at(0)), LevelMap::Schedule(Arc::new(self.clone())))
+        Grid::checked(
+            levels,
+            Some(self.level_at(0)),
+            LevelMap::Schedule(Arc::new(self.clone())),
+        )
     }
 }
 

@@ -79,8 +79,9 @@ pub use forward::{ForwardProcess, LossWeighting};
 pub use grid::{FinalLevel, Grid, ScheduleFamily, Spacing, exponential_sigmas, karras_sigmas};
 pub use noise::{NoiseSource, ReplayNoise};
 pub use sampler::{
-    Ddim, DdimState, Ddpm, DdpmState, DdpmVariance, Estimate, Request, Run, Sampler, SamplerState,
-    Thresholding,
+    Ddim, DdimState, Ddpm, DdpmState, DdpmVariance, DpmSolver, DpmSolverState, Estimate, Euler,
+    EulerAncestral, EulerAncestralState, EulerState, Request, Run, Sampler, SamplerState, SolverType,
+    ThirdOrder, Thresholding,
 };
 pub use schedule::{FlowSchedule, FlowShift, NoiseLevel, NoiseSchedule};
 
@@ -89,8 +90,8 @@ pub mod prelude {
     pub use crate::analytic::GaussianMixture;
     pub use crate::noise::standard_normal;
     pub use crate::{
-        BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, Error, FinalLevel, FnDenoiser, ForwardProcess, Grid,
-        LossWeighting, NoiseLevel, NoiseSchedule, NoiseSource, Prediction, ReplayNoise, Sampler, Spacing,
-        Thresholding,
+        BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, DpmSolver, Error, Euler, EulerAncestral, FinalLevel,
+        FlowSchedule, FlowShift, FnDenoiser, ForwardProcess, Grid, LossWeighting, NoiseLevel, NoiseSchedule,
+        NoiseSource, Prediction, ReplayNoise, Sampler, ScheduleFamily, Spacing, Thresholding,
     };
 }

@@ -2,6 +2,7 @@
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
 
+use super::coefs::ancestral;
 use super::kernel::{Affine, Clamps, affine_step};
 use super::x0::{Thresholding, X0Policy};
 use super::{Estimate, Request, Sampler, SamplerState, Walk, attribute, check_eta, fill_noise};
@@ -17,10 +18,14 @@ use crate::schedule::NoiseLevel;
 /// estimate `x0` (clipped or thresholded if configured) and `eps = (x - alpha x0_raw) / sigma`:
 ///
 /// ```text
-/// var   = (sigma'^2 / sigma^2) (1 - alpha^2 / alpha'^2)        (DDPM posterior variance)
-/// std   = eta sqrt(var)
+/// var   = sigma'^2 (1 - r^2),  r = (sigma'/alpha') / (sigma/alpha)    (posterior variance)
+/// std   = min(eta sqrt(var), sigma')
 /// x'    = alpha' x0 + sqrt(sigma'^2 - std^2) eps + std z,   z ~ N(0, I)
 /// ```
+///
+/// For variance-preserving schedules `var` is DDIM's `(1 - abar') / (1 - abar) (1 - abar /
+/// abar')`; written this way it is the posterior variance for every schedule family, so that
+/// DDIM(eta) is exactly [`EulerAncestral`](crate::EulerAncestral)`(eta)`.
 ///
 /// `eta = 0` is deterministic (and equals the Euler step of the probability-flow ODE); `eta = 1`
 /// is ancestral sampling with the DDPM posterior variance.
@@ -164,14 +169,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DdimState<F, D> {
         noise: &mut N,
     ) -> Result<Option<Array<F, D>>> {
         let (step, from, to) = (self.walk.step(), self.walk.from(), self.walk.to());
-        let var = if to.sigma == 0.0 {
-            0.0
-        } else {
-            let r = from.alpha / to.alpha;
-            ((to.sigma / from.sigma).powi(2) * (1.0 - r * r)).max(0.0)
-        };
-        let std = self.cfg.eta * var.sqrt();
-        let ce = (to.sigma * to.sigma - std * std).max(0.0).sqrt();
+        let (std, ce) = ancestral(&from, &to, self.cfg.eta);
         // ce * eps = ce / sigma * x - ce * alpha / sigma * x0_e
         let (kx, kd) = (ce / from.sigma, -ce * from.alpha / from.sigma);
         let k = if self.cfg.use_clipped_model_output {

@@ -129,3 +129,94 @@ fn affine_view<F: Float, E: Dimension>(
         }),
     }
 }
+
+/// What a multistep update writes back into the model-output buffer (which then joins the
+/// history): the processed x0 estimate, the noise estimate `ex x_old + ed x0`, or nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Store {
+    X0,
+    Eps { ex: f64, ed: f64 },
+}
+
+/// Coefficients of `x <- x * x + d * x0 + sum_j h[j] * history[j] + z * noise`, where `x0` is the
+/// (clamped) estimate from the model output. Folding `eps = (x - alpha x0) / sigma` terms into
+/// `x` and `d` is the caller's job.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub(crate) struct Lin {
+    pub x: f64,
+    pub d: f64,
+    pub h: [f64; 3],
+    pub z: f64,
+}
+
+macro_rules! lin_kernel {
+    ($name:ident; $($h:ident: $j:tt),*) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name<F: Float, D: Dimension>(
+            x: &mut Array<F, D>,
+            o: &mut Array<F, D>,
+            $($h: &Array<F, D>,)*
+            z: Option<&Array<F, D>>,
+            conv: (F, F),
+            c: Clamp<F>,
+            store: Store,
+            k: &Lin,
+        ) -> bool {
+            let (cx, co) = conv;
+            let (kx, kd, kz) = (F::cast(k.x), F::cast(k.d), F::cast(k.z));
+            let kh = [F::cast(k.h[0]), F::cast(k.h[1]), F::cast(k.h[2])];
+            let _ = kh;
+            let (sx, sd, eps) = match store {
+                Store::X0 => (F::zero(), F::one(), false),
+                Store::Eps { ex, ed } => (F::cast(ex), F::cast(ed), true),
+            };
+            let clamp = !c.is_none();
+            match z {
+                None => Zip::from(x).and(o)$(.and($h))*.fold(true, |ok, x, o, $($h),*| {
+                    let raw = cx * *x + co * *o;
+                    let d = if clamp { c.apply(raw) } else { raw };
+                    *o = if eps { sx * *x + sd * d } else { d };
+                    let nx = kx * *x + kd * d $(+ kh[$j] * *$h)*;
+                    *x = nx;
+                    ok & nx.is_finite() & raw.is_finite()
+                }),
+                Some(z) => Zip::from(x).and(o)$(.and($h))*.and(z).fold(true, |ok, x, o, $($h,)* &z| {
+                    let raw = cx * *x + co * *o;
+                    let d = if clamp { c.apply(raw) } else { raw };
+                    *o = if eps { sx * *x + sd * d } else { d };
+                    let nx = kx * *x + kd * d $(+ kh[$j] * *$h)* + kz * z;
+                    *x = nx;
+                    ok & nx.is_finite() & raw.is_finite()
+                }),
+            }
+        }
+    };
+}
+
+lin_kernel!(lin0;);
+lin_kernel!(lin1; h0: 0);
+lin_kernel!(lin2; h0: 0, h1: 1);
+lin_kernel!(lin3; h0: 0, h1: 1, h2: 2);
+
+/// One fused pass of a multistep update: turns the model output in `est` into the clamped x0
+/// estimate, stores it (or the noise estimate) back into the output buffer, and updates `x`
+/// with `k` over up to three history arrays (newest first). Returns whether everything stayed
+/// finite.
+pub(crate) fn lin_step<F: Float, D: Dimension>(
+    x: &mut Array<F, D>,
+    est: &mut Estimate<F, D>,
+    clamp: Clamp<F>,
+    store: Store,
+    history: &[&Array<F, D>],
+    z: Option<&Array<F, D>>,
+    k: &Lin,
+) -> bool {
+    let conv = (est.cx, est.co);
+    let o = &mut est.out;
+    match history {
+        [] => lin0(x, o, z, conv, clamp, store, k),
+        [a] => lin1(x, o, a, z, conv, clamp, store, k),
+        [a, b] => lin2(x, o, a, b, z, conv, clamp, store, k),
+        [a, b, c, ..] => lin3(x, o, a, b, c, z, conv, clamp, store, k),
+    }
+}

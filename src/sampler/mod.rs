@@ -29,13 +29,20 @@
 //! # Ok::<(), diffusion_samplers::Error>(())
 //! ```
 
+mod coefs;
 mod ddim;
 mod ddpm;
+mod dpmpp;
+mod euler;
+mod history;
 mod kernel;
+mod walk;
 pub(crate) mod x0;
 
 pub use ddim::{Ddim, DdimState};
 pub use ddpm::{Ddpm, DdpmState, DdpmVariance};
+pub use dpmpp::{DpmSolver, DpmSolverState, SolverType, ThirdOrder};
+pub use euler::{Euler, EulerAncestral, EulerAncestralState, EulerState};
 pub use x0::Thresholding;
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
@@ -46,6 +53,7 @@ use crate::float::Float;
 use crate::grid::Grid;
 use crate::noise::NoiseSource;
 use crate::schedule::NoiseLevel;
+pub(crate) use walk::Walk;
 use x0::Clamp;
 
 /// A sampling algorithm: walks a [`Grid`] from noise to data.
@@ -187,6 +195,38 @@ impl<F: Float, D: Dimension> Estimate<F, D> {
         self.level
     }
 
+    /// Prepares the estimate under `policy` for samplers that only use the processed x0: returns
+    /// the clamp to apply inline (identity, or `clip_sample`); with thresholding the output is
+    /// first turned into the processed x0 in place (one extra pass, opt-in) and the returned
+    /// clamp is the identity.
+    pub(crate) fn prepare(
+        &mut self,
+        x: &Array<F, D>,
+        policy: &x0::X0Policy,
+        scratch: &mut Vec<F>,
+    ) -> Result<Clamp<F>> {
+        match (policy.threshold, policy.clip) {
+            (None, None) => Ok(Clamp::none()),
+            (None, Some(c)) => Ok(Clamp {
+                lim: F::cast(c),
+                inv: F::one(),
+            }),
+            (Some(t), _) => {
+                let clamps = self.materialize_thresholds(x, t, scratch)?;
+                let mut a = self.out.view_mut().into_dyn();
+                if a.ndim() == 0 {
+                    let c = clamps[0];
+                    a.mapv_inplace(|v| c.apply(v));
+                } else {
+                    for (mut sub, &c) in a.axis_iter_mut(ndarray::Axis(0)).zip(&clamps) {
+                        sub.mapv_inplace(|v| c.apply(v));
+                    }
+                }
+                Ok(Clamp::none())
+            }
+        }
+    }
+
     /// Converts the output in place into the raw x0 estimate (checking it is finite) and returns
     /// the per-batch-element thresholds. Afterwards `x0(x, o) == o`.
     pub(crate) fn materialize_thresholds(
@@ -240,66 +280,6 @@ pub(crate) fn attribute<F: Float, D: Dimension>(
         level: est.level,
         what,
     })
-}
-
-/// Position along a grid. A zero-length final step (final level equal to the one before) is
-/// skipped: it would be the identity.
-#[derive(Clone, Debug)]
-pub(crate) struct Walk {
-    levels: Vec<NoiseLevel>,
-    step: usize,
-    end: usize,
-}
-
-impl Walk {
-    #[allow(
-        clippy::float_cmp,
-        reason = "a zero-length final step is an exact repeat of the level"
-    )]
-    pub(crate) fn new(grid: &Grid) -> Self {
-        let levels = grid.levels().to_vec();
-        let n = levels.len() - 1;
-        let end = if levels[n].sigma_ve() == levels[n - 1].sigma_ve() {
-            n - 1
-        } else {
-            n
-        };
-        Walk { levels, step: 0, end }
-    }
-
-    /// Number of steps that will actually be taken.
-    pub(crate) fn effective_steps(grid: &Grid) -> usize {
-        Walk::new(grid).end
-    }
-
-    pub(crate) fn done(&self) -> bool {
-        self.step >= self.end
-    }
-
-    pub(crate) fn step(&self) -> usize {
-        self.step
-    }
-
-    pub(crate) fn from(&self) -> NoiseLevel {
-        self.levels[self.step]
-    }
-
-    pub(crate) fn to(&self) -> NoiseLevel {
-        self.levels[self.step + 1]
-    }
-
-    /// The level the sample is at now: the start of the next step, or the final level.
-    pub(crate) fn current(&self) -> NoiseLevel {
-        if self.done() {
-            self.levels[self.levels.len() - 1]
-        } else {
-            self.levels[self.step]
-        }
-    }
-
-    pub(crate) fn next(&mut self) {
-        self.step += 1;
-    }
 }
 
 /// A step-by-step sampling run: the sampler asks for a model evaluation

@@ -1,7 +1,9 @@
 //! Rectified-flow schedules (Liu et al. 2022; Esser et al. 2024, *Stable Diffusion 3*).
 
 use crate::error::{Error, Result};
-use crate::grid::{Grid, LevelMap, Spacing, beta_sigmas, check_sigma_list, exponential_sigmas, karras_sigmas};
+use crate::grid::{
+    Grid, LevelMap, Spacing, beta_sigmas, check_sigma_list, exponential_sigmas, karras_sigmas,
+};
 use crate::schedule::NoiseLevel;
 
 /// How a flow schedule's sigmas are shifted towards noise (diffusers' `shift`,
@@ -132,7 +134,13 @@ impl FlowSchedule {
     /// let mu = diffusion_samplers::FlowSchedule::mu_for_seq_len(4096, 256, 4096, 0.5, 1.15);
     /// assert!((mu - 1.15).abs() < 1e-12);
     /// ```
-    pub fn mu_for_seq_len(seq_len: usize, base_seq_len: usize, max_seq_len: usize, base_shift: f64, max_shift: f64) -> f64 {
+    pub fn mu_for_seq_len(
+        seq_len: usize,
+        base_seq_len: usize,
+        max_seq_len: usize,
+        base_shift: f64,
+        max_shift: f64,
+    ) -> f64 {
         let m = (max_shift - base_shift) / (max_seq_len as f64 - base_seq_len as f64);
         let b = base_shift - m * base_seq_len as f64;
         seq_len as f64 * m + b
@@ -281,7 +289,10 @@ mod tests {
 
     #[test]
     fn static_shift_is_applied_once() {
-        let s = FlowSchedule::new(1000).unwrap().with_shift(FlowShift::Static(3.0)).unwrap();
+        let s = FlowSchedule::new(1000)
+            .unwrap()
+            .with_shift(FlowShift::Static(3.0))
+            .unwrap();
         let g = s.grid(4, Spacing::Linspace).unwrap();
         let sig: Vec<f64> = g.levels().iter().map(|l| l.sigma).collect();
         let want = |x: f64| 3.0 * x / (1.0 + 2.0 * x);
@@ -301,7 +312,12 @@ mod tests {
         let a = FlowShift::Exponential { mu: 1.1 }.apply(0.3);
         let b = FlowShift::Static(1.1f64.exp()).apply(0.3);
         assert!((a - b).abs() < 1e-15);
-        assert!(FlowSchedule::new(1000).unwrap().with_shift(FlowShift::Static(-1.0)).is_err());
+        assert!(
+            FlowSchedule::new(1000)
+                .unwrap()
+                .with_shift(FlowShift::Static(-1.0))
+                .is_err()
+        );
         assert!(FlowSchedule::new(0).is_err());
         assert!(FlowSchedule::new(10).unwrap().grid(5, Spacing::Trailing).is_err());
     }
