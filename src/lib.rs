@@ -78,11 +78,7 @@ pub use float::Float;
 pub use forward::{ForwardProcess, LossWeighting};
 pub use grid::{FinalLevel, Grid, ScheduleFamily, Spacing, exponential_sigmas, karras_sigmas};
 pub use noise::{NoiseSource, ReplayNoise};
-pub use sampler::{
-    Ddim, DdimState, Ddpm, DdpmState, DdpmVariance, DpmSolver, DpmSolverState, Estimate, Euler,
-    EulerAncestral, EulerAncestralState, EulerState, Request, Run, Sampler, SamplerState, SolverType,
-    ThirdOrder, Thresholding,
-};
+pub use sampler::*;
 pub use schedule::{FlowSchedule, FlowShift, NoiseLevel, NoiseSchedule};
 
 /// Everything a typical user needs, in one `use diffusion_samplers::prelude::*`.

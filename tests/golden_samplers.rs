@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use diffusion_samplers::prelude::*;
-use diffusion_samplers::{DpmSolver, SolverType, Thresholding};
+use diffusion_samplers::{Dpm2, Dpm2Ancestral, DpmSolver, Heun, SolverType, Thresholding};
 use ndarray::{Array, IxDyn};
 use serde_json::Value;
 
@@ -92,6 +92,25 @@ fn run_kdiff(meta: &Value, case: &Value, sigmas: &[f64]) -> Option<Vec<Vec<f64>>
             &EulerAncestral::new()
                 .eta(num("eta", 1.0))
                 .s_noise(num("s_noise", 1.0)),
+            &mut model,
+            x,
+            &grid,
+            &mut noise,
+        ),
+        "sample_heun" => trajectory(
+            &Heun::new()
+                .s_churn(num("s_churn", 0.0))
+                .s_tmin(num("s_tmin", 0.0))
+                .s_tmax(num("s_tmax", f64::INFINITY))
+                .s_noise(num("s_noise", 1.0)),
+            &mut model,
+            x,
+            &grid,
+            &mut noise,
+        ),
+        "sample_dpm_2" => trajectory(&Dpm2::new(), &mut model, x, &grid, &mut noise),
+        "sample_dpm_2_ancestral" => trajectory(
+            &Dpm2Ancestral::new().eta(num("eta", 1.0)).s_noise(num("s_noise", 1.0)),
             &mut model,
             x,
             &grid,

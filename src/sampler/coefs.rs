@@ -172,3 +172,40 @@ mod tests {
         );
     }
 }
+
+/// The ODE coordinates sigma-space samplers integrate in: `y = x / c`, `tau = sigma / c` with
+/// `c = alpha + kappa sigma` (see [`ScheduleFamily::kappa`](crate::ScheduleFamily::kappa)). Then
+/// `dy/dtau = eps - kappa x0 =: g`, written `g = x / sigma - (alpha / sigma + kappa) x0` at the
+/// point where `x0` was estimated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Coords {
+    pub kappa: f64,
+}
+
+impl Coords {
+    pub(crate) fn c(&self, l: &NoiseLevel) -> f64 {
+        l.alpha + self.kappa * l.sigma
+    }
+
+    /// `tau` of a level (`inf` where `c = 0`: the pure-noise level in VE coordinates).
+    pub(crate) fn tau(&self, l: &NoiseLevel) -> f64 {
+        let c = self.c(l);
+        if c == 0.0 { f64::INFINITY } else { l.sigma / c }
+    }
+
+    /// The k-diffusion sigma of the level with coordinate `tau`.
+    pub(crate) fn sigma_ve_of_tau(&self, tau: f64) -> f64 {
+        tau / (1.0 - self.kappa * tau)
+    }
+
+    /// Coefficients `(on x, on x0)` of `g` at level `l`.
+    pub(crate) fn g(&self, l: &NoiseLevel) -> (f64, f64) {
+        (1.0 / l.sigma, -(l.alpha / l.sigma + self.kappa))
+    }
+
+    /// `true` if a step from `l` cannot be taken in these coordinates (`c = 0`); samplers then
+    /// take a first-order (DDIM) step.
+    pub(crate) fn degenerate(&self, l: &NoiseLevel) -> bool {
+        self.c(l) == 0.0
+    }
+}

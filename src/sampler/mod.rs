@@ -32,8 +32,10 @@
 mod coefs;
 mod ddim;
 mod ddpm;
+mod dpm2;
 mod dpmpp;
 mod euler;
+mod heun;
 mod history;
 mod kernel;
 mod walk;
@@ -41,8 +43,10 @@ pub(crate) mod x0;
 
 pub use ddim::{Ddim, DdimState};
 pub use ddpm::{Ddpm, DdpmState, DdpmVariance};
+pub use dpm2::{Dpm2, Dpm2Ancestral, Dpm2AncestralState, Dpm2State};
 pub use dpmpp::{DpmSolver, DpmSolverState, SolverType, ThirdOrder};
 pub use euler::{Euler, EulerAncestral, EulerAncestralState, EulerState};
+pub use heun::{Heun, HeunState};
 pub use x0::Thresholding;
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
