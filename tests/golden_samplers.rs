@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use diffusion_samplers::prelude::*;
-use diffusion_samplers::{Dpm2, Dpm2Ancestral, DpmSolver, Heun, SolverType, Thresholding};
+use diffusion_samplers::{Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolver, Heun, Lms, SolverType, Thresholding};
 use ndarray::{Array, IxDyn};
 use serde_json::Value;
 
@@ -111,6 +111,17 @@ fn run_kdiff(meta: &Value, case: &Value, sigmas: &[f64]) -> Option<Vec<Vec<f64>>
         "sample_dpm_2" => trajectory(&Dpm2::new(), &mut model, x, &grid, &mut noise),
         "sample_dpm_2_ancestral" => trajectory(
             &Dpm2Ancestral::new().eta(num("eta", 1.0)).s_noise(num("s_noise", 1.0)),
+            &mut model,
+            x,
+            &grid,
+            &mut noise,
+        ),
+        "sample_lms" => {
+            let order = kw.get("order").and_then(Value::as_u64).unwrap_or(4) as usize;
+            trajectory(&Lms::new().order(order), &mut model, x, &grid, &mut noise)
+        }
+        "sample_dpmpp_2s_ancestral" => trajectory(
+            &DpmPp2sAncestral::new().eta(num("eta", 1.0)).s_noise(num("s_noise", 1.0)),
             &mut model,
             x,
             &grid,

@@ -34,19 +34,23 @@ mod ddim;
 mod ddpm;
 mod dpm2;
 mod dpmpp;
+mod dpmpp_2s;
 mod euler;
 mod heun;
 mod history;
 mod kernel;
+mod lms;
 mod walk;
 pub(crate) mod x0;
 
 pub use ddim::{Ddim, DdimState};
 pub use ddpm::{Ddpm, DdpmState, DdpmVariance};
 pub use dpm2::{Dpm2, Dpm2Ancestral, Dpm2AncestralState, Dpm2State};
+pub use dpmpp_2s::{DpmPp2sAncestral, DpmPp2sAncestralState};
 pub use dpmpp::{DpmSolver, DpmSolverState, SolverType, ThirdOrder};
 pub use euler::{Euler, EulerAncestral, EulerAncestralState, EulerState};
 pub use heun::{Heun, HeunState};
+pub use lms::{Lms, LmsState};
 pub use x0::Thresholding;
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
