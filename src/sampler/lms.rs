@@ -19,7 +19,10 @@ use crate::schedule::NoiseLevel;
 pub(crate) fn lagrange_integrals(t: &[f64], a: f64, b: f64) -> [f64; 4] {
     let m = t.len();
     let mut out = [0.0; 4];
-    let u: Vec<f64> = t.iter().map(|v| v - t[0]).collect();
+    let mut u = [0.0f64; 4];
+    for (ui, v) in u.iter_mut().zip(t) {
+        *ui = v - t[0];
+    }
     let (ua, ub) = (a - t[0], b - t[0]);
     for j in 0..m {
         // Coefficients of prod_{k != j} (u - u_k), lowest degree first.
@@ -40,6 +43,61 @@ pub(crate) fn lagrange_integrals(t: &[f64], a: f64, b: f64) -> [f64; 4] {
         }
         let anti = |x: f64| (0..=deg).rev().fold(0.0, |acc, d| acc * x + poly[d] / (d + 1) as f64) * x;
         out[j] = (anti(ub) - anti(ua)) / denom;
+    }
+    out
+}
+
+/// `integral_a^b P_j(ln s) ds` for the Lagrange basis `P_j` over the nodes `ln t_k` (newest
+/// first): DEIS's log-rho Adams coefficients, integrated exactly. With `v = ln s - ln t[0]`
+/// the integrand is `t[0] Q_j(v) e^v`, whose antiderivative is `e^v R(v)` with `R + R' = Q`;
+/// `b = 0` (the clean level, `v = -inf`) contributes 0.
+pub(crate) fn log_lagrange_integrals(t: &[f64], a: f64, b: f64) -> [f64; 4] {
+    let m = t.len();
+    let mut out = [0.0; 4];
+    let l0 = t[0].ln();
+    let mut v = [0.0f64; 4];
+    for (vi, x) in v.iter_mut().zip(t) {
+        *vi = x.ln() - l0;
+    }
+    let (va, vb) = (a.ln() - l0, b.ln() - l0);
+    for j in 0..m {
+        let mut poly = [0.0f64; 4];
+        poly[0] = 1.0;
+        let mut deg = 0;
+        let mut denom = 1.0;
+        for k in 0..m {
+            if k == j {
+                continue;
+            }
+            for d in (0..=deg).rev() {
+                poly[d + 1] += poly[d];
+                poly[d] *= -v[k];
+            }
+            deg += 1;
+            denom *= v[j] - v[k];
+        }
+        // R = Q - dQ + d2Q - d3Q (coefficients, lowest degree first).
+        let mut r = [0.0f64; 4];
+        let mut deriv = poly;
+        let mut sign = 1.0;
+        for _ in 0..=deg {
+            for d in 0..=deg {
+                r[d] += sign * deriv[d];
+            }
+            for d in 0..deg {
+                deriv[d] = deriv[d + 1] * (d + 1) as f64;
+            }
+            deriv[deg] = 0.0;
+            sign = -sign;
+        }
+        let at = |x: f64| {
+            if x == f64::NEG_INFINITY {
+                0.0
+            } else {
+                x.exp() * (0..=deg).rev().fold(0.0, |acc, d| acc * x + r[d])
+            }
+        };
+        out[j] = t[0] * (at(vb) - at(va)) / denom;
     }
     out
 }
@@ -136,7 +194,10 @@ impl Sampler for Lms {
             x,
             walk: Walk::new(grid),
             hist: History::new(self.order - 1),
-            cfg: *self,
+            order: self.order,
+            log_basis: false,
+            lower_order_final: false,
+            policy: self.policy,
             scratch: Vec::new(),
         })
     }
@@ -153,7 +214,13 @@ pub struct LmsState<F, D: Dimension> {
     x: Array<F, D>,
     walk: Walk,
     hist: History<F, D>,
-    cfg: Lms,
+    order: usize,
+    /// Interpolate in `ln tau` (DEIS) rather than `tau` (LMS).
+    log_basis: bool,
+    /// diffusers' DEIS rule: first order on the last step and at most second order on the one
+    /// before, on grids of fewer than 15 steps.
+    lower_order_final: bool,
+    policy: X0Policy,
     scratch: Vec<F>,
 }
 
@@ -172,18 +239,29 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for LmsState<F, D> {
         if c.degenerate(&from) {
             let r = to.sigma / from.sigma;
             let k = Affine { clamped: to.alpha - from.alpha * r, raw: 0.0, x: r, z: 0.0 };
-            let clamps = Clamps::for_policy(&mut est, &self.x, &self.cfg.policy, &mut self.scratch)?;
+            let clamps = Clamps::for_policy(&mut est, &self.x, &self.policy, &mut self.scratch)?;
             let ok = affine_step(&mut self.x, &est, &clamps, k, None);
             attribute(ok, &est, None)?;
             self.walk.next();
             return Ok(Some(est.into_buffer()));
         }
-        let order = (self.hist.len() + 1).min(self.cfg.order);
+        let mut order = (self.hist.len() + 1).min(self.order);
+        if self.lower_order_final && self.walk.step() + self.walk.remaining() < 15 {
+            if self.walk.is_last() {
+                order = 1;
+            } else if self.walk.remaining() == 2 {
+                order = order.min(2);
+            }
+        }
         let mut nodes = [c.tau(&from); 4];
         for (j, node) in nodes.iter_mut().enumerate().take(order).skip(1) {
             *node = c.tau(&self.hist.level(j - 1));
         }
-        let coef = lagrange_integrals(&nodes[..order], c.tau(&from), c.tau(&to));
+        let coef = if self.log_basis {
+            log_lagrange_integrals(&nodes[..order], c.tau(&from), c.tau(&to))
+        } else {
+            lagrange_integrals(&nodes[..order], c.tau(&from), c.tau(&to))
+        };
         let (gx, gd) = c.g(&from);
         let cn = c.c(&to);
         let k = Lin {
@@ -192,7 +270,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for LmsState<F, D> {
             h: [cn * coef[1], cn * coef[2], cn * coef[3]],
             z: 0.0,
         };
-        let clamp = est.prepare(&self.x, &self.cfg.policy, &mut self.scratch)?;
+        let clamp = est.prepare(&self.x, &self.policy, &mut self.scratch)?;
         let store = Store::Eps { ex: gx, ed: gd };
         let ok = match order {
             1 => lin_step(&mut self.x, &mut est, clamp, store, &[], None, &k),
@@ -209,7 +287,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for LmsState<F, D> {
             ),
         };
         attribute(ok, &est, None)?;
-        let spare = if self.cfg.order > 1 { self.hist.push(est.into_buffer(), from) } else { Some(est.into_buffer()) };
+        let spare = if self.order > 1 { self.hist.push(est.into_buffer(), from) } else { Some(est.into_buffer()) };
         self.walk.next();
         Ok(spare)
     }
@@ -231,6 +309,121 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for LmsState<F, D> {
     }
 }
 
+/// DEIS[^deis] with the log-rho polynomial extrapolation, diffusers' `DEISMultistepScheduler`
+/// (`algorithm_type = "deis"`, `solver_type = "logrho"`): a linear multistep method for the
+/// noise prediction in k-diffusion's coordinates `y = x / alpha`, `rho = sigma / alpha`, whose
+/// past noise estimates are interpolated by a polynomial in `ln rho`:
+///
+/// ```text
+/// y' = y + sum_j c_j eps_j,   c_j = integral_rho^rho' prod_{k != j} (ln s - ln rho_k) / (ln rho_j - ln rho_k) ds
+/// ```
+///
+/// integrated exactly (diffusers' closed forms for orders 2 and 3). Orders 1–3 (default 2);
+/// order 1 is DDIM. diffusers' DEIS ends at the first training timestep, not the clean level:
+/// build its grids with [`FinalLevel::FirstTimestep`](crate::FinalLevel::FirstTimestep).
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::Deis;
+/// use ndarray::Array2;
+/// use rand::{rngs::StdRng, SeedableRng};
+/// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+/// let grid = s.grid(12, Spacing::DpmLinspace)?.with_final(FinalLevel::FirstTimestep);
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.01])?;
+/// let out = Deis::new().sample(&mut model, Array2::<f64>::zeros((1, 1)), &grid, &mut StdRng::seed_from_u64(0))?;
+/// assert!((out[[0, 0]] - 0.5).abs() < 0.3);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for an order outside 1–3.
+///
+/// [^deis]: Q. Zhang, Y. Chen, *Fast Sampling of Diffusion Models with Exponential Integrator*,
+///     ICLR 2023, arXiv:2204.13902.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Deis {
+    order: usize,
+    lower_order_final: bool,
+    policy: X0Policy,
+}
+
+impl Default for Deis {
+    fn default() -> Self {
+        Deis {
+            order: 2,
+            lower_order_final: true,
+            policy: X0Policy::default(),
+        }
+    }
+}
+
+impl Deis {
+    /// DEIS-2 with diffusers' defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The order, 1 to 3.
+    pub fn order(mut self, order: usize) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Lower orders on the last two steps of grids shorter than 15 steps (diffusers).
+    pub fn lower_order_final(mut self, yes: bool) -> Self {
+        self.lower_order_final = yes;
+        self
+    }
+
+    /// Clamp the x0 estimate to `[-r, r]`.
+    pub fn clip_sample(mut self, range: Option<f64>) -> Self {
+        self.policy.clip = range;
+        self
+    }
+
+    /// Dynamic thresholding of the x0 estimate.
+    pub fn thresholding(mut self, t: Option<Thresholding>) -> Self {
+        self.policy.threshold = t;
+        self
+    }
+}
+
+impl Sampler for Deis {
+    type State<F: Float, D: Dimension> = LmsState<F, D>;
+
+    fn init<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        x: Array<F, D>,
+        grid: &Grid,
+        _noise: &mut N,
+    ) -> Result<LmsState<F, D>> {
+        if !(1..=3).contains(&self.order) {
+            return Err(Error::InvalidParameter {
+                name: "order",
+                value: self.order as f64,
+                reason: "DEIS supports orders 1, 2 and 3",
+            });
+        }
+        self.policy.validate()?;
+        Ok(LmsState {
+            coords: Coords { kappa: 0.0 },
+            x,
+            walk: Walk::new(grid),
+            hist: History::new(self.order - 1),
+            order: self.order,
+            log_basis: true,
+            lower_order_final: self.lower_order_final,
+            policy: self.policy,
+            scratch: Vec::new(),
+        })
+    }
+
+    fn model_calls(&self, grid: &Grid) -> usize {
+        Walk::effective_steps(grid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +440,28 @@ mod tests {
         assert!((got - (anti(b) - anti(a))).abs() < 1e-12);
         // One node: the Euler coefficient b - a.
         assert!((lagrange_integrals(&[3.0], 3.0, 1.0)[0] + 2.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn log_lagrange_matches_diffusers_closed_forms() {
+        // diffusers' second-order DEIS: ind_fn(t, b, c) = t (-ln c + ln t - 1) / (ln b - ln c).
+        let ind = |t: f64, b: f64, c: f64| t * (-c.ln() + t.ln() - 1.0) / (b.ln() - c.ln());
+        let (rt, r0, r1) = (0.4, 1.3, 3.1);
+        let c = log_lagrange_integrals(&[r0, r1], r0, rt);
+        assert!((c[0] - (ind(rt, r0, r1) - ind(r0, r0, r1))).abs() < 1e-13);
+        assert!((c[1] - (ind(rt, r1, r0) - ind(r0, r1, r0))).abs() < 1e-13);
+        // Third order against diffusers' closed form.
+        let ind3 = |t: f64, b: f64, c: f64, d: f64| {
+            let (lt, lb, lc, ld) = (t.ln(), b.ln(), c.ln(), d.ln());
+            t * (lc * (ld - lt + 1.0) - ld * lt + ld + lt * lt - 2.0 * lt + 2.0) / ((lb - lc) * (lb - ld))
+        };
+        let r2 = 7.0;
+        let c = log_lagrange_integrals(&[r0, r1, r2], r0, rt);
+        assert!((c[0] - (ind3(rt, r0, r1, r2) - ind3(r0, r0, r1, r2))).abs() < 1e-12);
+        assert!((c[1] - (ind3(rt, r1, r2, r0) - ind3(r0, r1, r2, r0))).abs() < 1e-12);
+        assert!((c[2] - (ind3(rt, r2, r0, r1) - ind3(r0, r2, r0, r1))).abs() < 1e-12);
+        // One node: rho' - rho; to rho' = 0 the integrals stay finite.
+        assert!((log_lagrange_integrals(&[2.0], 2.0, 0.5)[0] + 1.5).abs() < 1e-14);
+        assert!(log_lagrange_integrals(&[2.0, 4.0], 2.0, 0.0).iter().all(|v| v.is_finite()));
     }
 }

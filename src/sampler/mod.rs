@@ -40,6 +40,7 @@ mod heun;
 mod history;
 mod kernel;
 mod lms;
+mod unipc;
 mod walk;
 pub(crate) mod x0;
 
@@ -50,7 +51,8 @@ pub use dpmpp_2s::{DpmPp2sAncestral, DpmPp2sAncestralState};
 pub use dpmpp::{DpmSolver, DpmSolverState, SolverType, ThirdOrder};
 pub use euler::{Euler, EulerAncestral, EulerAncestralState, EulerState};
 pub use heun::{Heun, HeunState};
-pub use lms::{Lms, LmsState};
+pub use lms::{Deis, Lms, LmsState};
+pub use unipc::{UniPc, UniPcState, UniPcVariant};
 pub use x0::Thresholding;
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
