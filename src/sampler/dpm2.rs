@@ -128,9 +128,15 @@ impl Sampler for Dpm2 {
         self.policy.validate()?;
         let walk = Walk::new(grid);
         let mut z = None;
-        let hat = if walk.done() { walk.current() } else { self.churn.apply(&mut x, &walk, &mut z, noise)? };
+        let hat = if walk.done() {
+            walk.current()
+        } else {
+            self.churn.apply(&mut x, &walk, &mut z, noise)?
+        };
         Ok(Dpm2State {
-            coords: Coords { kappa: walk.family().kappa() },
+            coords: Coords {
+                kappa: walk.family().kappa(),
+            },
             x,
             x2: None,
             mid: None,
@@ -167,17 +173,34 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for Dpm2State<F, D> {
             return None;
         }
         Some(match (self.mid, &self.x2) {
-            (Some(mid), Some(x2)) => Request { step: self.walk.step(), level: mid, x: x2.view() },
-            _ => Request { step: self.walk.step(), level: self.hat, x: self.x.view() },
+            (Some(mid), Some(x2)) => Request {
+                step: self.walk.step(),
+                level: mid,
+                x: x2.view(),
+            },
+            _ => Request {
+                step: self.walk.step(),
+                level: self.hat,
+                x: self.x.view(),
+            },
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (from, to) = (self.hat, self.walk.to());
         match self.mid.take() {
             None if to.is_clean() || self.coords.degenerate(&from) => {
                 let r = to.sigma / from.sigma;
-                let k = Affine { clamped: to.alpha - from.alpha * r, raw: 0.0, x: r, z: 0.0 };
+                let k = Affine {
+                    clamped: to.alpha - from.alpha * r,
+                    raw: 0.0,
+                    x: r,
+                    z: 0.0,
+                };
                 let clamps = Clamps::for_policy(&mut est, &self.x, &self.cfg.policy, &mut self.scratch)?;
                 let ok = affine_step(&mut self.x, &est, &clamps, k, None);
                 attribute(ok, &est, None)?;
@@ -200,11 +223,14 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for Dpm2State<F, D> {
                 let (gx, gd) = (F::cast(gx), F::cast(gd));
                 let kx = F::cast(c.c(&to) / c.c(&from));
                 let kg = F::cast(c.c(&to) * (c.tau(&to) - c.tau(&from)));
-                let ok = Zip::from(&mut self.x).and(x2).and(&est.out).fold(true, |ok, x, &x2, &o| {
-                    let raw = cx * x2 + co * o;
-                    *x = kx * *x + kg * (gx * x2 + gd * clamp.apply(raw));
-                    ok & x.is_finite() & raw.is_finite()
-                });
+                let ok = Zip::from(&mut self.x)
+                    .and(x2)
+                    .and(&est.out)
+                    .fold(true, |ok, x, &x2, &o| {
+                        let raw = cx * x2 + co * o;
+                        *x = kx * *x + kg * (gx * x2 + gd * clamp.apply(raw));
+                        ok & x.is_finite() & raw.is_finite()
+                    });
                 attribute(ok, &est, None)?;
             }
         }
@@ -212,7 +238,9 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for Dpm2State<F, D> {
         self.hat = if self.walk.done() {
             self.walk.current()
         } else {
-            self.cfg.churn.apply(&mut self.x, &self.walk, &mut self.z, noise)?
+            self.cfg
+                .churn
+                .apply(&mut self.x, &self.walk, &mut self.z, noise)?
         };
         Ok(Some(est.into_buffer()))
     }
@@ -344,7 +372,11 @@ impl Sampler for Dpm2Ancestral {
         (0..n)
             .map(|i| {
                 let (_, ce) = ancestral(&l[i], &l[i + 1], self.eta);
-                if ce == 0.0 || coords.degenerate(&l[i]) { 1 } else { 2 }
+                if ce == 0.0 || coords.degenerate(&l[i]) {
+                    1
+                } else {
+                    2
+                }
             })
             .sum()
     }
@@ -368,12 +400,24 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for Dpm2AncestralState<F, D> {
             return None;
         }
         Some(match (self.mid, &self.x2) {
-            (Some(mid), Some(x2)) => Request { step: self.walk.step(), level: mid, x: x2.view() },
-            _ => Request { step: self.walk.step(), level: self.walk.from(), x: self.x.view() },
+            (Some(mid), Some(x2)) => Request {
+                step: self.walk.step(),
+                level: mid,
+                x: x2.view(),
+            },
+            _ => Request {
+                step: self.walk.step(),
+                level: self.walk.from(),
+                x: self.x.view(),
+            },
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (step, from, to) = (self.walk.step(), self.walk.from(), self.walk.to());
         let (std, ce) = ancestral(&from, &to, self.cfg.eta);
         let ve = Coords { kappa: 0.0 };
@@ -387,7 +431,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for Dpm2AncestralState<F, D> {
                     z: std * self.cfg.s_noise,
                 };
                 let clamps = Clamps::for_policy(&mut est, &self.x, &self.cfg.policy, &mut self.scratch)?;
-                let z = if k.z > 0.0 { Some(fill_noise(&mut self.z, &self.x, step, noise)) } else { None };
+                let z = if k.z > 0.0 {
+                    Some(fill_noise(&mut self.z, &self.x, step, noise))
+                } else {
+                    None
+                };
                 let ok = affine_step(&mut self.x, &est, &clamps, k, z);
                 attribute(ok, &est, z)?;
             }
@@ -411,18 +459,28 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for Dpm2AncestralState<F, D> {
                 let ke = F::cast(ce - to.alpha * from.sigma_ve());
                 let (ex, ed) = (F::cast(1.0 / mid.sigma), F::cast(-mid.alpha / mid.sigma));
                 let kz = F::cast(std * self.cfg.s_noise);
-                let z = if std > 0.0 { Some(fill_noise(&mut self.z, &self.x, step, noise)) } else { None };
+                let z = if std > 0.0 {
+                    Some(fill_noise(&mut self.z, &self.x, step, noise))
+                } else {
+                    None
+                };
                 let ok = match z {
-                    Some(z) => Zip::from(&mut self.x).and(x2).and(&est.out).and(z).fold(true, |ok, x, &x2, &o, &z| {
-                        let raw = cx * x2 + co * o;
-                        *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw)) + kz * z;
-                        ok & x.is_finite() & raw.is_finite()
-                    }),
-                    None => Zip::from(&mut self.x).and(x2).and(&est.out).fold(true, |ok, x, &x2, &o| {
-                        let raw = cx * x2 + co * o;
-                        *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw));
-                        ok & x.is_finite() & raw.is_finite()
-                    }),
+                    Some(z) => Zip::from(&mut self.x).and(x2).and(&est.out).and(z).fold(
+                        true,
+                        |ok, x, &x2, &o, &z| {
+                            let raw = cx * x2 + co * o;
+                            *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw)) + kz * z;
+                            ok & x.is_finite() & raw.is_finite()
+                        },
+                    ),
+                    None => Zip::from(&mut self.x)
+                        .and(x2)
+                        .and(&est.out)
+                        .fold(true, |ok, x, &x2, &o| {
+                            let raw = cx * x2 + co * o;
+                            *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw));
+                            ok & x.is_finite() & raw.is_finite()
+                        }),
                 };
                 attribute(ok, &est, z)?;
             }

@@ -146,12 +146,24 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmPp2sAncestralState<F, D> 
             return None;
         }
         Some(match (self.mid, &self.x2) {
-            (Some(mid), Some(x2)) => Request { step: self.walk.step(), level: mid, x: x2.view() },
-            _ => Request { step: self.walk.step(), level: self.walk.from(), x: self.x.view() },
+            (Some(mid), Some(x2)) => Request {
+                step: self.walk.step(),
+                level: mid,
+                x: x2.view(),
+            },
+            _ => Request {
+                step: self.walk.step(),
+                level: self.walk.from(),
+                x: self.x.view(),
+            },
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (step, from, to) = (self.walk.step(), self.walk.from(), self.walk.to());
         let (std, ce) = ancestral(&from, &to, self.cfg.eta);
         let s_down = ce / to.alpha;
@@ -165,7 +177,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmPp2sAncestralState<F, D> 
                     z: std * self.cfg.s_noise,
                 };
                 let clamps = Clamps::for_policy(&mut est, &self.x, &self.cfg.policy, &mut self.scratch)?;
-                let z = if k.z > 0.0 { Some(fill_noise(&mut self.z, &self.x, step, noise)) } else { None };
+                let z = if k.z > 0.0 {
+                    Some(fill_noise(&mut self.z, &self.x, step, noise))
+                } else {
+                    None
+                };
                 let ok = affine_step(&mut self.x, &est, &clamps, k, z);
                 attribute(ok, &est, z)?;
             }
@@ -176,11 +192,14 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmPp2sAncestralState<F, D> 
                 let kx = F::cast(mid.sigma / from.sigma);
                 let kd = F::cast(mid.alpha * -(-0.5 * h).exp_m1());
                 let x2 = self.x2.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
-                let ok = Zip::from(x2).and(&self.x).and(&est.out).fold(true, |ok, x2, &x, &o| {
-                    let raw = cx * x + co * o;
-                    *x2 = kx * x + kd * clamp.apply(raw);
-                    ok & x2.is_finite() & raw.is_finite()
-                });
+                let ok = Zip::from(x2)
+                    .and(&self.x)
+                    .and(&est.out)
+                    .fold(true, |ok, x2, &x, &o| {
+                        let raw = cx * x + co * o;
+                        *x2 = kx * x + kd * clamp.apply(raw);
+                        ok & x2.is_finite() & raw.is_finite()
+                    });
                 attribute(ok, &est, None)?;
                 self.mid = Some(mid);
                 return Ok(Some(est.into_buffer()));
@@ -192,18 +211,28 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmPp2sAncestralState<F, D> 
                 let kx = F::cast(ce / from.sigma);
                 let kd = F::cast(to.alpha * -(-h).exp_m1());
                 let kz = F::cast(std * self.cfg.s_noise);
-                let z = if std > 0.0 { Some(fill_noise(&mut self.z, &self.x, step, noise)) } else { None };
+                let z = if std > 0.0 {
+                    Some(fill_noise(&mut self.z, &self.x, step, noise))
+                } else {
+                    None
+                };
                 let ok = match z {
-                    Some(z) => Zip::from(&mut self.x).and(x2).and(&est.out).and(z).fold(true, |ok, x, &x2, &o, &z| {
-                        let raw = cx * x2 + co * o;
-                        *x = kx * *x + kd * clamp.apply(raw) + kz * z;
-                        ok & x.is_finite() & raw.is_finite()
-                    }),
-                    None => Zip::from(&mut self.x).and(x2).and(&est.out).fold(true, |ok, x, &x2, &o| {
-                        let raw = cx * x2 + co * o;
-                        *x = kx * *x + kd * clamp.apply(raw);
-                        ok & x.is_finite() & raw.is_finite()
-                    }),
+                    Some(z) => Zip::from(&mut self.x).and(x2).and(&est.out).and(z).fold(
+                        true,
+                        |ok, x, &x2, &o, &z| {
+                            let raw = cx * x2 + co * o;
+                            *x = kx * *x + kd * clamp.apply(raw) + kz * z;
+                            ok & x.is_finite() & raw.is_finite()
+                        },
+                    ),
+                    None => Zip::from(&mut self.x)
+                        .and(x2)
+                        .and(&est.out)
+                        .fold(true, |ok, x, &x2, &o| {
+                            let raw = cx * x2 + co * o;
+                            *x = kx * *x + kd * clamp.apply(raw);
+                            ok & x.is_finite() & raw.is_finite()
+                        }),
                 };
                 attribute(ok, &est, z)?;
             }

@@ -99,11 +99,19 @@ impl Heun {
 /// Model calls of a two-stage method that falls back to one call on steps to the clean level
 /// and on degenerate (`c = 0`) starts.
 pub(crate) fn two_stage_calls(grid: &Grid) -> usize {
-    let coords = Coords { kappa: grid.family().kappa() };
+    let coords = Coords {
+        kappa: grid.family().kappa(),
+    };
     let n = Walk::effective_steps(grid);
     let l = grid.levels();
     (0..n)
-        .map(|i| if l[i + 1].is_clean() || coords.degenerate(&l[i]) { 1 } else { 2 })
+        .map(|i| {
+            if l[i + 1].is_clean() || coords.degenerate(&l[i]) {
+                1
+            } else {
+                2
+            }
+        })
         .sum()
 }
 
@@ -120,9 +128,15 @@ impl Sampler for Heun {
         self.policy.validate()?;
         let walk = Walk::new(grid);
         let mut z = None;
-        let hat = if walk.done() { walk.current() } else { self.churn.apply(&mut x, &walk, &mut z, noise)? };
+        let hat = if walk.done() {
+            walk.current()
+        } else {
+            self.churn.apply(&mut x, &walk, &mut z, noise)?
+        };
         Ok(HeunState {
-            coords: Coords { kappa: walk.family().kappa() },
+            coords: Coords {
+                kappa: walk.family().kappa(),
+            },
             x,
             x2: None,
             g1: None,
@@ -162,7 +176,9 @@ impl<F: Float, D: Dimension> HeunState<F, D> {
         self.hat = if self.walk.done() {
             self.walk.current()
         } else {
-            self.cfg.churn.apply(&mut self.x, &self.walk, &mut self.z, noise)?
+            self.cfg
+                .churn
+                .apply(&mut self.x, &self.walk, &mut self.z, noise)?
         };
         Ok(())
     }
@@ -188,13 +204,22 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for HeunState<F, D> {
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (from, to) = (self.hat, self.walk.to());
         if !self.second {
             if to.is_clean() || self.coords.degenerate(&from) {
                 // Euler (= DDIM) step.
                 let r = to.sigma / from.sigma;
-                let k = Affine { clamped: to.alpha - from.alpha * r, raw: 0.0, x: r, z: 0.0 };
+                let k = Affine {
+                    clamped: to.alpha - from.alpha * r,
+                    raw: 0.0,
+                    x: r,
+                    z: 0.0,
+                };
                 let clamps = Clamps::for_policy(&mut est, &self.x, &self.cfg.policy, &mut self.scratch)?;
                 let ok = affine_step(&mut self.x, &est, &clamps, k, None);
                 attribute(ok, &est, None)?;
@@ -209,13 +234,16 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for HeunState<F, D> {
             let (ka, ks) = (F::cast(to.alpha), F::cast(to.sigma));
             let (ex, ed) = (F::cast(1.0 / from.sigma), F::cast(-from.alpha / from.sigma));
             let x2 = self.x2.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
-            let ok = Zip::from(&mut est.out).and(&self.x).and(x2).fold(true, |ok, o, &x, x2| {
-                let raw = cx * x + co * *o;
-                let d = clamp.apply(raw);
-                *o = gx * x + gd * d;
-                *x2 = ka * d + ks * (ex * x + ed * d);
-                ok & x2.is_finite() & raw.is_finite()
-            });
+            let ok = Zip::from(&mut est.out)
+                .and(&self.x)
+                .and(x2)
+                .fold(true, |ok, o, &x, x2| {
+                    let raw = cx * x + co * *o;
+                    let d = clamp.apply(raw);
+                    *o = gx * x + gd * d;
+                    *x2 = ka * d + ks * (ex * x + ed * d);
+                    ok & x2.is_finite() & raw.is_finite()
+                });
             attribute(ok, &est, None)?;
             self.second = true;
             return Ok(self.g1.replace(est.into_buffer()));
@@ -230,13 +258,17 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for HeunState<F, D> {
         let (gx, gd) = (F::cast(gx), F::cast(gd));
         let kx = F::cast(c.c(&to) / c.c(&from));
         let kg = F::cast(c.c(&to) * (c.tau(&to) - c.tau(&from)) / 2.0);
-        let ok = Zip::from(&mut self.x).and(g1).and(x2).and(&est.out).fold(true, |ok, x, &g1, &x2, &o| {
-            let raw = cx * x2 + co * o;
-            let d = clamp.apply(raw);
-            let g2 = gx * x2 + gd * d;
-            *x = kx * *x + kg * (g1 + g2);
-            ok & x.is_finite() & raw.is_finite()
-        });
+        let ok = Zip::from(&mut self.x)
+            .and(g1)
+            .and(x2)
+            .and(&est.out)
+            .fold(true, |ok, x, &g1, &x2, &o| {
+                let raw = cx * x2 + co * o;
+                let d = clamp.apply(raw);
+                let g2 = gx * x2 + gd * d;
+                *x = kx * *x + kg * (g1 + g2);
+                ok & x.is_finite() & raw.is_finite()
+            });
         attribute(ok, &est, None)?;
         self.finish_step(noise)?;
         Ok(Some(est.into_buffer()))

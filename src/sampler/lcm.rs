@@ -147,12 +147,25 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for LcmState<F, D> {
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (step, from, to) = (self.walk.step(), self.walk.from(), self.walk.to());
         let (c_skip, c_out) = self.cfg.scalings(from.t);
-        let k = Affine { clamped: to.alpha * c_out, raw: 0.0, x: to.alpha * c_skip, z: to.sigma };
+        let k = Affine {
+            clamped: to.alpha * c_out,
+            raw: 0.0,
+            x: to.alpha * c_skip,
+            z: to.sigma,
+        };
         let clamps = Clamps::for_policy(&mut est, &self.x, &self.cfg.policy, &mut self.scratch)?;
-        let z = if k.z > 0.0 { Some(fill_noise(&mut self.z, &self.x, step, noise)) } else { None };
+        let z = if k.z > 0.0 {
+            Some(fill_noise(&mut self.z, &self.x, step, noise))
+        } else {
+            None
+        };
         let ok = affine_step(&mut self.x, &est, &clamps, k, z);
         attribute(ok, &est, z)?;
         self.walk.next();

@@ -41,7 +41,12 @@ pub(crate) fn lagrange_integrals(t: &[f64], a: f64, b: f64) -> [f64; 4] {
             deg += 1;
             denom *= u[j] - u[k];
         }
-        let anti = |x: f64| (0..=deg).rev().fold(0.0, |acc, d| acc * x + poly[d] / (d + 1) as f64) * x;
+        let anti = |x: f64| {
+            (0..=deg)
+                .rev()
+                .fold(0.0, |acc, d| acc * x + poly[d] / (d + 1) as f64)
+                * x
+        };
         out[j] = (anti(ub) - anti(ua)) / denom;
     }
     out
@@ -190,7 +195,9 @@ impl Sampler for Lms {
         }
         self.policy.validate()?;
         Ok(LmsState {
-            coords: Coords { kappa: grid.family().kappa() },
+            coords: Coords {
+                kappa: grid.family().kappa(),
+            },
             x,
             walk: Walk::new(grid),
             hist: History::new(self.order - 1),
@@ -233,12 +240,21 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for LmsState<F, D> {
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, _noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        _noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (from, to) = (self.walk.from(), self.walk.to());
         let c = self.coords;
         if c.degenerate(&from) {
             let r = to.sigma / from.sigma;
-            let k = Affine { clamped: to.alpha - from.alpha * r, raw: 0.0, x: r, z: 0.0 };
+            let k = Affine {
+                clamped: to.alpha - from.alpha * r,
+                raw: 0.0,
+                x: r,
+                z: 0.0,
+            };
             let clamps = Clamps::for_policy(&mut est, &self.x, &self.policy, &mut self.scratch)?;
             let ok = affine_step(&mut self.x, &est, &clamps, k, None);
             attribute(ok, &est, None)?;
@@ -274,8 +290,24 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for LmsState<F, D> {
         let store = Store::Eps { ex: gx, ed: gd };
         let ok = match order {
             1 => lin_step(&mut self.x, &mut est, clamp, store, &[], None, &k),
-            2 => lin_step(&mut self.x, &mut est, clamp, store, &[self.hist.array(0)], None, &k),
-            3 => lin_step(&mut self.x, &mut est, clamp, store, &[self.hist.array(0), self.hist.array(1)], None, &k),
+            2 => lin_step(
+                &mut self.x,
+                &mut est,
+                clamp,
+                store,
+                &[self.hist.array(0)],
+                None,
+                &k,
+            ),
+            3 => lin_step(
+                &mut self.x,
+                &mut est,
+                clamp,
+                store,
+                &[self.hist.array(0), self.hist.array(1)],
+                None,
+                &k,
+            ),
             _ => lin_step(
                 &mut self.x,
                 &mut est,
@@ -287,7 +319,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for LmsState<F, D> {
             ),
         };
         attribute(ok, &est, None)?;
-        let spare = if self.order > 1 { self.hist.push(est.into_buffer(), from) } else { Some(est.into_buffer()) };
+        let spare = if self.order > 1 {
+            self.hist.push(est.into_buffer(), from)
+        } else {
+            Some(est.into_buffer())
+        };
         self.walk.next();
         Ok(spare)
     }
@@ -462,6 +498,10 @@ mod tests {
         assert!((c[2] - (ind3(rt, r2, r0, r1) - ind3(r0, r2, r0, r1))).abs() < 1e-12);
         // One node: rho' - rho; to rho' = 0 the integrals stay finite.
         assert!((log_lagrange_integrals(&[2.0], 2.0, 0.5)[0] + 1.5).abs() < 1e-14);
-        assert!(log_lagrange_integrals(&[2.0, 4.0], 2.0, 0.0).iter().all(|v| v.is_finite()));
+        assert!(
+            log_lagrange_integrals(&[2.0, 4.0], 2.0, 0.0)
+                .iter()
+                .all(|v| v.is_finite())
+        );
     }
 }

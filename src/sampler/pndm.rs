@@ -166,12 +166,23 @@ impl Sampler for Pndm {
         grid: &Grid,
         _noise: &mut N,
     ) -> Result<PndmState<F, D>> {
-        let warmup = if self.skip_prk_steps { Warmup::Plms } else { Warmup::RungeKutta };
+        let warmup = if self.skip_prk_steps {
+            Warmup::Plms
+        } else {
+            Warmup::RungeKutta
+        };
         Ok(PndmState::new(x, grid, warmup, 4))
     }
 
     fn model_calls(&self, grid: &Grid) -> usize {
-        pndm_calls(grid, if self.skip_prk_steps { Warmup::Plms } else { Warmup::RungeKutta })
+        pndm_calls(
+            grid,
+            if self.skip_prk_steps {
+                Warmup::Plms
+            } else {
+                Warmup::RungeKutta
+            },
+        )
     }
 }
 
@@ -249,7 +260,8 @@ impl<F: Float, D: Dimension> PndmState<F, D> {
     }
 
     fn rk_step(&self) -> bool {
-        self.warmup == Warmup::RungeKutta && (self.walk.step() < 3 || self.walk.step() + self.walk.remaining() < 4)
+        self.warmup == Warmup::RungeKutta
+            && (self.walk.step() < 3 || self.walk.step() + self.walk.remaining() < 4)
     }
 }
 
@@ -273,34 +285,69 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for PndmState<F, D> {
         let step = self.walk.step();
         let eval = || self.eval.as_ref().map_or(self.x.view(), |e| e.view());
         Some(match self.stage {
-            Stage::Start => Request { step, level: self.walk.from(), x: self.x.view() },
-            Stage::PlmsSecond => Request { step, level: self.walk.to(), x: eval() },
-            Stage::Rk(1) | Stage::Rk(2) => Request { step, level: self.mid, x: eval() },
-            Stage::Rk(_) => Request { step, level: self.walk.to(), x: eval() },
+            Stage::Start => Request {
+                step,
+                level: self.walk.from(),
+                x: self.x.view(),
+            },
+            Stage::PlmsSecond => Request {
+                step,
+                level: self.walk.to(),
+                x: eval(),
+            },
+            Stage::Rk(1) | Stage::Rk(2) => Request {
+                step,
+                level: self.mid,
+                x: eval(),
+            },
+            Stage::Rk(_) => Request {
+                step,
+                level: self.walk.to(),
+                x: eval(),
+            },
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, _noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        _noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (from, to) = (self.walk.from(), self.walk.to());
         let f = F::cast;
         match self.stage {
             Stage::Start if from.alpha == 0.0 => {
                 // From pure noise: a DDIM step; the noise estimate there does not join the history.
                 let r = to.sigma / from.sigma;
-                let k = Affine { clamped: to.alpha - from.alpha * r, raw: 0.0, x: r, z: 0.0 };
+                let k = Affine {
+                    clamped: to.alpha - from.alpha * r,
+                    raw: 0.0,
+                    x: r,
+                    z: 0.0,
+                };
                 let ok = affine_step(&mut self.x, &est, &Clamps::Uniform(Clamp::none()), k, None);
                 attribute(ok, &est, None)?;
             }
-            Stage::Start if self.rk_step() || (self.warmup == Warmup::Plms && self.done == 0 && !self.walk.is_last()) => {
+            Stage::Start
+                if self.rk_step()
+                    || (self.warmup == Warmup::Plms && self.done == 0 && !self.walk.is_last()) =>
+            {
                 // First call of a warm-up step: eps into the output buffer, first predictor point.
                 let ok = eps_into(&mut est, &self.x, &from);
                 attribute(ok, &est, None)?;
-                let target = if self.warmup == Warmup::Plms { to } else { self.midpoint() };
+                let target = if self.warmup == Warmup::Plms {
+                    to
+                } else {
+                    self.midpoint()
+                };
                 self.mid = target;
                 let (kx, ke) = transfer(&from, &target);
                 let (kx, ke) = (f(kx), f(ke));
                 let eval = self.eval.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
-                Zip::from(eval).and(&self.x).and(&est.out).for_each(|e, &x, &o| *e = kx * x + ke * o);
+                Zip::from(eval)
+                    .and(&self.x)
+                    .and(&est.out)
+                    .for_each(|e, &x, &o| *e = kx * x + ke * o);
                 if self.warmup == Warmup::RungeKutta {
                     let acc = self.acc.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
                     let sixth = f(1.0 / 6.0);
@@ -323,12 +370,23 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for PndmState<F, D> {
                     h: [ke * w[1], ke * w[2], ke * w[3]],
                     z: 0.0,
                 };
-                let store = Store::Eps { ex: 1.0 / from.sigma, ed: -from.alpha / from.sigma };
+                let store = Store::Eps {
+                    ex: 1.0 / from.sigma,
+                    ed: -from.alpha / from.sigma,
+                };
                 let none = Clamp::none();
                 let ok = match order {
                     1 => lin_step(&mut self.x, &mut est, none, store, &[], None, &k),
                     2 => lin_step(&mut self.x, &mut est, none, store, &[self.ets.array(0)], None, &k),
-                    3 => lin_step(&mut self.x, &mut est, none, store, &[self.ets.array(0), self.ets.array(1)], None, &k),
+                    3 => lin_step(
+                        &mut self.x,
+                        &mut est,
+                        none,
+                        store,
+                        &[self.ets.array(0), self.ets.array(1)],
+                        None,
+                        &k,
+                    ),
                     _ => lin_step(
                         &mut self.x,
                         &mut est,
@@ -353,7 +411,10 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for PndmState<F, D> {
                 let (kx, ke) = transfer(&from, &to);
                 let (kx, ke2) = (f(kx), f(ke / 2.0));
                 let e0 = self.ets.array(0);
-                Zip::from(&mut self.x).and(e0).and(&est.out).for_each(|x, &e0, &e1| *x = kx * *x + ke2 * (e0 + e1));
+                Zip::from(&mut self.x)
+                    .and(e0)
+                    .and(&est.out)
+                    .for_each(|x, &e0, &e1| *x = kx * *x + ke2 * (e0 + e1));
             }
             Stage::Rk(s) => {
                 let level = if s < 3 { self.mid } else { to };
@@ -366,20 +427,31 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for PndmState<F, D> {
                     let target = if s == 1 { self.mid } else { to };
                     let (kx, ke) = transfer(&from, &target);
                     let (kx, ke, third) = (f(kx), f(ke), f(1.0 / 3.0));
-                    Zip::from(acc).and(eval).and(&self.x).and(&est.out).for_each(|a, e, &x, &o| {
-                        *a = *a + third * o;
-                        *e = kx * x + ke * o;
-                    });
+                    Zip::from(acc)
+                        .and(eval)
+                        .and(&self.x)
+                        .and(&est.out)
+                        .for_each(|a, e, &x, &o| {
+                            *a = *a + third * o;
+                            *e = kx * x + ke * o;
+                        });
                     self.stage = Stage::Rk(s + 1);
                     return Ok(Some(est.into_buffer()));
                 }
                 let (kx, ke) = transfer(&from, &to);
                 let (kx, ke, sixth) = (f(kx), f(ke), f(1.0 / 6.0));
-                Zip::from(&mut self.x).and(&*acc).and(&est.out).for_each(|x, &a, &o| *x = kx * *x + ke * (a + sixth * o));
+                Zip::from(&mut self.x)
+                    .and(&*acc)
+                    .and(&est.out)
+                    .for_each(|x, &a, &o| *x = kx * *x + ke * (a + sixth * o));
             }
         }
         if !self.x.iter().all(|v| v.is_finite()) {
-            return Err(Error::NonFinite { step: self.walk.step(), level: from, what: "sample" });
+            return Err(Error::NonFinite {
+                step: self.walk.step(),
+                level: from,
+                what: "sample",
+            });
         }
         self.stage = Stage::Start;
         self.done += 1;

@@ -187,7 +187,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, _noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        _noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (step, s0, t) = (self.walk.step(), self.walk.from(), self.walk.to());
         let mut order = self.orders[step].min(self.block + 1);
         // The block start is `order - 1` calls back; a pure-noise start restarts the block.
@@ -199,7 +203,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
             start.assign(&self.x);
             self.block = 0;
         }
-        let b = if order == 1 { s0 } else { self.hist.level(order - 2) };
+        let b = if order == 1 {
+            s0
+        } else {
+            self.hist.level(order - 2)
+        };
         let h = t.lambda() - b.lambda();
         let e = -(-h).exp_m1(); // 1 - e^{-h}
         let phi2 = (-h).exp_m1() / h + 1.0;
@@ -243,20 +251,27 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
         let (ks, k_new, k_h0, k_h1) = (f(ks), f(k_new), f(k_h0), f(k_h1));
         let start = self.start.as_ref().ok_or(Error::Finished)?;
         let ok = match order {
-            1 => Zip::from(&mut self.x).and(&mut est.out).and(start).fold(true, |ok, x, o, &st| {
-                let raw = cx * *x + co * *o;
-                let d = clamp.apply(raw);
-                *o = d;
-                *x = ks * st + k_new * d;
-                ok & x.is_finite() & raw.is_finite()
-            }),
-            2 => Zip::from(&mut self.x).and(&mut est.out).and(start).and(self.hist.array(0)).fold(true, |ok, x, o, &st, &h0| {
-                let raw = cx * *x + co * *o;
-                let d = clamp.apply(raw);
-                *o = d;
-                *x = ks * st + k_new * d + k_h0 * h0;
-                ok & x.is_finite() & raw.is_finite()
-            }),
+            1 => Zip::from(&mut self.x)
+                .and(&mut est.out)
+                .and(start)
+                .fold(true, |ok, x, o, &st| {
+                    let raw = cx * *x + co * *o;
+                    let d = clamp.apply(raw);
+                    *o = d;
+                    *x = ks * st + k_new * d;
+                    ok & x.is_finite() & raw.is_finite()
+                }),
+            2 => Zip::from(&mut self.x)
+                .and(&mut est.out)
+                .and(start)
+                .and(self.hist.array(0))
+                .fold(true, |ok, x, o, &st, &h0| {
+                    let raw = cx * *x + co * *o;
+                    let d = clamp.apply(raw);
+                    *o = d;
+                    *x = ks * st + k_new * d + k_h0 * h0;
+                    ok & x.is_finite() & raw.is_finite()
+                }),
             _ => Zip::from(&mut self.x)
                 .and(&mut est.out)
                 .and(start)
@@ -306,6 +321,9 @@ mod tests {
         assert_eq!(s(3).order_list(8, false), vec![1, 2, 3, 1, 2, 3, 1, 2]);
         assert_eq!(s(2).order_list(6, true), vec![1, 2, 1, 2, 1, 1]);
         assert_eq!(s(2).order_list(5, false), vec![1, 2, 1, 2, 1]);
-        assert_eq!(s(2).lower_order_final(false).order_list(5, true), vec![1, 2, 1, 2, 1]);
+        assert_eq!(
+            s(2).lower_order_final(false).order_list(5, true),
+            vec![1, 2, 1, 2, 1]
+        );
     }
 }

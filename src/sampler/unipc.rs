@@ -35,8 +35,9 @@ pub enum UniPcVariant {
 /// where the `rho` solve the small Vandermonde system `R rho = b` of the paper (for `p = 2`,
 /// `rho = 1/2`). UniC applies the same formula to the previous step with the new model output
 /// as one more point. Order selection follows diffusers (warm-up; with `lower_order_final`,
-/// order `min(p, steps left)`); a step to the clean level is first order, and the corrector is
-/// skipped after a step from the pure-noise level of a zero-terminal-SNR schedule.
+/// order `min(p, steps left)`); a step to the clean level is first order. After a step from the
+/// pure-noise level (zero terminal SNR, rectified flow) the bh2 corrector takes its finite limit
+/// and the bh1 corrector (whose `B(h) = h` is infinite there) is skipped.
 ///
 /// | option | default (diffusers) | |
 /// |---|---|---|
@@ -141,7 +142,9 @@ impl UniPc {
 /// Solves `a x = b` for `n <= 3` by Gaussian elimination with partial pivoting.
 fn solve(mut a: [[f64; 3]; 3], mut b: [f64; 3], n: usize) -> [f64; 3] {
     for col in 0..n {
-        let piv = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs())).unwrap_or(col);
+        let piv = (col..n)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap_or(col);
         a.swap(col, piv);
         b.swap(col, piv);
         for row in col + 1..n {
@@ -163,7 +166,14 @@ fn solve(mut a: [[f64; 3]; 3], mut b: [f64; 3], n: usize) -> [f64; 3] {
 /// One UniP / UniC update from `s0` to `t` as coefficients:
 /// `x' = kx x_s0 + k0 m_0 + sum_k kh[k] m_k (+ knew m_new for UniC)`.
 /// `prev` are the levels of `m_1, m_2`; `with_new` adds the corrector's extra point at `t`.
-fn unipc_coefs(s0: &NoiseLevel, t: &NoiseLevel, prev: &[NoiseLevel], order: usize, variant: UniPcVariant, with_new: bool) -> (f64, f64, [f64; 2], f64) {
+fn unipc_coefs(
+    s0: &NoiseLevel,
+    t: &NoiseLevel,
+    prev: &[NoiseLevel],
+    order: usize,
+    variant: UniPcVariant,
+    with_new: bool,
+) -> (f64, f64, [f64; 2], f64) {
     let h = t.lambda() - s0.lambda();
     let hh = -h;
     let h_phi_1 = hh.exp_m1();
@@ -194,7 +204,11 @@ fn unipc_coefs(s0: &NoiseLevel, t: &NoiseLevel, prev: &[NoiseLevel], order: usiz
         h_phi_k = h_phi_k / hh - 1.0 / factorial;
     }
     let rhos: [f64; 3] = if with_new {
-        if order == 1 { [0.5, 0.0, 0.0] } else { solve(r, b, order) }
+        if order == 1 {
+            [0.5, 0.0, 0.0]
+        } else {
+            solve(r, b, order)
+        }
     } else if order == 1 {
         [0.0; 3]
     } else if order == 2 {
@@ -305,7 +319,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
         })
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(&mut self, mut est: Estimate<F, D>, _noise: &mut N) -> Result<Option<Array<F, D>>> {
+    fn advance<N: NoiseSource<F> + ?Sized>(
+        &mut self,
+        mut est: Estimate<F, D>,
+        _noise: &mut N,
+    ) -> Result<Option<Array<F, D>>> {
         let (step, s, t) = (self.walk.step(), self.walk.from(), self.walk.to());
         let cfg = &self.cfg;
         let f = F::cast;
@@ -319,13 +337,20 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
             p_d: F::zero(),
             p_h: [F::zero(); 2],
         };
-        if cfg.corrector && step > 0 && !cfg.disabled.contains(&(step - 1)) && self.hist.len() > 0 && self.hist.level(0).alpha > 0.0 {
+        // After a step from the pure-noise level (lambda = -inf) the bh2 corrector has a finite
+        // limit; bh1's B(h) = h does not, so that correction is skipped.
+        let finite =
+            self.hist.len() > 0 && (self.hist.level(0).alpha > 0.0 || cfg.variant == UniPcVariant::Bh2);
+        if cfg.corrector && step > 0 && !cfg.disabled.contains(&(step - 1)) && finite {
             let s0 = self.hist.level(0);
             let mut order = self.this_order.min(self.hist.len());
             while order > 1 && self.hist.level(order - 1).alpha == 0.0 {
                 order -= 1;
             }
-            let prev = [self.hist.level(1.min(self.hist.len() - 1)), self.hist.level(2.min(self.hist.len() - 1))];
+            let prev = [
+                self.hist.level(1.min(self.hist.len() - 1)),
+                self.hist.level(2.min(self.hist.len() - 1)),
+            ];
             let (kx, k0, kh, knew) = unipc_coefs(&s0, &s, &prev, order, cfg.variant, true);
             pc.correct = true;
             pc.c_last = f(kx);
@@ -334,7 +359,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
         }
         // Predictor order for this step.
         let remaining = self.walk.remaining();
-        let mut order = if cfg.lower_order_final { cfg.order.min(remaining) } else { cfg.order };
+        let mut order = if cfg.lower_order_final {
+            cfg.order.min(remaining)
+        } else {
+            cfg.order
+        };
         order = order.min(self.done + 1);
         self.this_order = order;
         if t.is_clean() || s.alpha == 0.0 {
@@ -344,8 +373,16 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
             order -= 1;
         }
         let prev = [
-            if self.hist.len() > 0 { self.hist.level(0) } else { s },
-            if self.hist.len() > 1 { self.hist.level(1) } else { s },
+            if self.hist.len() > 0 {
+                self.hist.level(0)
+            } else {
+                s
+            },
+            if self.hist.len() > 1 {
+                self.hist.level(1)
+            } else {
+                s
+            },
         ];
         let (kx, k0, kh, _) = unipc_coefs(&s, &t, &prev, order, cfg.variant, false);
         pc.p_x = f(kx);

@@ -16,7 +16,13 @@ pub fn f64s(v: &Value) -> Vec<f64> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
         .iter()
-        .map(|x| x.as_f64().unwrap_or_else(|| panic!("not a number: {x}")))
+        .map(|x| {
+            if x.is_null() {
+                f64::NAN
+            } else {
+                x.as_f64().unwrap_or_else(|| panic!("not a number: {x}"))
+            }
+        })
         .collect()
 }
 
