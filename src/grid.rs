@@ -343,7 +343,11 @@ impl Grid {
                 for w in body.windows(2) {
                     let (a, b) = (w[0], w[1]);
                     if (t <= a.t && t >= b.t) || (t >= a.t && t <= b.t) {
-                        let u = if a.t == b.t { 0.0 } else { (t - a.t) / (b.t - a.t) };
+                        let u = if (b.t - a.t).abs() < f64::MIN_POSITIVE {
+                            0.0
+                        } else {
+                            (t - a.t) / (b.t - a.t)
+                        };
                         let (la, lb) = (a.sigma_ve().ln(), b.sigma_ve().ln());
                         sigma = (la + u * (lb - la)).exp();
                         break;

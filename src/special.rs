@@ -127,6 +127,7 @@ pub(crate) fn beta_ppf(p: f64, a: f64, b: f64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
 

@@ -386,7 +386,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmSolverState<F, D> {
             z: z.map_or(0.0, |(_, kz)| kz),
             ..k
         };
-        let z = z.map(|(z, _)| &*z);
+        let z = z.map(|(z, _)| z);
         let ok = match order {
             1 => lin_step(&mut self.x, &mut est, clamp, Store::X0, &[], z, &k),
             2 => lin_step(
@@ -433,6 +433,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmSolverState<F, D> {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
 

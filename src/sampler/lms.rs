@@ -461,6 +461,7 @@ impl Sampler for Deis {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
 

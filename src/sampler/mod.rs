@@ -102,6 +102,7 @@ pub trait Sampler {
     ///
     /// # Errors
     /// As [`init`](Self::init).
+    #[allow(clippy::type_complexity, reason = "the run type is spelled out once, here")]
     fn start<'n, F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
         &self,
         x: Array<F, D>,

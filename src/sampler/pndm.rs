@@ -42,7 +42,8 @@ fn transfer(a: &NoiseLevel, b: &NoiseLevel) -> (f64, f64) {
 /// steps by the fixed stride `T // N`, as its DDIM does); noise estimates are converted at their
 /// own level before being combined (diffusers combines raw v-predictions and converts the
 /// combination at the current level); with fewer than four steps and Runge–Kutta warm-up every
-/// step is a Runge–Kutta step (diffusers stops before the last level).
+/// step is a Runge–Kutta step (diffusers stops before the last level), except a step to the
+/// clean level, which is a DDIM step.
 ///
 /// # Example
 /// ```
@@ -145,16 +146,23 @@ enum Stage {
     Rk(u8),
 }
 
+/// Model calls of a run, following `advance`'s rules step by step.
 fn pndm_calls(grid: &Grid, warmup: Warmup) -> usize {
     let n = Walk::effective_steps(grid);
-    match warmup {
-        Warmup::LowerOrder => n,
-        Warmup::Plms => n + usize::from(n >= 2),
-        Warmup::RungeKutta => {
-            let rk = if n < 4 { n } else { 3 };
-            4 * rk + (n - rk)
-        }
+    let levels = grid.levels();
+    let mut calls = 0;
+    for (i, from) in levels.iter().enumerate().take(n) {
+        calls += if from.alpha == 0.0 {
+            1
+        } else if warmup == Warmup::RungeKutta && (i < 3 || n < 4) && !levels[i + 1].is_clean() {
+            4
+        } else if warmup == Warmup::Plms && i == 0 && i + 1 != n {
+            2
+        } else {
+            1
+        };
     }
+    calls
 }
 
 impl Sampler for Pndm {
@@ -259,9 +267,13 @@ impl<F: Float, D: Dimension> PndmState<F, D> {
         self.walk.level_at_t(t)
     }
 
+    /// A Runge–Kutta warm-up step: one of the first three (or every step of a grid shorter than
+    /// four), but never a step to the clean level, where the noise estimate of its last stage
+    /// would be undefined.
     fn rk_step(&self) -> bool {
         self.warmup == Warmup::RungeKutta
             && (self.walk.step() < 3 || self.walk.step() + self.walk.remaining() < 4)
+            && !self.walk.to().is_clean()
     }
 }
 
@@ -432,7 +444,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for PndmState<F, D> {
                         .and(&self.x)
                         .and(&est.out)
                         .for_each(|a, e, &x, &o| {
-                            *a = *a + third * o;
+                            *a += third * o;
                             *e = kx * x + ke * o;
                         });
                     self.stage = Stage::Rk(s + 1);

@@ -310,6 +310,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
 

@@ -140,6 +140,10 @@ impl UniPc {
 }
 
 /// Solves `a x = b` for `n <= 3` by Gaussian elimination with partial pivoting.
+#[allow(
+    clippy::needless_range_loop,
+    reason = "index arithmetic over rows and columns"
+)]
 fn solve(mut a: [[f64; 3]; 3], mut b: [f64; 3], n: usize) -> [f64; 3] {
     for col in 0..n {
         let piv = (col..n)
@@ -433,6 +437,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
 

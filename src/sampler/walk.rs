@@ -68,11 +68,6 @@ impl Walk {
         self.grid.levels()[self.step + 1]
     }
 
-    /// Level `i` of the grid.
-    pub(crate) fn level(&self, i: usize) -> NoiseLevel {
-        self.grid.levels()[i]
-    }
-
     /// The level the sample is at now: the start of the next step, or the final level.
     pub(crate) fn current(&self) -> NoiseLevel {
         let levels = self.grid.levels();
