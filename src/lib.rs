@@ -63,10 +63,12 @@
 
 pub mod analytic;
 pub mod denoiser;
+pub mod edit;
 mod error;
 mod float;
 pub mod forward;
 pub mod grid;
+pub mod guidance;
 pub mod noise;
 pub mod sampler;
 pub mod schedule;
@@ -77,6 +79,7 @@ pub use error::{BoxError, Error, Result};
 pub use float::Float;
 pub use forward::{ForwardProcess, LossWeighting};
 pub use grid::{FinalLevel, Grid, ScheduleFamily, Spacing, exponential_sigmas, karras_sigmas};
+pub use guidance::{BatchedGuidance, Guidance};
 pub use noise::{NoiseSource, ReplayNoise};
 pub use sampler::*;
 pub use schedule::{FlowSchedule, FlowShift, NoiseLevel, NoiseSchedule};

@@ -413,6 +413,14 @@ impl<'n, F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F> + ?Siz
         self.state.sample_mut()
     }
 
+    /// Edits the current sample between steps with access to the run's noise source: `f`
+    /// receives the sample, the level it is at and the noise source (inpainting re-imposes known
+    /// pixels this way).
+    pub fn edit(&mut self, f: impl FnOnce(ArrayViewMut<'_, F, D>, &NoiseLevel, &mut N)) {
+        let level = self.state.level();
+        f(self.state.sample_mut(), &level, self.noise);
+    }
+
     /// The sampler's state.
     pub fn state(&self) -> &S {
         &self.state
