@@ -16,8 +16,8 @@
 
 use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
-    Deis, Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolverSinglestep, Heun, Ipndm, Lcm, Lms, Pndm, ThirdOrder,
-    UniPc,
+    Deis, Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolverSinglestep, Heun, Ipndm, Lcm, Lms, Pndm,
+    ThirdOrder, UniPc,
 };
 use ndarray::{Array1, Array2, Axis};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -69,7 +69,9 @@ impl Bench {
         // Start every run from the same noise at the grid's first level (sigma_max is the same for
         // every Karras grid of this schedule).
         let x = &self.x * grid.levels()[0].sigma;
-        sampler.sample(&mut model, x, grid, &mut StdRng::seed_from_u64(11)).unwrap()
+        sampler
+            .sample(&mut model, x, grid, &mut StdRng::seed_from_u64(11))
+            .unwrap()
     }
 
     fn row<S: Sampler>(&self, name: &str, sampler: &S, deterministic: bool, reference: &Array2<f64>) {
@@ -82,7 +84,10 @@ impl Bench {
             let out = self.run(sampler, &grid);
             let sw2 = sliced_w2(&out, &self.data, &mut StdRng::seed_from_u64(5));
             let ode = if deterministic {
-                let d = (&out - reference).mapv(|v| v * v).sum_axis(Axis(1)).mapv(f64::sqrt);
+                let d = (&out - reference)
+                    .mapv(|v| v * v)
+                    .sum_axis(Axis(1))
+                    .mapv(f64::sqrt);
                 format!("{:.3}", d.mean().unwrap())
             } else {
                 "-".to_string()
@@ -98,7 +103,11 @@ fn main() {
     let mut rng = StdRng::seed_from_u64(2026);
     let x: Array2<f64> = standard_normal((N, 2), &mut rng);
     let data: Array2<f64> = mixture().sample(N, &mut rng);
-    let floor = sliced_w2(&mixture().sample(N, &mut rng), &data, &mut StdRng::seed_from_u64(5));
+    let floor = sliced_w2(
+        &mixture().sample(N, &mut rng),
+        &data,
+        &mut StdRng::seed_from_u64(5),
+    );
     let bench = Bench { schedule, x, data };
     let ref_grid = bench.schedule.grid(1000, Spacing::KARRAS).unwrap();
     let reference = bench.run(&UniPc::new().order(3), &ref_grid);
@@ -122,17 +131,47 @@ fn main() {
         true,
         &reference,
     );
-    bench.row("DPM-Solver++ 2S (eta 0)", &DpmPp2sAncestral::new().eta(0.0), true, &reference);
-    bench.row("DPM-Solver++ singlestep 2", &DpmSolverSinglestep::new(), true, &reference);
-    bench.row("DPM-Solver++ singlestep 3", &DpmSolverSinglestep::new().order(3), true, &reference);
+    bench.row(
+        "DPM-Solver++ 2S (eta 0)",
+        &DpmPp2sAncestral::new().eta(0.0),
+        true,
+        &reference,
+    );
+    bench.row(
+        "DPM-Solver++ singlestep 2",
+        &DpmSolverSinglestep::new(),
+        true,
+        &reference,
+    );
+    bench.row(
+        "DPM-Solver++ singlestep 3",
+        &DpmSolverSinglestep::new().order(3),
+        true,
+        &reference,
+    );
     bench.row("UniPC-2", &UniPc::new(), true, &reference);
     bench.row("UniPC-3", &UniPc::new().order(3), true, &reference);
     bench.row("DDPM", &Ddpm::new().clip_sample(None), false, &reference);
     bench.row("Euler ancestral", &EulerAncestral::new(), false, &reference);
     bench.row("DPM-2 ancestral", &Dpm2Ancestral::new(), false, &reference);
-    bench.row("DPM-Solver++ 2S ancestral", &DpmPp2sAncestral::new(), false, &reference);
-    bench.row("DPM-Solver++ 2M SDE", &DpmSolver::new().sde(true), false, &reference);
-    bench.row("DPM-Solver++ 3M SDE", &DpmSolver::new().order(3).sde(true), false, &reference);
+    bench.row(
+        "DPM-Solver++ 2S ancestral",
+        &DpmPp2sAncestral::new(),
+        false,
+        &reference,
+    );
+    bench.row(
+        "DPM-Solver++ 2M SDE",
+        &DpmSolver::new().sde(true),
+        false,
+        &reference,
+    );
+    bench.row(
+        "DPM-Solver++ 3M SDE",
+        &DpmSolver::new().order(3).sde(true),
+        false,
+        &reference,
+    );
     bench.row("Euler, churn 10", &Euler::new().s_churn(10.0), false, &reference);
     bench.row("LCM", &Lcm::new().boundary_condition(None), false, &reference);
     println!("\nSW2 floor (two independent data sets of {N} points): {floor:.3}");

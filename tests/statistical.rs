@@ -231,8 +231,17 @@ fn stochastic_samplers_converge_in_distribution() {
                 $name, coarse.0, coarse.1, fine.0, fine.1
             );
             assert!((fine.0 - MU).abs() < 4.0 * se_m, "{}: mean {}", $name, fine.0);
-            assert!((fine.1 - VAR).abs() < $tol * VAR, "{}: variance {}", $name, fine.1);
-            assert!((fine.1 - VAR).abs() < (coarse.1 - VAR).abs(), "{}: no convergence", $name);
+            assert!(
+                (fine.1 - VAR).abs() < $tol * VAR,
+                "{}: variance {}",
+                $name,
+                fine.1
+            );
+            assert!(
+                (fine.1 - VAR).abs() < (coarse.1 - VAR).abs(),
+                "{}: no convergence",
+                $name
+            );
         }};
     }
     check!("Euler ancestral", EulerAncestral::new(), 0.12);
@@ -245,9 +254,17 @@ fn stochastic_samplers_converge_in_distribution() {
     check!("Euler with churn", Euler::new().s_churn(10.0), 0.12);
     check!("Heun with churn", Heun::new().s_churn(10.0), 0.03);
     let fine = stats(&EulerAncestral::new(), &s.grid(400, Spacing::KARRAS).unwrap(), m);
-    assert!((fine.1 - VAR).abs() < 0.03 * VAR, "Euler ancestral, 400 steps: variance {}", fine.1);
+    assert!(
+        (fine.1 - VAR).abs() < 0.03 * VAR,
+        "Euler ancestral, 400 steps: variance {}",
+        fine.1
+    );
     // Consistency sampling with the exact denoiser returns the posterior mean at the last
     // level: its variance undershoots; only the mean is checked.
-    let lcm = stats(&Lcm::new().boundary_condition(None), &s.grid(8, Spacing::Lcm { original_steps: 50 }).unwrap(), m);
+    let lcm = stats(
+        &Lcm::new().boundary_condition(None),
+        &s.grid(8, Spacing::Lcm { original_steps: 50 }).unwrap(),
+        m,
+    );
     assert!((lcm.0 - MU).abs() < 4.0 * se_m);
 }
