@@ -299,7 +299,7 @@ impl Sampler for DpmSolver {
         Ok(DpmSolverState {
             x,
             walk: Walk::new(grid),
-            hist: History::new(2),
+            hist: History::new(self.order - 1),
             cfg: *self,
             done: 0,
             z: None,
@@ -429,6 +429,10 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmSolverState<F, D> {
 
     fn into_sample(self) -> Array<F, D> {
         self.x
+    }
+
+    fn buffers_held(&self) -> usize {
+        self.cfg.order.saturating_sub(1)
     }
 }
 

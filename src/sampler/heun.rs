@@ -289,4 +289,8 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for HeunState<F, D> {
     fn into_sample(self) -> Array<F, D> {
         self.x
     }
+
+    fn buffers_held(&self) -> usize {
+        1
+    }
 }

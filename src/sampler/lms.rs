@@ -343,6 +343,10 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for LmsState<F, D> {
     fn into_sample(self) -> Array<F, D> {
         self.x
     }
+
+    fn buffers_held(&self) -> usize {
+        self.order.saturating_sub(1)
+    }
 }
 
 /// DEIS[^deis] with the log-rho polynomial extrapolation, diffusers' `DEISMultistepScheduler`

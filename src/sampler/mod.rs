@@ -177,6 +177,12 @@ pub trait SamplerState<F: Float, D: Dimension> {
 
     /// The current sample, by value.
     fn into_sample(self) -> Array<F, D>;
+
+    /// How many model-output buffers the state may keep at once (multistep history); a
+    /// [`Run`] answering in place pre-allocates that many spares, so that no step allocates.
+    fn buffers_held(&self) -> usize {
+        0
+    }
 }
 
 /// A model evaluation the sampler asks for: evaluate the model on `x` at `level`.
@@ -310,7 +316,10 @@ pub struct Run<'n, F: Float, D: Dimension, S, N: ?Sized> {
     state: S,
     prediction: Prediction,
     noise: &'n mut N,
-    spare: Option<Array<F, D>>,
+    /// Recycled model-output buffers for [`Run::output_buffer`].
+    spares: Vec<Array<F, D>>,
+    /// Whether `output_buffer` has pre-allocated the pool.
+    pooled: bool,
     failed: bool,
 }
 
@@ -331,7 +340,8 @@ impl<'n, F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F> + ?Siz
             state,
             prediction,
             noise,
-            spare: None,
+            spares: Vec::new(),
+            pooled: false,
             failed: false,
         }
     }
@@ -385,8 +395,10 @@ impl<'n, F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F> + ?Siz
         };
         match self.state.advance(est, self.noise) {
             Ok(spare) => {
-                if spare.is_some() {
-                    self.spare = spare;
+                if let Some(buf) = spare
+                    && self.pooled
+                {
+                    self.spares.push(buf);
                 }
                 Ok(())
             }
@@ -395,6 +407,86 @@ impl<'n, F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F> + ?Siz
                 Err(e)
             }
         }
+    }
+
+    /// A buffer, shaped like the sample, for the model to write its output into; answer with
+    /// [`respond_in_place`](Self::respond_in_place). The run recycles these buffers (and the
+    /// ones its multistep history releases), so that after the first call no step allocates.
+    ///
+    /// ```
+    /// use diffusion_samplers::prelude::*;
+    /// use ndarray::{Array2, Zip};
+    /// use rand::{rngs::StdRng, SeedableRng};
+    /// let s = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
+    /// let grid = s.grid(10, Spacing::Trailing)?;
+    /// let mut rng = StdRng::seed_from_u64(0);
+    /// let mut run = DpmSolver::new().start(Array2::<f32>::zeros((2, 3)), &grid, Prediction::Sample, &mut rng)?;
+    /// while let Some(req) = run.request() {
+    ///     let _ = (req.step, req.level); // a model would read req.x here
+    ///     let mut out = run.output_buffer();
+    ///     out.fill(0.5); // "x0 = 0.5": write the model output in place
+    ///     run.respond_in_place()?;
+    /// }
+    /// assert!(run.sample().iter().all(|v| (v - 0.5).abs() < 1e-6));
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    pub fn output_buffer(&mut self) -> ArrayViewMut<'_, F, D> {
+        if !self.pooled {
+            self.pooled = true;
+            let n = self.state.buffers_held() + 1;
+            self.spares.reserve(n + 1);
+            let dim = self.state.sample().raw_dim();
+            for _ in 0..n {
+                self.spares.push(Array::zeros(dim.clone()));
+            }
+        }
+        if self.spares.is_empty() {
+            self.spares.push(Array::zeros(self.state.sample().raw_dim()));
+        }
+        let last = self.spares.len() - 1;
+        self.spares[last].view_mut()
+    }
+
+    /// The pending request together with the output buffer, so that a model can read the input
+    /// and write its output in place in one go (then call
+    /// [`respond_in_place`](Self::respond_in_place)). `None` once the run is finished.
+    ///
+    /// ```
+    /// use diffusion_samplers::prelude::*;
+    /// use ndarray::{Array2, Zip};
+    /// use rand::{rngs::StdRng, SeedableRng};
+    /// let s = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
+    /// let grid = s.grid(10, Spacing::Trailing)?;
+    /// let mut rng = StdRng::seed_from_u64(0);
+    /// let mut run = Euler::new().start(Array2::<f64>::ones((2, 3)), &grid, Prediction::Sample, &mut rng)?;
+    /// while let Some((req, mut out)) = run.request_with_output() {
+    ///     // A model predicting x0 = x / 2, written straight into the run's buffer.
+    ///     Zip::from(&mut out).and(&req.x).for_each(|o, &x| *o = 0.5 * x);
+    ///     run.respond_in_place()?;
+    /// }
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    pub fn request_with_output(&mut self) -> Option<(Request<'_, F, D>, ArrayViewMut<'_, F, D>)> {
+        if self.failed || self.state.pending().is_none() {
+            return None;
+        }
+        self.output_buffer();
+        let last = self.spares.len() - 1;
+        let buf = self.spares[last].view_mut();
+        let req = self.state.pending()?;
+        Some((req, buf))
+    }
+
+    /// Answers the pending request with the contents of [`output_buffer`](Self::output_buffer).
+    ///
+    /// # Errors
+    /// As [`respond`](Self::respond).
+    pub fn respond_in_place(&mut self) -> Result<()> {
+        if self.spares.is_empty() {
+            self.output_buffer();
+        }
+        let buf = self.spares.pop().ok_or(Error::Finished)?;
+        self.respond(buf)
     }
 
     /// The current sample (the final sample once finished).

@@ -486,4 +486,8 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for PndmState<F, D> {
     fn into_sample(self) -> Array<F, D> {
         self.x
     }
+
+    fn buffers_held(&self) -> usize {
+        3
+    }
 }

@@ -307,6 +307,10 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
     fn into_sample(self) -> Array<F, D> {
         self.x
     }
+
+    fn buffers_held(&self) -> usize {
+        2
+    }
 }
 
 #[cfg(test)]

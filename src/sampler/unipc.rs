@@ -434,6 +434,10 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
     fn into_sample(self) -> Array<F, D> {
         self.x
     }
+
+    fn buffers_held(&self) -> usize {
+        3
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,115 @@
+//! After the first steps (which allocate a run's few working buffers), a step-by-step run that
+//! answers in place allocates nothing: every update is fused and in place, multistep history
+//! lives in recycled buffers. Checked with a counting global allocator, for every sampler.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use diffusion_samplers::prelude::*;
+use diffusion_samplers::{
+    Deis, Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolverSinglestep, Heun, Ipndm, Lcm, Lms, Pndm, UniPc,
+};
+use ndarray::{Array4, Zip};
+use rand::{SeedableRng, rngs::SmallRng};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `sampler` in place with a cheap analytic "model" (x0 = 0.8 x) and returns the number of
+/// allocations made after the first two steps.
+fn allocations_after_warmup<S: Sampler>(sampler: &S, grid: &Grid) -> usize {
+    let x = Array4::<f32>::from_elem((1, 4, 8, 8), 0.3);
+    let mut rng = SmallRng::seed_from_u64(1);
+    let mut run = sampler.start(x, grid, Prediction::Sample, &mut rng).unwrap();
+    let mut steps_seen = 0;
+    let mut last_step = usize::MAX;
+    ALLOCS.store(0, Ordering::SeqCst);
+    while let Some((req, mut out)) = run.request_with_output() {
+        if req.step != last_step {
+            last_step = req.step;
+            steps_seen += 1;
+            if steps_seen == 3 {
+                COUNTING.store(true, Ordering::SeqCst);
+            }
+        }
+        Zip::from(&mut out).and(&req.x).for_each(|o, &x| *o = 0.8 * x);
+        run.respond_in_place().unwrap();
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert!(steps_seen >= 6, "grid too short to measure");
+    ALLOCS.load(Ordering::SeqCst)
+}
+
+#[test]
+fn steps_do_not_allocate() {
+    // The counter counts: an owned copy of the sample per step (answering with `respond`
+    // instead of in place) shows up.
+    {
+        let x = Array4::<f32>::from_elem((1, 4, 8, 8), 0.3);
+        ALLOCS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        let copy = x.to_owned();
+        COUNTING.store(false, Ordering::SeqCst);
+        assert!(ALLOCS.load(Ordering::SeqCst) >= 1);
+        drop(copy);
+    }
+    let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+    let grids = [
+        s.grid(12, Spacing::KARRAS).unwrap(),
+        s.grid(12, Spacing::Leading { offset: 1 }).unwrap().with_final(FinalLevel::FirstTimestep),
+    ];
+    // One test thread at a time counts: this file holds a single test.
+    fn check(name: &str, sampler: &impl Sampler, grids: &[Grid]) {
+        for g in grids {
+            let n = allocations_after_warmup(sampler, g);
+            assert_eq!(n, 0, "{name}: {n} allocations in steady-state steps");
+        }
+    }
+    check("Ddpm", &Ddpm::new(), &grids);
+    check("Ddim", &Ddim::new(), &grids);
+    check("Ddim eta 1", &Ddim::new().eta(1.0), &grids);
+    check("Euler", &Euler::new(), &grids);
+    check("Euler churn", &Euler::new().s_churn(5.0), &grids);
+    check("EulerAncestral", &EulerAncestral::new(), &grids);
+    check("Heun", &Heun::new(), &grids);
+    check("Dpm2", &Dpm2::new(), &grids);
+    check("Dpm2Ancestral", &Dpm2Ancestral::new(), &grids);
+    check("DpmSolver 2M", &DpmSolver::new(), &grids);
+    check("DpmSolver 3M SDE", &DpmSolver::new().order(3).sde(true), &grids);
+    check("DpmPp2sAncestral", &DpmPp2sAncestral::new(), &grids);
+    check("DpmSolverSinglestep 3", &DpmSolverSinglestep::new().order(3), &grids);
+    check("UniPc 3", &UniPc::new().order(3), &grids);
+    check("Deis 3", &Deis::new().order(3), &grids);
+    check("Lms", &Lms::new(), &grids);
+    check("Pndm", &Pndm::new(), &grids);
+    check("Plms", &Pndm::new().skip_prk_steps(true), &grids);
+    check("Ipndm", &Ipndm::new(), &grids);
+    check("Lcm", &Lcm::new(), &grids);
+}
