@@ -30,6 +30,10 @@ pub trait Float: NdFloat + FromPrimitive + Default + sealed::Sealed {
     fn as_f64(self) -> f64;
     /// One draw from N(0, 1).
     fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self;
+
+    /// Fills `out` with N(0, 1) draws from the crate's fast generator.
+    #[doc(hidden)]
+    fn fill_standard_normal(rng: &mut crate::noise::FastRng, out: &mut [Self]);
 }
 
 impl Float for f32 {
@@ -45,6 +49,9 @@ impl Float for f32 {
     fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
         StandardNormal.sample(rng)
     }
+    fn fill_standard_normal(rng: &mut crate::noise::FastRng, out: &mut [Self]) {
+        crate::noise::fill_f32(rng, out)
+    }
 }
 
 impl Float for f64 {
@@ -59,5 +66,8 @@ impl Float for f64 {
     #[inline(always)]
     fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
         StandardNormal.sample(rng)
+    }
+    fn fill_standard_normal(rng: &mut crate::noise::FastRng, out: &mut [Self]) {
+        crate::noise::fill_f64(rng, out)
     }
 }

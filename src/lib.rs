@@ -88,7 +88,7 @@ pub use float::Float;
 pub use forward::{ForwardProcess, LossWeighting};
 pub use grid::{FinalLevel, Grid, ScheduleFamily, Spacing, exponential_sigmas, karras_sigmas};
 pub use guidance::{BatchedGuidance, Guidance};
-pub use noise::{NoiseSource, ReplayNoise};
+pub use noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use sampler::*;
 pub use schedule::{FlowSchedule, FlowShift, NoiseLevel, NoiseSchedule};
 

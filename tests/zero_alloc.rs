@@ -83,7 +83,9 @@ fn steps_do_not_allocate() {
     let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
     let grids = [
         s.grid(12, Spacing::KARRAS).unwrap(),
-        s.grid(12, Spacing::Leading { offset: 1 }).unwrap().with_final(FinalLevel::FirstTimestep),
+        s.grid(12, Spacing::Leading { offset: 1 })
+            .unwrap()
+            .with_final(FinalLevel::FirstTimestep),
     ];
     // One test thread at a time counts: this file holds a single test.
     fn check(name: &str, sampler: &impl Sampler, grids: &[Grid]) {
@@ -104,7 +106,11 @@ fn steps_do_not_allocate() {
     check("DpmSolver 2M", &DpmSolver::new(), &grids);
     check("DpmSolver 3M SDE", &DpmSolver::new().order(3).sde(true), &grids);
     check("DpmPp2sAncestral", &DpmPp2sAncestral::new(), &grids);
-    check("DpmSolverSinglestep 3", &DpmSolverSinglestep::new().order(3), &grids);
+    check(
+        "DpmSolverSinglestep 3",
+        &DpmSolverSinglestep::new().order(3),
+        &grids,
+    );
     check("UniPc 3", &UniPc::new().order(3), &grids);
     check("Deis 3", &Deis::new().order(3), &grids);
     check("Lms", &Lms::new(), &grids);

@@ -100,32 +100,34 @@ fn affine_view<F: Float, E: Dimension>(
     // sample alone catches a bad model output or noise; `attribute` says which it was.
     if c.is_none() {
         let (kd, kx2) = (kc + kr, kx);
+        let len = x.len();
         return match z {
-            None => Zip::from(x).and(out).fold(true, |ok, x, &o| {
+            None => fold_finite!(Zip::from(x).and(out), len, |x, &o| {
                 let nx = kd * (cx * *x + co * o) + kx2 * *x;
                 *x = nx;
-                ok & nx.is_finite()
+                nx.is_finite()
             }),
-            Some(z) => Zip::from(x).and(out).and(z).fold(true, |ok, x, &o, &z| {
+            Some(z) => fold_finite!(Zip::from(x).and(out).and(z), len, |x, &o, &z| {
                 let nx = kd * (cx * *x + co * o) + kx2 * *x + kz * z;
                 *x = nx;
-                ok & nx.is_finite()
+                nx.is_finite()
             }),
         };
     }
+    let len = x.len();
     match z {
-        None => Zip::from(x).and(out).fold(true, |ok, x, &o| {
+        None => fold_finite!(Zip::from(x).and(out), len, |x, &o| {
             let d = cx * *x + co * o;
             let nx = kc * c.apply(d) + kr * d + kx * *x;
             *x = nx;
             // clamp() maps NaN to a bound: check d itself too.
-            ok & nx.is_finite() & d.is_finite()
+            nx.is_finite() & d.is_finite()
         }),
-        Some(z) => Zip::from(x).and(out).and(z).fold(true, |ok, x, &o, &z| {
+        Some(z) => fold_finite!(Zip::from(x).and(out).and(z), len, |x, &o, &z| {
             let d = cx * *x + co * o;
             let nx = kc * c.apply(d) + kr * d + kx * *x + kz * z;
             *x = nx;
-            ok & nx.is_finite() & d.is_finite()
+            nx.is_finite() & d.is_finite()
         }),
     }
 }
@@ -150,7 +152,7 @@ pub(crate) struct Lin {
 }
 
 macro_rules! lin_kernel {
-    ($name:ident; $($h:ident: $j:tt),*) => {
+    ($name:ident; $mode:ident; $($h:ident: $j:tt),*) => {
         #[allow(clippy::too_many_arguments)]
         fn $name<F: Float, D: Dimension>(
             x: &mut Array<F, D>,
@@ -171,32 +173,33 @@ macro_rules! lin_kernel {
                 Store::Eps { ex, ed } => (F::cast(ex), F::cast(ed), true),
             };
             let clamp = !c.is_none();
+            let len = x.len();
             match z {
-                None => Zip::from(x).and(o)$(.and($h))*.fold(true, |ok, x, o, $($h),*| {
+                None => fold_finite!(par; Zip::from(x).and(o)$(.and($h))*, len, |x, o, $($h),*| {
                     let raw = cx * *x + co * *o;
                     let d = if clamp { c.apply(raw) } else { raw };
                     *o = if eps { sx * *x + sd * d } else { d };
                     let nx = kx * *x + kd * d $(+ kh[$j] * *$h)*;
                     *x = nx;
-                    ok & nx.is_finite() & raw.is_finite()
+                    nx.is_finite() & raw.is_finite()
                 }),
-                Some(z) => Zip::from(x).and(o)$(.and($h))*.and(z).fold(true, |ok, x, o, $($h,)* &z| {
+                Some(z) => fold_finite!($mode; Zip::from(x).and(o)$(.and($h))*.and(z), len, |x, o, $($h,)* &z| {
                     let raw = cx * *x + co * *o;
                     let d = if clamp { c.apply(raw) } else { raw };
                     *o = if eps { sx * *x + sd * d } else { d };
                     let nx = kx * *x + kd * d $(+ kh[$j] * *$h)* + kz * z;
                     *x = nx;
-                    ok & nx.is_finite() & raw.is_finite()
+                    nx.is_finite() & raw.is_finite()
                 }),
             }
         }
     };
 }
 
-lin_kernel!(lin0;);
-lin_kernel!(lin1; h0: 0);
-lin_kernel!(lin2; h0: 0, h1: 1);
-lin_kernel!(lin3; h0: 0, h1: 1, h2: 2);
+lin_kernel!(lin0; par;);
+lin_kernel!(lin1; par; h0: 0);
+lin_kernel!(lin2; par; h0: 0, h1: 1);
+lin_kernel!(lin3; seq; h0: 0, h1: 1, h2: 2);
 
 /// One fused pass of a multistep update: turns the model output in `est` into the clamped x0
 /// estimate, stores it (or the noise estimate) back into the output buffer, and updates `x`

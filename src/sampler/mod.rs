@@ -29,6 +29,39 @@
 //! # Ok::<(), diffusion_samplers::Error>(())
 //! ```
 
+/// Arrays at least this long are updated in parallel blocks with the `rayon` feature.
+#[cfg(feature = "rayon")]
+pub(crate) const PAR_MIN: usize = 1 << 18;
+
+/// `zip.fold(true, |ok, args| ok & body)`: one fused pass that also reports whether everything
+/// it wrote is finite; split into parallel blocks with the `rayon` feature on large arrays (the
+/// result is bit-identical: the pass is element-wise and the reduction is an AND).
+macro_rules! fold_finite {
+    // Six-array zips have no parallel fold in ndarray: always sequential.
+    (seq; $zip:expr, $len:expr, |$($arg:pat_param),* $(,)?| $body:block) => {{
+        let _ = $len;
+        $zip.fold(true, |ok, $($arg),*| ok & $body)
+    }};
+    (par; $zip:expr, $len:expr, |$($arg:pat_param),* $(,)?| $body:block) => {
+        fold_finite!($zip, $len, |$($arg),*| $body)
+    };
+    ($zip:expr, $len:expr, |$($arg:pat_param),* $(,)?| $body:block) => {{
+        #[cfg(feature = "rayon")]
+        {
+            if $len >= $crate::sampler::PAR_MIN {
+                $zip.par_fold(|| true, |ok, $($arg),*| ok & $body, |a, b| a & b)
+            } else {
+                $zip.fold(true, |ok, $($arg),*| ok & $body)
+            }
+        }
+        #[cfg(not(feature = "rayon"))]
+        {
+            let _ = $len;
+            $zip.fold(true, |ok, $($arg),*| ok & $body)
+        }
+    }};
+}
+
 mod coefs;
 mod ddim;
 mod ddpm;

@@ -296,11 +296,12 @@ struct Pc<F> {
 }
 
 macro_rules! unipc_pass {
-    ($x:expr, $last:expr, $o:expr, $conv:expr, $clamp:expr, $k:expr; $($h:ident: $j:tt),*) => {{
+    ($mode:ident; $x:expr, $last:expr, $o:expr, $conv:expr, $clamp:expr, $k:expr; $($h:ident: $j:tt),*) => {{
         let (cx, co) = $conv;
         let k: Pc<F> = $k;
         let clamp = $clamp;
-        Zip::from($x).and($last).and($o)$(.and($h))*.fold(true, |ok, x, last, o, $($h),*| {
+        let len = $x.len();
+        fold_finite!($mode; Zip::from($x).and($last).and($o)$(.and($h))*, len, |x, last, o, $($h),*| {
             let raw = cx * *x + co * *o;
             let d = clamp.apply(raw);
             *o = d;
@@ -309,7 +310,7 @@ macro_rules! unipc_pass {
             let hs = [$(*$h,)* F::zero(), F::zero()];
             let nx = k.p_x * xc + k.p_d * d + k.p_h[0] * hs[0] + k.p_h[1] * hs[1];
             *x = nx;
-            ok & nx.is_finite() & raw.is_finite()
+            nx.is_finite() & raw.is_finite()
         })
     }};
 }
@@ -398,18 +399,18 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
         let last = self.last.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
         let n = self.hist.len().min(3);
         let ok = match n {
-            0 => unipc_pass!(&mut self.x, last, &mut est.out, conv, clamp, pc;),
+            0 => unipc_pass!(par; &mut self.x, last, &mut est.out, conv, clamp, pc;),
             1 => {
                 let h0 = self.hist.array(0);
-                unipc_pass!(&mut self.x, last, &mut est.out, conv, clamp, pc; h0: 0)
+                unipc_pass!(par; &mut self.x, last, &mut est.out, conv, clamp, pc; h0: 0)
             }
             2 => {
                 let (h0, h1) = (self.hist.array(0), self.hist.array(1));
-                unipc_pass!(&mut self.x, last, &mut est.out, conv, clamp, pc; h0: 0, h1: 1)
+                unipc_pass!(par; &mut self.x, last, &mut est.out, conv, clamp, pc; h0: 0, h1: 1)
             }
             _ => {
                 let (h0, h1, h2) = (self.hist.array(0), self.hist.array(1), self.hist.array(2));
-                unipc_pass!(&mut self.x, last, &mut est.out, conv, clamp, pc; h0: 0, h1: 1, h2: 2)
+                unipc_pass!(seq; &mut self.x, last, &mut est.out, conv, clamp, pc; h0: 0, h1: 1, h2: 2)
             }
         };
         attribute(ok, &est, None)?;
