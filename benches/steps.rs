@@ -1,86 +1,284 @@
-//! Per-step cost of the samplers against the floor: one fused pass over the same arrays.
+//! Per-step cost of every sampler, against the floor of one fused pass over the same arrays.
 //!
-//!     cargo bench --bench steps
+//!     cargo bench --bench steps                  # all groups
+//!     cargo bench --bench steps -- noise         # one group
+//!     cargo bench --bench steps --features rayon -- scaling
 //!
-//! The "model" returns a copy of its input (the cheapest model there is), so a step costs the
-//! model's copy plus the sampler's update. The floor does exactly that copy plus one fused
-//! `Zip` pass reading the sample and the output and writing the sample.
+//! A "step" here is one model call answered in place (`Run::request_with_output` +
+//! `respond_in_place`) with the cheapest model there is: it copies its input into the output
+//! buffer. The floors do that same copy plus one fused `Zip` pass over `n` arrays (the sample
+//! read and written, `n - 1` read): the memory traffic a fused step cannot avoid. Each sampler
+//! is reported next to the floor with the arrays its steady-state step touches (see
+//! docs/benchmarks.md for the ratios and the command that produced them).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use diffusion_samplers::prelude::*;
-use ndarray::{Array4, ArrayView4, Ix4, Zip};
+use diffusion_samplers::{
+    Deis, Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolverSinglestep, Float, Heun, Ipndm, Lcm, Lms, Pndm,
+    SeededNoise, UniPc,
+};
+use ndarray::{Array4, Zip};
 use rand::{SeedableRng, rngs::SmallRng};
-use std::hint::black_box;
+use rand_distr::{Distribution, StandardNormal};
 
-const STEPS: usize = 10;
+const SHAPES: [(usize, usize, usize); 3] = [(1, 4, 64), (1, 4, 128), (8, 4, 64)];
 
-type ModelFn = fn(ArrayView4<'_, f32>, &NoiseLevel) -> Result<Array4<f32>, BoxError>;
-
-fn copy_model() -> FnDenoiser<ModelFn> {
-    FnDenoiser::new(Prediction::Sample, |x, _| Ok(x.to_owned()))
+/// Time `iters` model calls of `sampler` (runs restarted as they finish; start-up excluded).
+fn time_steps<F: Float, S: Sampler>(sampler: &S, grid: &Grid, x0: &Array4<F>, iters: u64) -> Duration {
+    let mut noise = SeededNoise::new(1);
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let mut run = sampler
+            .start(x0.clone(), grid, Prediction::Sample, &mut noise)
+            .unwrap();
+        // The first calls allocate the run's buffers: not timed.
+        for _ in 0..2 {
+            if let Some((req, mut out)) = run.request_with_output() {
+                out.assign(&req.x);
+                run.respond_in_place().unwrap();
+            }
+        }
+        let start = Instant::now();
+        while let Some((req, mut out)) = run.request_with_output() {
+            out.assign(&req.x);
+            run.respond_in_place().unwrap();
+            done += 1;
+            if done == iters {
+                break;
+            }
+        }
+        total += start.elapsed();
+        black_box(run.sample());
+    }
+    total
 }
 
-fn bench_steps(c: &mut Criterion) {
-    let schedule = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
-    let grid = schedule.grid(STEPS, Spacing::Leading { offset: 1 }).unwrap();
-    for &(n, ch, h) in &[(1usize, 4usize, 64usize), (8, 4, 64)] {
-        let shape = (n, ch, h, h);
-        let elems = n * ch * h * h;
-        let mut group = c.benchmark_group(format!("step_{n}x{ch}x{h}x{h}_f32"));
-        group.throughput(Throughput::Elements(elems as u64));
-        let x0: Array4<f32> = standard_normal(shape, &mut SmallRng::seed_from_u64(0));
+/// The floor of a step that writes `w` arrays (read first) and reads `r` more: the model's copy
+/// into its output buffer, then one fused pass with the least arithmetic that touches them all.
+fn floor<F: Float>(w: usize, r: usize, x0: &Array4<F>, iters: u64) -> Duration {
+    let mut a: Vec<Array4<F>> = (0..w).map(|_| x0.clone()).collect();
+    let b: Vec<Array4<F>> = (1..r).map(|_| x0.clone()).collect();
+    let mut out = x0.clone();
+    let (p, q) = (F::cast(0.9), F::cast(0.1));
+    let start = Instant::now();
+    for _ in 0..iters {
+        // The model: copies its input into the output buffer (one of the arrays read).
+        out.assign(&a[0]);
+        let (o, rest) = (&out, &b[..]);
+        match (&mut a[..], rest) {
+            ([x], []) => Zip::from(x).and(o).for_each(|x, &o| *x = p * *x + q * o),
+            ([x], [h]) => Zip::from(x)
+                .and(o)
+                .and(h)
+                .for_each(|x, &o, &h| *x = p * *x + q * (o + h)),
+            ([x], [h, g]) => Zip::from(x)
+                .and(o)
+                .and(h)
+                .and(g)
+                .for_each(|x, &o, &h, &g| *x = p * *x + q * (o + h + g)),
+            ([x, y], []) => Zip::from(x).and(y).and(o).for_each(|x, y, &o| {
+                *y = p * *y + q * o;
+                *x = p * *x + q * o;
+            }),
+            ([x, y], [h]) => Zip::from(x).and(y).and(o).and(h).for_each(|x, y, &o, &h| {
+                *y = p * *y + q * o;
+                *x = p * *x + q * (o + h);
+            }),
+            ([x, y], [h, g]) => Zip::from(x)
+                .and(y)
+                .and(o)
+                .and(h)
+                .and(g)
+                .for_each(|x, y, &o, &h, &g| {
+                    *y = p * *y + q * o;
+                    *x = p * *x + q * (o + h + g);
+                }),
+            ([x, y, z], []) => Zip::from(x).and(y).and(z).and(o).for_each(|x, y, z, &o| {
+                *z = p * *z + q * o;
+                *y = p * *y + q * o;
+                *x = p * *x + q * o;
+            }),
+            ([x, y, z], [h]) => Zip::from(x)
+                .and(y)
+                .and(z)
+                .and(o)
+                .and(h)
+                .for_each(|x, y, z, &o, &h| {
+                    *z = p * *z + q * o;
+                    *y = p * *y + q * o;
+                    *x = p * *x + q * (o + h);
+                }),
+            ([x, y, z], [h, g]) => {
+                Zip::from(x)
+                    .and(y)
+                    .and(z)
+                    .and(o)
+                    .and(h)
+                    .and(g)
+                    .for_each(|x, y, z, &o, &h, &g| {
+                        *z = p * *z + q * o;
+                        *y = p * *y + q * o;
+                        *x = p * *x + q * (o + h + g);
+                    })
+            }
+            _ => unreachable!("floor({w}, {r}) is not defined"),
+        }
+        black_box(&a);
+    }
+    start.elapsed()
+}
 
-        group.bench_function(BenchmarkId::new("floor", "copy+fused pass"), |b| {
-            let mut x = x0.clone();
-            b.iter(|| {
-                let out = x.to_owned();
-                Zip::from(&mut x)
-                    .and(&out)
-                    .for_each(|x, &o| *x = 0.99 * *x + 0.01 * o);
-                black_box(&x);
-            })
-        });
-        let mut model = copy_model();
-        for (name, eta) in [("ddim_eta0", 0.0), ("ddim_eta1", 1.0)] {
-            group.bench_function(BenchmarkId::new(name, "per step"), |b| {
-                let mut rng = SmallRng::seed_from_u64(1);
-                b.iter_custom(|iters| {
-                    let runs = iters.div_ceil(STEPS as u64);
-                    let start = std::time::Instant::now();
-                    for _ in 0..runs {
-                        let out = Ddim::new()
-                            .eta(eta)
-                            .clip_sample(None)
-                            .sample::<f32, Ix4, _, _>(&mut model, x0.clone(), &grid, &mut rng)
-                            .unwrap();
-                        black_box(out);
-                    }
-                    start
-                        .elapsed()
-                        .mul_f64(iters as f64 / (runs * STEPS as u64) as f64)
-                })
+/// The floors measured: (arrays written, arrays read), the model output counted as read.
+const FLOORS: [(usize, usize); 9] = [
+    (1, 1),
+    (1, 2),
+    (1, 3),
+    (2, 1),
+    (2, 2),
+    (2, 3),
+    (3, 1),
+    (3, 2),
+    (3, 3),
+];
+
+fn bench_dtype<F: Float>(c: &mut Criterion, dtype: &str) {
+    let schedule = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+    let grid = schedule.grid(50, Spacing::KARRAS).unwrap();
+    for &(n, ch, h) in &SHAPES {
+        let mut group = c.benchmark_group(format!("step/{n}x{ch}x{h}x{h}/{dtype}"));
+        group
+            .sample_size(20)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+        group.throughput(Throughput::Elements((n * ch * h * h) as u64));
+        let mut x0 = Array4::<F>::zeros((n, ch, h, h));
+        SeededNoise::new(0).fill(0, x0.view_mut());
+        for (w, r) in FLOORS {
+            group.bench_function(BenchmarkId::new("floor", format!("{w}w+{r}r")), |b| {
+                b.iter_custom(|i| floor(w, r, &x0, i))
             });
         }
-        group.bench_function(BenchmarkId::new("ddpm", "per step"), |b| {
-            let mut rng = SmallRng::seed_from_u64(2);
-            b.iter_custom(|iters| {
-                let runs = iters.div_ceil(STEPS as u64);
-                let start = std::time::Instant::now();
-                for _ in 0..runs {
-                    let out = Ddpm::new()
-                        .clip_sample(None)
-                        .sample(&mut model, x0.clone(), &grid, &mut rng)
-                        .unwrap();
-                    black_box(out);
-                }
-                start
-                    .elapsed()
-                    .mul_f64(iters as f64 / (runs * STEPS as u64) as f64)
-            })
-        });
+        macro_rules! s {
+            ($name:expr, $sampler:expr) => {
+                group.bench_function(BenchmarkId::new("sampler", $name), |b| {
+                    b.iter_custom(|i| time_steps(&$sampler, &grid, &x0, i))
+                });
+            };
+        }
+        s!("ddim", Ddim::new().clip_sample(None));
+        s!("ddpm", Ddpm::new().clip_sample(None));
+        s!("euler", Euler::new());
+        s!("euler_ancestral", EulerAncestral::new());
+        s!("heun", Heun::new());
+        s!("dpm_2", Dpm2::new());
+        s!("dpm_2_ancestral", Dpm2Ancestral::new());
+        s!("dpmpp_2m", DpmSolver::new());
+        s!("dpmpp_3m", DpmSolver::new().order(3));
+        s!("dpmpp_2m_sde", DpmSolver::new().sde(true));
+        s!("dpmpp_2s_ancestral", DpmPp2sAncestral::new());
+        s!("dpmpp_singlestep_2", DpmSolverSinglestep::new());
+        s!("unipc_2", UniPc::new());
+        s!("unipc_3", UniPc::new().order(3));
+        s!("deis_2", Deis::new());
+        s!("lms_4", Lms::new());
+        s!("plms", Pndm::new().skip_prk_steps(true));
+        s!("ipndm", Ipndm::new());
+        s!("lcm", Lcm::new());
         group.finish();
     }
 }
 
-criterion_group!(benches, bench_steps);
+fn bench_steps(c: &mut Criterion) {
+    bench_dtype::<f32>(c, "f32");
+    bench_dtype::<f64>(c, "f64");
+}
+
+/// A whole 50-step DPM-Solver++(2M) run at 1x4x64x64 (start-up included).
+fn bench_loop(c: &mut Criterion) {
+    let schedule = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+    let grid = schedule.grid(50, Spacing::KARRAS).unwrap();
+    let mut x0 = Array4::<f32>::zeros((1, 4, 64, 64));
+    SeededNoise::new(0).fill(0, x0.view_mut());
+    let mut group = c.benchmark_group("loop50");
+    group.sample_size(20);
+    group.bench_function("dpmpp_2m_1x4x64x64_f32", |b| {
+        b.iter(|| {
+            let mut noise = SeededNoise::new(1);
+            let mut run = DpmSolver::new()
+                .start(x0.clone(), &grid, Prediction::Sample, &mut noise)
+                .unwrap();
+            while let Some((req, mut out)) = run.request_with_output() {
+                out.assign(&req.x);
+                run.respond_in_place().unwrap();
+            }
+            black_box(run.into_sample())
+        })
+    });
+    group.finish();
+}
+
+/// Gaussian noise in ns per sample (1M samples).
+fn bench_noise(c: &mut Criterion) {
+    let n = 1 << 20;
+    let mut group = c.benchmark_group("noise");
+    group.throughput(Throughput::Elements(n as u64));
+    let mut a32 = ndarray::Array1::<f32>::zeros(n);
+    let mut a64 = ndarray::Array1::<f64>::zeros(n);
+    let mut noise = SeededNoise::new(3);
+    let mut step = 0;
+    group.bench_function("seeded_ziggurat_f32", |b| {
+        b.iter(|| {
+            step += 1;
+            noise.fill(step, a32.view_mut());
+            black_box(&a32);
+        })
+    });
+    group.bench_function("seeded_ziggurat_f64", |b| {
+        b.iter(|| {
+            step += 1;
+            noise.fill(step, a64.view_mut());
+            black_box(&a64);
+        })
+    });
+    let mut rng = SmallRng::seed_from_u64(3);
+    group.bench_function("rand_distr_standard_normal_smallrng_f32", |b| {
+        b.iter(|| {
+            for v in a32.iter_mut() {
+                *v = StandardNormal.sample(&mut rng);
+            }
+            black_box(&a32);
+        })
+    });
+    group.finish();
+}
+
+/// Time per DDIM step against the number of elements, 16K to 16M (f32).
+fn bench_scaling(c: &mut Criterion) {
+    let schedule = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+    let grid = schedule.grid(50, Spacing::KARRAS).unwrap();
+    let mut group = c.benchmark_group("scaling");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for side in [64usize, 128, 256, 512, 1024, 2048] {
+        let elems = 4 * side * side;
+        group.throughput(Throughput::Elements(elems as u64));
+        let mut x0 = Array4::<f32>::zeros((1, 4, side, side));
+        SeededNoise::new(0).fill(0, x0.view_mut());
+        group.bench_function(BenchmarkId::new("ddim_step", elems), |b| {
+            b.iter_custom(|i| time_steps(&Ddim::new().clip_sample(None), &grid, &x0, i))
+        });
+        group.bench_function(BenchmarkId::new("dpmpp_2m_sde_step", elems), |b| {
+            b.iter_custom(|i| time_steps(&DpmSolver::new().sde(true), &grid, &x0, i))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_noise, bench_steps, bench_loop, bench_scaling);
 criterion_main!(benches);

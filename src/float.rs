@@ -34,6 +34,13 @@ pub trait Float: NdFloat + FromPrimitive + Default + sealed::Sealed {
     /// Fills `out` with N(0, 1) draws from the crate's fast generator.
     #[doc(hidden)]
     fn fill_standard_normal(rng: &mut crate::noise::FastRng, out: &mut [Self]);
+
+    /// The bits of `self - self`: zero for finite values, a NaN's (nonzero) otherwise. OR-ing
+    /// them over an array checks it for non-finite values in two vectorisable operations.
+    #[doc(hidden)]
+    type Bits: Copy + Default + PartialEq + core::ops::BitOr<Output = Self::Bits> + Send + Sync;
+    #[doc(hidden)]
+    fn nonfinite_bits(self) -> Self::Bits;
 }
 
 impl Float for f32 {
@@ -52,6 +59,12 @@ impl Float for f32 {
     fn fill_standard_normal(rng: &mut crate::noise::FastRng, out: &mut [Self]) {
         crate::noise::fill_f32(rng, out)
     }
+    type Bits = u32;
+    #[inline(always)]
+    #[expect(clippy::eq_op, reason = "x - x is 0 exactly when x is finite")]
+    fn nonfinite_bits(self) -> u32 {
+        (self - self).to_bits()
+    }
 }
 
 impl Float for f64 {
@@ -69,5 +82,11 @@ impl Float for f64 {
     }
     fn fill_standard_normal(rng: &mut crate::noise::FastRng, out: &mut [Self]) {
         crate::noise::fill_f64(rng, out)
+    }
+    type Bits = u64;
+    #[inline(always)]
+    #[expect(clippy::eq_op, reason = "x - x is 0 exactly when x is finite")]
+    fn nonfinite_bits(self) -> u64 {
+        (self - self).to_bits()
     }
 }

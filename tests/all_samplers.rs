@@ -300,3 +300,66 @@ fn samplers_work_on_flow_grids() {
     check("DpmSolverSinglestep 2", &DpmSolverSinglestep::new());
     check("Ipndm", &Ipndm::new());
 }
+
+/// A NaN or infinite model output at any call of any sampler (clamped or not) is reported as
+/// `NonFinite { what: "model output" }` at the step of that call, never written on.
+#[test]
+fn non_finite_model_output_is_caught_at_every_call() {
+    let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+    let grid = s.grid(6, Spacing::Trailing).unwrap();
+    fn clean_calls<S: Sampler>(sampler: &S, grid: &Grid) -> usize {
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut run = sampler.start(Array2::<f32>::ones((2, 3)), grid, Prediction::Epsilon, &mut rng).unwrap();
+        let mut n = 0;
+        while run.request().is_some() {
+            run.output_buffer().fill(0.1);
+            run.respond_in_place().unwrap();
+            n += 1;
+        }
+        n
+    }
+    fn check<S: Sampler>(name: &str, sampler: &S, grid: &Grid) {
+        let calls = clean_calls(sampler, grid);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for k in 0..calls {
+                let mut rng = StdRng::seed_from_u64(0);
+                let mut run =
+                    sampler.start(Array2::<f32>::ones((2, 3)), grid, Prediction::Epsilon, &mut rng).unwrap();
+                for _ in 0..k {
+                    run.output_buffer().fill(0.1);
+                    run.respond_in_place().unwrap();
+                }
+                let step = run.request().unwrap().step;
+                let mut out = run.output_buffer();
+                out.fill(0.1);
+                out[[1, 2]] = bad;
+                match run.respond_in_place() {
+                    Err(Error::NonFinite {
+                        step: s,
+                        what: "model output",
+                        ..
+                    }) if s == step => {}
+                    other => panic!("{name}: {bad} at call {k} (step {step}): {other:?}"),
+                }
+                assert!(run.request().is_none(), "{name}: the run stops after an error");
+            }
+        }
+    }
+    macro_rules! one {
+        ($name:expr, $s:expr) => {
+            check($name, $s, &grid)
+        };
+    }
+    fn each<S: Sampler>(name: &str, s: &S) {
+        let s_ = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+        check(name, s, &s_.grid(6, Spacing::Trailing).unwrap());
+    }
+    for_each_sampler!(each);
+    // Clamped x0 estimates (a clamp would map the bad value to a bound).
+    one!("Ddim clip", &Ddim::new().clip_sample(Some(1.0)));
+    one!("Ddpm clip", &Ddpm::new().clip_sample(Some(1.0)));
+    let t = Thresholding::default();
+    one!("DpmSolver thresholding", &DpmSolver::new().thresholding(Some(t)));
+    one!("UniPc thresholding", &UniPc::new().thresholding(Some(t)));
+    one!("Heun clip", &Heun::new().clip_sample(Some(1.0)));
+}

@@ -123,13 +123,16 @@ fn parallel_noise_is_bit_identical_for_any_thread_count() {
 #[cfg(feature = "rayon")]
 #[test]
 fn parallel_sampling_is_bit_identical_for_any_thread_count() {
-    use diffusion_samplers::prelude::*;
     use diffusion_samplers::UniPc;
+    use diffusion_samplers::prelude::*;
     use ndarray::{Array4, ArrayView4};
     let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
     let grid = s.grid(6, Spacing::KARRAS).unwrap();
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             let mut model = FnDenoiser::new(Prediction::Epsilon, |x: ArrayView4<'_, f32>, l: &NoiseLevel| {
                 Ok::<_, BoxError>(x.mapv(|v| v * l.sigma as f32))
@@ -140,8 +143,13 @@ fn parallel_sampling_is_bit_identical_for_any_thread_count() {
                 SeededNoise::new(1).fill(0, x.view_mut());
                 let mut noise = SeededNoise::new(2);
                 let out = match which {
-                    0 => Ddim::new().eta(1.0).clip_sample(None).sample(&mut model, x, &grid, &mut noise),
-                    1 => DpmSolver::new().sde(true).sample(&mut model, x, &grid, &mut noise),
+                    0 => Ddim::new()
+                        .eta(1.0)
+                        .clip_sample(None)
+                        .sample(&mut model, x, &grid, &mut noise),
+                    1 => DpmSolver::new()
+                        .sde(true)
+                        .sample(&mut model, x, &grid, &mut noise),
                     _ => UniPc::new().order(3).sample(&mut model, x, &grid, &mut noise),
                 }
                 .unwrap();

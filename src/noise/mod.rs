@@ -12,9 +12,9 @@ use crate::float::Float;
 use ziggurat::{Xoshiro256pp, splitmix64};
 pub(crate) use ziggurat::{fill_f32, fill_f64};
 
-/// The crate's fast generator (xoshiro256++), used by [`SeededNoise`].
+/// The crate's fast generator (two xoshiro256++ streams), used by [`SeededNoise`].
 #[doc(hidden)]
-pub type FastRng = Xoshiro256pp;
+pub type FastRng = [Xoshiro256pp; 2];
 
 /// A source of standard normal noise for stochastic samplers.
 ///
@@ -79,8 +79,8 @@ where
 /// Noise keyed by `(seed, step, block)`: a fast, stateless, reproducible source.
 ///
 /// The array is cut into blocks of [`SeededNoise::BLOCK`] elements (logical order); block `b` of
-/// step `k` is drawn from its own xoshiro256++ stream seeded from `(seed, k, b)` with a 256-layer
-/// ziggurat (about 1 ns per `f32` draw on one core). The noise of a step therefore does not
+/// step `k` is drawn from its own xoshiro256++ streams seeded from `(seed, k, b)` with a
+/// 1024-layer ziggurat (about 1.4 ns per `f32` and 1.9 ns per `f64` draw on one core). The noise of a step therefore does not
 /// depend on earlier draws, on the memory layout, or — with the `rayon` feature, which fills
 /// blocks in parallel — on the number of threads: results are bit-identical.
 ///
@@ -109,14 +109,18 @@ impl SeededNoise {
         SeededNoise { seed }
     }
 
-    /// The generator of block `block` of step `step`.
-    fn rng(&self, step: usize, block: usize) -> Xoshiro256pp {
+    /// The generators of block `block` of step `step`.
+    fn rng(&self, step: usize, block: usize) -> FastRng {
         let mut s = self.seed;
         let a = splitmix64(&mut s);
         let mut t = a ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         let b = splitmix64(&mut t);
         let mut u = b ^ (block as u64).wrapping_mul(0x8CB9_2BA7_2F3D_8DD7);
-        Xoshiro256pp::from_seed(splitmix64(&mut u))
+        let k = splitmix64(&mut u);
+        [
+            Xoshiro256pp::from_seed(k),
+            Xoshiro256pp::from_seed(k ^ 0x6A09_E667_F3BC_C909),
+        ]
     }
 
     fn fill_block<F: Float>(&self, step: usize, block: usize, out: &mut [F]) {
@@ -147,6 +151,7 @@ impl<F: Float> NoiseSource<F> for SeededNoise {
             return;
         }
         // Non-standard layout: draw block by block into a scratch block, scatter in logical order.
+        #[expect(clippy::useless_vec, reason = "up to 128 KiB: kept off the stack")]
         let mut buf = vec![F::zero(); Self::BLOCK];
         let n = out.len();
         let mut it = out.iter_mut();

@@ -1,8 +1,9 @@
-//! A fast standard-normal generator: the ziggurat method (Marsaglia & Tsang 2000) with 256
-//! layers on xoshiro256++ (Blackman & Vigna 2018), 32 random bits per `f32` draw and 64 per `f64`
-//! draw, independent bits for the layer, the sign and the value (Doornik 2005's fix).
-
-use std::sync::OnceLock;
+//! A fast standard-normal generator: the ziggurat method (Marsaglia & Tsang 2000) with 1024
+//! layers, on xoshiro256++ (Blackman & Vigna 2018). Each `f32` draw takes 32 random bits (10 for
+//! the layer, 1 for the sign, 21 for the position — independent bits, as Doornik 2005
+//! recommends), each `f64` draw 64 bits; 99.6% of draws are accepted by one integer comparison.
+//! Fills run two independent streams interleaved, so that the generator's latency chain does not
+//! bound the throughput, and the sign lives in the scale tables (indexed by sign and layer).
 
 /// xoshiro256++: small, fast, passes BigCrush; seeded through splitmix64.
 #[derive(Clone, Debug)]
@@ -50,51 +51,78 @@ impl Xoshiro256pp {
     }
 }
 
-const R: f64 = 3.654_152_885_361_008_8;
-const V: f64 = 0.004_928_673_233_99;
+/// Number of layers.
+const N: usize = 1024;
+/// The base layer's right edge: the root of the 1024-layer closure condition (bisection; the
+/// same procedure gives Marsaglia & Tsang's 3.442619855899 for 128 and 3.6541528853610088 for
+/// 256 layers).
+const R: f64 = 4.038_849_846_109_504;
+/// The common layer area `R f(R) + integral_R^inf f`, `f(x) = exp(-x^2 / 2)`.
+const V: f64 = 0.001_226_324_646_353_089_3;
 
 struct Tables {
-    /// Layer edges `x[0] = V / f(R) > x[1] = R > ... > x[256] = 0`.
-    x: [f64; 257],
-    /// `f(x[i]) = exp(-x[i]^2 / 2)`.
-    f: [f64; 257],
-    /// Fast-path thresholds on 23-bit (f32) and 52-bit (f64) uniforms: accept `u < k[i]`.
-    k23: [u32; 256],
-    k52: [u64; 256],
+    /// Layer edges `x[0] = V / f(R) > x[1] = R > ... > x[N] = 0`.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the sampling tables are derived from it; tests check it")
+    )]
+    x: Vec<f64>,
+    /// `f(x[i])`.
+    f: Vec<f64>,
+    /// f32 draws, indexed by 11 bits `j` (sign `j >> 10`, layer `j & 1023`): accept position
+    /// `u < k21[j]` (21-bit); value `u * s21[j]`, the scale carrying the sign.
+    k21: Vec<u32>,
+    s21: Vec<f32>,
+    /// f64 draws, the same with a 53-bit position.
+    k53: Vec<u64>,
+    s53: Vec<f64>,
 }
 
 fn tables() -> &'static Tables {
-    static T: OnceLock<Tables> = OnceLock::new();
+    static T: std::sync::OnceLock<Tables> = std::sync::OnceLock::new();
     T.get_or_init(|| {
         let pdf = |x: f64| (-0.5 * x * x).exp();
-        let mut x = [0.0f64; 257];
-        let mut f = [0.0f64; 257];
+        let mut x = vec![0.0f64; N + 1];
         x[0] = V / pdf(R);
         x[1] = R;
-        for i in 1..256 {
+        for i in 1..N {
             let fi = pdf(x[i]) + V / x[i];
             x[i + 1] = if fi >= 1.0 { 0.0 } else { (-2.0 * fi.ln()).sqrt() };
         }
-        x[256] = 0.0;
-        for i in 0..257 {
-            f[i] = pdf(x[i]);
+        x[N] = 0.0;
+        let f: Vec<f64> = x.iter().map(|&v| pdf(v)).collect();
+        let (two21, two53) = ((1u64 << 21) as f64, (1u64 << 53) as f64);
+        let k21 = (0..2 * N)
+            .map(|j| (x[j % N + 1] / x[j % N] * two21) as u32)
+            .collect();
+        let s21 = (0..2 * N)
+            .map(|j| {
+                let s = (x[j % N] / two21) as f32;
+                if j < N { s } else { -s }
+            })
+            .collect();
+        let k53 = (0..2 * N)
+            .map(|j| (x[j % N + 1] / x[j % N] * two53) as u64)
+            .collect();
+        let s53 = (0..2 * N)
+            .map(|j| if j < N { x[j] / two53 } else { -x[j - N] / two53 })
+            .collect();
+        Tables {
+            x,
+            f,
+            k21,
+            s21,
+            k53,
+            s53,
         }
-        let mut k23 = [0u32; 256];
-        let mut k52 = [0u64; 256];
-        for i in 0..256 {
-            let ratio = x[i + 1] / x[i];
-            k23[i] = (ratio * (1u64 << 23) as f64) as u32;
-            k52[i] = (ratio * (1u64 << 52) as f64) as u64;
-        }
-        Tables { x, f, k23, k52 }
     })
 }
 
-/// The slow path of one draw: layer `i`, candidate `x` (with sign) rejected by the fast test.
+/// The slow path of a rejected candidate `x` in layer `i`: the tail beyond `R` for the base
+/// layer (Marsaglia 1964), the wedge test against the density otherwise; `None` means redraw.
 #[cold]
 fn slow(t: &Tables, rng: &mut Xoshiro256pp, i: usize, x: f64) -> Option<f64> {
     if i == 0 {
-        // The tail beyond R (Marsaglia 1964).
         loop {
             let a = -rng.open_unit().ln() / R;
             let b = -rng.open_unit().ln();
@@ -107,63 +135,110 @@ fn slow(t: &Tables, rng: &mut Xoshiro256pp, i: usize, x: f64) -> Option<f64> {
     (y < (-0.5 * x * x).exp()).then_some(x)
 }
 
-/// Fills `out` with `f32` standard normals.
-pub(crate) fn fill_f32(rng: &mut Xoshiro256pp, out: &mut [f32]) {
-    let t = tables();
-    let mut chunks = out.chunks_exact_mut(2);
-    for pair in &mut chunks {
-        let bits = rng.next_u64();
-        pair[0] = draw32(t, rng, bits as u32);
-        pair[1] = draw32(t, rng, (bits >> 32) as u32);
-    }
-    if let [last] = chunks.into_remainder() {
-        let bits = rng.next_u64();
-        *last = draw32(t, rng, bits as u32);
-    }
+/// The candidate of 32 random bits `b`: sign and layer from the top 11 bits, position from
+/// the low 21 (bit-exact: a 21-bit integer converts to `f32` exactly).
+#[inline(always)]
+fn candidate32(t: &Tables, b: u32) -> f32 {
+    ((b & 0x1F_FFFF) as f32) * t.s21[(b >> 21) as usize]
 }
 
 #[inline(always)]
-fn draw32(t: &Tables, rng: &mut Xoshiro256pp, mut bits: u32) -> f32 {
-    loop {
-        let i = (bits >> 24) as usize;
-        let sign = (bits >> 23) & 1;
-        let u = bits & 0x7F_FFFF;
-        let x = (u as f64 + 0.5) * (1.0 / 8_388_608.0) * t.x[i];
-        let x = if sign == 1 { -x } else { x };
-        if u < t.k23[i] {
-            return x as f32;
-        }
-        if let Some(v) = slow(t, rng, i, x) {
-            return v as f32;
-        }
-        bits = rng.next_u64() as u32;
-    }
+fn rejected32(t: &Tables, b: u32) -> bool {
+    (b & 0x1F_FFFF) >= t.k21[(b >> 21) as usize]
 }
 
-/// Fills `out` with `f64` standard normals.
-pub(crate) fn fill_f64(rng: &mut Xoshiro256pp, out: &mut [f64]) {
-    let t = tables();
-    for v in out {
-        *v = draw64(t, rng);
-    }
-}
-
-#[inline(always)]
-fn draw64(t: &Tables, rng: &mut Xoshiro256pp) -> f64 {
+/// Redraws one `f32` sample whose candidate (from bits `b`) was rejected.
+#[cold]
+#[inline(never)]
+fn redraw32(t: &Tables, rng: &mut Xoshiro256pp, mut b: u32) -> f32 {
     loop {
-        let bits = rng.next_u64();
-        let i = (bits >> 56) as usize;
-        let sign = (bits >> 55) & 1;
-        let u = bits & ((1u64 << 52) - 1);
-        let x = (u as f64 + 0.5) * (1.0 / 4_503_599_627_370_496.0) * t.x[i];
-        let x = if sign == 1 { -x } else { x };
-        if u < t.k52[i] {
+        let x = candidate32(t, b);
+        if !rejected32(t, b) {
             return x;
         }
-        if let Some(v) = slow(t, rng, i, x) {
-            return v;
+        if let Some(v) = slow(t, rng, (b >> 21) as usize % N, f64::from(x)) {
+            return v as f32;
+        }
+        b = rng.next_u64() as u32;
+    }
+}
+
+/// Fills `out` with `f32` standard normals from two interleaved streams.
+pub(crate) fn fill_f32(rngs: &mut [Xoshiro256pp; 2], out: &mut [f32]) {
+    let t = tables();
+    let (mut a, mut b) = (rngs[0].clone(), rngs[1].clone());
+    let mut quads = out.chunks_exact_mut(4);
+    for q in &mut quads {
+        let (ba, bb) = (a.next_u64(), b.next_u64());
+        let w = [ba as u32, (ba >> 32) as u32, bb as u32, (bb >> 32) as u32];
+        for k in 0..4 {
+            q[k] = candidate32(t, w[k]);
+        }
+        if rejected32(t, w[0]) | rejected32(t, w[1]) | rejected32(t, w[2]) | rejected32(t, w[3]) {
+            for k in 0..4 {
+                if rejected32(t, w[k]) {
+                    q[k] = redraw32(t, &mut a, w[k]);
+                }
+            }
         }
     }
+    for v in quads.into_remainder() {
+        let w = a.next_u64() as u32;
+        *v = redraw32(t, &mut a, w);
+    }
+    rngs[0] = a;
+    rngs[1] = b;
+}
+
+#[inline(always)]
+fn candidate64(t: &Tables, b: u64) -> f64 {
+    ((b & 0x1F_FFFF_FFFF_FFFF) as f64) * t.s53[(b >> 53) as usize]
+}
+
+#[inline(always)]
+fn rejected64(t: &Tables, b: u64) -> bool {
+    (b & 0x1F_FFFF_FFFF_FFFF) >= t.k53[(b >> 53) as usize]
+}
+
+/// Redraws one `f64` sample whose candidate (from bits `b`) was rejected.
+#[cold]
+#[inline(never)]
+fn redraw64(t: &Tables, rng: &mut Xoshiro256pp, mut b: u64) -> f64 {
+    loop {
+        let x = candidate64(t, b);
+        if !rejected64(t, b) {
+            return x;
+        }
+        if let Some(v) = slow(t, rng, (b >> 53) as usize % N, x) {
+            return v;
+        }
+        b = rng.next_u64();
+    }
+}
+
+/// Fills `out` with `f64` standard normals from two interleaved streams.
+pub(crate) fn fill_f64(rngs: &mut [Xoshiro256pp; 2], out: &mut [f64]) {
+    let t = tables();
+    let (mut a, mut b) = (rngs[0].clone(), rngs[1].clone());
+    let mut pairs = out.chunks_exact_mut(2);
+    for p in &mut pairs {
+        let w = [a.next_u64(), b.next_u64()];
+        p[0] = candidate64(t, w[0]);
+        p[1] = candidate64(t, w[1]);
+        if rejected64(t, w[0]) | rejected64(t, w[1]) {
+            for k in 0..2 {
+                if rejected64(t, w[k]) {
+                    p[k] = redraw64(t, &mut a, w[k]);
+                }
+            }
+        }
+    }
+    for v in pairs.into_remainder() {
+        let w = a.next_u64();
+        *v = redraw64(t, &mut a, w);
+    }
+    rngs[0] = a;
+    rngs[1] = b;
 }
 
 #[cfg(test)]
@@ -174,13 +249,45 @@ mod tests {
     #[test]
     fn tables_close_the_ziggurat() {
         let t = tables();
-        // Every layer has the area V (the base layer includes the tail).
-        for i in 1..256 {
+        // Every layer has the area V; the top one closes at x = 0.
+        for i in 1..N {
             let area = t.x[i] * (t.f[i + 1] - t.f[i]);
-            // V is published to 12 digits: the top layer closes to ~5e-12.
-            assert!((area - V).abs() < 1e-10, "layer {i}: {area}");
+            assert!((area - V).abs() < 1e-12, "layer {i}: {area}");
         }
-        assert!(t.x[255] > 0.0 && t.x[256] == 0.0);
+        assert!(t.x[N - 1] > 0.0 && t.x[N] == 0.0);
+        // The base layer: R f(R) plus the tail beyond R (numerically integrated).
+        let h = 1e-4;
+        let tail: f64 = (0..200_000)
+            .map(|k| {
+                let a = R + k as f64 * h;
+                h / 6.0
+                    * ((-0.5 * a * a).exp()
+                        + 4.0 * (-0.5 * (a + h / 2.0).powi(2)).exp()
+                        + (-0.5 * (a + h).powi(2)).exp())
+            })
+            .sum();
+        assert!((R * (-0.5 * R * R).exp() + tail - V).abs() < 1e-13);
+    }
+
+    #[test]
+    fn fast_path_accepts_over_99_5_percent() {
+        // Layers are equally likely, and layer i accepts x[i+1] / x[i] of its positions.
+        let t = tables();
+        let accept = (0..N).map(|i| t.x[i + 1] / t.x[i]).sum::<f64>() / N as f64;
+        assert!(accept > 0.995 && accept < 0.997, "{accept}");
+        // The integer thresholds agree with it, for both signs and both widths.
+        let k21 = t.k21.iter().map(|&k| f64::from(k)).sum::<f64>() / (2 * N) as f64 / (1u64 << 21) as f64;
+        let k53 = t.k53.iter().map(|&k| k as f64).sum::<f64>() / (2 * N) as f64 / (1u64 << 53) as f64;
+        assert!(
+            (k21 - accept).abs() < 1e-6 && (k53 - accept).abs() < 1e-12,
+            "{k21} {k53}"
+        );
+        assert!(
+            t.s21[..N]
+                .iter()
+                .zip(&t.s21[N..])
+                .all(|(p, m)| *p > 0.0 && *m == -*p)
+        );
     }
 
     #[test]

@@ -105,9 +105,9 @@ impl Churn {
         let kx = F::cast(hat.alpha / level.alpha);
         let kz = F::cast(hat.alpha * (s_hat * s_hat - s * s).sqrt() * self.s_noise);
         let z = fill_noise(z, x, walk.step(), noise);
-        let ok = Zip::from(x).and(z).fold(true, |ok, x, &z| {
+        let ok = fold_finite!(Zip::from(x).and(z), |x, &z| {
             *x = kx * *x + kz * z;
-            ok & x.is_finite()
+            *x
         });
         if ok {
             Ok(hat)

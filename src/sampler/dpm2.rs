@@ -32,10 +32,10 @@ fn predict<F: Float, D: Dimension>(
     let (cx, co) = (est.cx, est.co);
     let r = mid.sigma / from.sigma;
     let (kx, kd) = (F::cast(r), F::cast(mid.alpha - from.alpha * r));
-    Zip::from(x2).and(x).and(&est.out).fold(true, |ok, x2, &x, &o| {
+    fold_finite!(clamp = clamp; Zip::from(x2).and(x).and(&est.out), |x2, &x, &o| {
         let raw = cx * x + co * o;
         *x2 = kx * x + kd * clamp.apply(raw);
-        ok & x2.is_finite() & raw.is_finite()
+        *x2 + raw * F::zero()
     })
 }
 
@@ -223,14 +223,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for Dpm2State<F, D> {
                 let (gx, gd) = (F::cast(gx), F::cast(gd));
                 let kx = F::cast(c.c(&to) / c.c(&from));
                 let kg = F::cast(c.c(&to) * (c.tau(&to) - c.tau(&from)));
-                let ok = Zip::from(&mut self.x)
-                    .and(x2)
-                    .and(&est.out)
-                    .fold(true, |ok, x, &x2, &o| {
-                        let raw = cx * x2 + co * o;
-                        *x = kx * *x + kg * (gx * x2 + gd * clamp.apply(raw));
-                        ok & x.is_finite() & raw.is_finite()
-                    });
+                let ok = fold_finite!(clamp = clamp; Zip::from(&mut self.x).and(x2).and(&est.out), |x, &x2, &o| {
+                    let raw = cx * x2 + co * o;
+                    *x = kx * *x + kg * (gx * x2 + gd * clamp.apply(raw));
+                    *x + raw * F::zero()
+                });
                 attribute(ok, &est, None)?;
             }
         }
@@ -465,22 +462,21 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for Dpm2AncestralState<F, D> {
                     None
                 };
                 let ok = match z {
-                    Some(z) => Zip::from(&mut self.x).and(x2).and(&est.out).and(z).fold(
-                        true,
-                        |ok, x, &x2, &o, &z| {
+                    Some(z) => fold_finite!(clamp = clamp;
+                        Zip::from(&mut self.x).and(x2).and(&est.out).and(z),
+                        |x, &x2, &o, &z| {
                             let raw = cx * x2 + co * o;
                             *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw)) + kz * z;
-                            ok & x.is_finite() & raw.is_finite()
-                        },
+                            *x + raw * F::zero()
+                        }
                     ),
-                    None => Zip::from(&mut self.x)
-                        .and(x2)
-                        .and(&est.out)
-                        .fold(true, |ok, x, &x2, &o| {
+                    None => {
+                        fold_finite!(clamp = clamp; Zip::from(&mut self.x).and(x2).and(&est.out), |x, &x2, &o| {
                             let raw = cx * x2 + co * o;
                             *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw));
-                            ok & x.is_finite() & raw.is_finite()
-                        }),
+                            *x + raw * F::zero()
+                        })
+                    }
                 };
                 attribute(ok, &est, z)?;
             }

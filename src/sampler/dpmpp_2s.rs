@@ -192,14 +192,11 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmPp2sAncestralState<F, D> 
                 let kx = F::cast(mid.sigma / from.sigma);
                 let kd = F::cast(mid.alpha * -(-0.5 * h).exp_m1());
                 let x2 = self.x2.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
-                let ok = Zip::from(x2)
-                    .and(&self.x)
-                    .and(&est.out)
-                    .fold(true, |ok, x2, &x, &o| {
-                        let raw = cx * x + co * o;
-                        *x2 = kx * x + kd * clamp.apply(raw);
-                        ok & x2.is_finite() & raw.is_finite()
-                    });
+                let ok = fold_finite!(clamp = clamp; Zip::from(x2).and(&self.x).and(&est.out), |x2, &x, &o| {
+                    let raw = cx * x + co * o;
+                    *x2 = kx * x + kd * clamp.apply(raw);
+                    *x2 + raw * F::zero()
+                });
                 attribute(ok, &est, None)?;
                 self.mid = Some(mid);
                 return Ok(Some(est.into_buffer()));
@@ -217,22 +214,21 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmPp2sAncestralState<F, D> 
                     None
                 };
                 let ok = match z {
-                    Some(z) => Zip::from(&mut self.x).and(x2).and(&est.out).and(z).fold(
-                        true,
-                        |ok, x, &x2, &o, &z| {
+                    Some(z) => fold_finite!(clamp = clamp;
+                        Zip::from(&mut self.x).and(x2).and(&est.out).and(z),
+                        |x, &x2, &o, &z| {
                             let raw = cx * x2 + co * o;
                             *x = kx * *x + kd * clamp.apply(raw) + kz * z;
-                            ok & x.is_finite() & raw.is_finite()
-                        },
+                            *x + raw * F::zero()
+                        }
                     ),
-                    None => Zip::from(&mut self.x)
-                        .and(x2)
-                        .and(&est.out)
-                        .fold(true, |ok, x, &x2, &o| {
+                    None => {
+                        fold_finite!(clamp = clamp; Zip::from(&mut self.x).and(x2).and(&est.out), |x, &x2, &o| {
                             let raw = cx * x2 + co * o;
                             *x = kx * *x + kd * clamp.apply(raw);
-                            ok & x.is_finite() & raw.is_finite()
-                        }),
+                            *x + raw * F::zero()
+                        })
+                    }
                 };
                 attribute(ok, &est, z)?;
             }

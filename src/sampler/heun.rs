@@ -234,16 +234,29 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for HeunState<F, D> {
             let (ka, ks) = (F::cast(to.alpha), F::cast(to.sigma));
             let (ex, ed) = (F::cast(1.0 / from.sigma), F::cast(-from.alpha / from.sigma));
             let x2 = self.x2.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
-            let ok = Zip::from(&mut est.out)
-                .and(&self.x)
-                .and(x2)
-                .fold(true, |ok, o, &x, x2| {
-                    let raw = cx * x + co * *o;
-                    let d = clamp.apply(raw);
-                    *o = gx * x + gd * d;
-                    *x2 = ka * d + ks * (ex * x + ed * d);
-                    ok & x2.is_finite() & raw.is_finite()
+            // Without a clamp, d = cx x + co o folds into the coefficients (in f64).
+            let (fx, fo) = (gx.as_f64() + gd.as_f64() * cx.as_f64(), gd.as_f64() * co.as_f64());
+            let kd = to.alpha - to.sigma * from.alpha / from.sigma;
+            let (yx, yo) = (kd * cx.as_f64() + to.sigma / from.sigma, kd * co.as_f64());
+            if clamp.is_none() && yo != 0.0 {
+                let (fx, fo, yx, yo) = (F::cast(fx), F::cast(fo), F::cast(yx), F::cast(yo));
+                let ok = fold_finite!(Zip::from(&mut est.out).and(&self.x).and(x2), |o, &x, x2| {
+                    let o0 = *o;
+                    *o = fx * x + fo * o0;
+                    *x2 = yx * x + yo * o0;
+                    *x2
                 });
+                attribute(ok, &est, None)?;
+                self.second = true;
+                return Ok(self.g1.replace(est.into_buffer()));
+            }
+            let ok = fold_finite!(clamp = clamp; Zip::from(&mut est.out).and(&self.x).and(x2), |o, &x, x2| {
+                let raw = cx * x + co * *o;
+                let d = clamp.apply(raw);
+                *o = clamp.keep(gx * x + gd * d, raw);
+                *x2 = ka * d + ks * (ex * x + ed * d);
+                *x2 + raw * F::zero()
+            });
             attribute(ok, &est, None)?;
             self.second = true;
             return Ok(self.g1.replace(est.into_buffer()));
@@ -258,17 +271,34 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for HeunState<F, D> {
         let (gx, gd) = (F::cast(gx), F::cast(gd));
         let kx = F::cast(c.c(&to) / c.c(&from));
         let kg = F::cast(c.c(&to) * (c.tau(&to) - c.tau(&from)) / 2.0);
-        let ok = Zip::from(&mut self.x)
-            .and(g1)
-            .and(x2)
-            .and(&est.out)
-            .fold(true, |ok, x, &g1, &x2, &o| {
+        let (k2x, k2o) = (
+            kg.as_f64() * (gx.as_f64() + gd.as_f64() * cx.as_f64()),
+            kg.as_f64() * gd.as_f64() * co.as_f64(),
+        );
+        if clamp.is_none() && k2o != 0.0 {
+            // Without a clamp, g2 = gx x2 + gd (cx x2 + co o) folds into the coefficients.
+            let (k2x, k2o) = (F::cast(k2x), F::cast(k2o));
+            let ok = fold_finite!(
+                Zip::from(&mut self.x).and(g1).and(x2).and(&est.out),
+                |x, &g1, &x2, &o| {
+                    *x = kx * *x + kg * g1 + k2x * x2 + k2o * o;
+                    *x
+                }
+            );
+            attribute(ok, &est, None)?;
+            self.finish_step(noise)?;
+            return Ok(Some(est.into_buffer()));
+        }
+        let ok = fold_finite!(clamp = clamp;
+            Zip::from(&mut self.x).and(g1).and(x2).and(&est.out),
+            |x, &g1, &x2, &o| {
                 let raw = cx * x2 + co * o;
                 let d = clamp.apply(raw);
                 let g2 = gx * x2 + gd * d;
                 *x = kx * *x + kg * (g1 + g2);
-                ok & x.is_finite() & raw.is_finite()
-            });
+                *x + raw * F::zero()
+            }
+        );
         attribute(ok, &est, None)?;
         self.finish_step(noise)?;
         Ok(Some(est.into_buffer()))

@@ -95,39 +95,35 @@ fn affine_view<F: Float, E: Dimension>(
     k: Affine,
 ) -> bool {
     let (kc, kr, kx, kz) = (F::cast(k.clamped), F::cast(k.raw), F::cast(k.x), F::cast(k.z));
-    // The fast path: no clamp, so clamp(d) = d and the update is linear in (x, out, z).
-    // Non-finite values propagate into the new sample (NaN * 0 is NaN), so checking the new
-    // sample alone catches a bad model output or noise; `attribute` says which it was.
-    if c.is_none() {
-        let (kd, kx2) = (kc + kr, kx);
-        let len = x.len();
+    // The fast path: no clamp, so clamp(d) = d and the update is linear in (x, out, z), with
+    // the coefficients folded in `f64`. Non-finite values propagate into the new sample (NaN * a
+    // and inf * a are non-finite for a != 0, and NaN * 0 too), so probing the new sample alone
+    // catches a bad model output or noise; `attribute` says which it was.
+    let kd = k.clamped + k.raw;
+    if c.is_none() && kd * co.as_f64() != 0.0 {
+        let (ax, ao) = (F::cast(kd * cx.as_f64() + k.x), F::cast(kd * co.as_f64()));
         return match z {
-            None => fold_finite!(Zip::from(x).and(out), len, |x, &o| {
-                let nx = kd * (cx * *x + co * o) + kx2 * *x;
-                *x = nx;
-                nx.is_finite()
+            None => fold_finite!(Zip::from(x).and(out), |x, &o| {
+                *x = ax * *x + ao * o;
+                *x
             }),
-            Some(z) => fold_finite!(Zip::from(x).and(out).and(z), len, |x, &o, &z| {
-                let nx = kd * (cx * *x + co * o) + kx2 * *x + kz * z;
-                *x = nx;
-                nx.is_finite()
+            Some(z) => fold_finite!(Zip::from(x).and(out).and(z), |x, &o, &z| {
+                *x = ax * *x + ao * o + kz * z;
+                *x
             }),
         };
     }
-    let len = x.len();
+    // clamp() maps NaN to a bound: probe the raw estimate too.
     match z {
-        None => fold_finite!(Zip::from(x).and(out), len, |x, &o| {
+        None => fold_finite!(Zip::from(x).and(out), |x, &o| {
             let d = cx * *x + co * o;
-            let nx = kc * c.apply(d) + kr * d + kx * *x;
-            *x = nx;
-            // clamp() maps NaN to a bound: check d itself too.
-            nx.is_finite() & d.is_finite()
+            *x = kc * c.apply(d) + kr * d + kx * *x;
+            *x + d * F::zero()
         }),
-        Some(z) => fold_finite!(Zip::from(x).and(out).and(z), len, |x, &o, &z| {
+        Some(z) => fold_finite!(Zip::from(x).and(out).and(z), |x, &o, &z| {
             let d = cx * *x + co * o;
-            let nx = kc * c.apply(d) + kr * d + kx * *x + kz * z;
-            *x = nx;
-            nx.is_finite() & d.is_finite()
+            *x = kc * c.apply(d) + kr * d + kx * *x + kz * z;
+            *x + d * F::zero()
         }),
     }
 }
@@ -168,28 +164,49 @@ macro_rules! lin_kernel {
             let (kx, kd, kz) = (F::cast(k.x), F::cast(k.d), F::cast(k.z));
             let kh = [F::cast(k.h[0]), F::cast(k.h[1]), F::cast(k.h[2])];
             let _ = kh;
-            let (sx, sd, eps) = match store {
-                Store::X0 => (F::zero(), F::one(), false),
-                Store::Eps { ex, ed } => (F::cast(ex), F::cast(ed), true),
+            let (sx, sd) = match store {
+                Store::X0 => (0.0, 1.0),
+                Store::Eps { ex, ed } => (ex, ed),
             };
-            let clamp = !c.is_none();
-            let len = x.len();
+            // The fast path, without a clamp: d = cx x + co o is folded into both outputs'
+            // coefficients (in f64), and only the new sample is probed — it is non-finite if
+            // the model output is (NaN * a and inf * a are non-finite for a != 0).
+            let (ax, ao) = (k.x + k.d * cx.as_f64(), k.d * co.as_f64());
+            if c.is_none() && ao != 0.0 {
+                let (cx, co) = (cx.as_f64(), co.as_f64());
+                let (ox, oo) = (F::cast(sx + sd * cx), F::cast(sd * co));
+                let (ax, ao) = (F::cast(ax), F::cast(ao));
+                return match z {
+                    None => fold_finite!(par; Zip::from(x).and(o)$(.and($h))*, |x, o, $($h),*| {
+                        let (x0, o0) = (*x, *o);
+                        *o = ox * x0 + oo * o0;
+                        *x = ax * x0 + ao * o0 $(+ kh[$j] * *$h)*;
+                        *x
+                    }),
+                    Some(z) => fold_finite!($mode; Zip::from(x).and(o)$(.and($h))*.and(z), |x, o, $($h,)* &z| {
+                        let (x0, o0) = (*x, *o);
+                        *o = ox * x0 + oo * o0;
+                        *x = ax * x0 + ao * o0 $(+ kh[$j] * *$h)* + kz * z;
+                        *x
+                    }),
+                };
+            }
+            let (sx, sd) = (F::cast(sx), F::cast(sd));
+            // clamp() maps NaN to a bound: probe the raw estimate too.
             match z {
-                None => fold_finite!(par; Zip::from(x).and(o)$(.and($h))*, len, |x, o, $($h),*| {
+                None => fold_finite!(par; Zip::from(x).and(o)$(.and($h))*, |x, o, $($h),*| {
                     let raw = cx * *x + co * *o;
-                    let d = if clamp { c.apply(raw) } else { raw };
-                    *o = if eps { sx * *x + sd * d } else { d };
-                    let nx = kx * *x + kd * d $(+ kh[$j] * *$h)*;
-                    *x = nx;
-                    nx.is_finite() & raw.is_finite()
+                    let d = c.apply(raw);
+                    *o = c.keep(sx * *x + sd * d, raw);
+                    *x = kx * *x + kd * d $(+ kh[$j] * *$h)*;
+                    *x + raw * F::zero()
                 }),
-                Some(z) => fold_finite!($mode; Zip::from(x).and(o)$(.and($h))*.and(z), len, |x, o, $($h,)* &z| {
+                Some(z) => fold_finite!($mode; Zip::from(x).and(o)$(.and($h))*.and(z), |x, o, $($h,)* &z| {
                     let raw = cx * *x + co * *o;
-                    let d = if clamp { c.apply(raw) } else { raw };
-                    *o = if eps { sx * *x + sd * d } else { d };
-                    let nx = kx * *x + kd * d $(+ kh[$j] * *$h)* + kz * z;
-                    *x = nx;
-                    nx.is_finite() & raw.is_finite()
+                    let d = c.apply(raw);
+                    *o = c.keep(sx * *x + sd * d, raw);
+                    *x = kx * *x + kd * d $(+ kh[$j] * *$h)* + kz * z;
+                    *x + raw * F::zero()
                 }),
             }
         }

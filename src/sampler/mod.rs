@@ -33,31 +33,59 @@
 #[cfg(feature = "rayon")]
 pub(crate) const PAR_MIN: usize = 1 << 18;
 
-/// `zip.fold(true, |ok, args| ok & body)`: one fused pass that also reports whether everything
-/// it wrote is finite; split into parallel blocks with the `rayon` feature on large arrays (the
-/// result is bit-identical: the pass is element-wise and the reduction is an AND).
+/// One fused pass `zip.fold(.., |bad, args| ..)` (in a function generic over `F: Float`) whose
+/// body returns a probe value per element
+/// (finite iff everything it computed is finite); evaluates to whether all were finite.
+/// The probes are OR-ed as `(v - v).to_bits()`, which vectorises (a boolean AND does not, and
+/// costs as much as the update itself). Split into parallel blocks with the `rayon` feature on
+/// large arrays (bit-identical: the pass is element-wise and the reduction is an OR).
 macro_rules! fold_finite {
-    // Six-array zips have no parallel fold in ndarray: always sequential.
-    (seq; $zip:expr, $len:expr, |$($arg:pat_param),* $(,)?| $body:block) => {{
-        let _ = $len;
-        $zip.fold(true, |ok, $($arg),*| ok & $body)
-    }};
-    (par; $zip:expr, $len:expr, |$($arg:pat_param),* $(,)?| $body:block) => {
-        fold_finite!($zip, $len, |$($arg),*| $body)
+    // `clamp = c;`: the body calls `c.apply(raw)`; compiled twice, once with the identity clamp
+    // (the common case, which then costs nothing) and once with `c`.
+    (clamp = $c:ident; seq; $zip:expr, |$($arg:pat_param),* $(,)?| $body:block) => {
+        if $c.is_none() {
+            let $c = $crate::sampler::x0::NoClamp;
+            fold_finite!(seq; $zip, |$($arg),*| $body)
+        } else {
+            fold_finite!(seq; $zip, |$($arg),*| $body)
+        }
     };
-    ($zip:expr, $len:expr, |$($arg:pat_param),* $(,)?| $body:block) => {{
+    (clamp = $c:ident; par; $zip:expr, |$($arg:pat_param),* $(,)?| $body:block) => {
+        fold_finite!(clamp = $c; $zip, |$($arg),*| $body)
+    };
+    (clamp = $c:ident; $zip:expr, |$($arg:pat_param),* $(,)?| $body:block) => {
+        if $c.is_none() {
+            let $c = $crate::sampler::x0::NoClamp;
+            fold_finite!($zip, |$($arg),*| $body)
+        } else {
+            fold_finite!($zip, |$($arg),*| $body)
+        }
+    };
+    // Six-array zips have no parallel fold in ndarray: always sequential.
+    (seq; $zip:expr, |$($arg:pat_param),* $(,)?| $body:block) => {
+        $zip.fold(<F as $crate::Float>::Bits::default(), |bad, $($arg),*| bad | $crate::Float::nonfinite_bits($body))
+            == <F as $crate::Float>::Bits::default()
+    };
+    (par; $zip:expr, |$($arg:pat_param),* $(,)?| $body:block) => {
+        fold_finite!($zip, |$($arg),*| $body)
+    };
+    ($zip:expr, |$($arg:pat_param),* $(,)?| $body:block) => {{
+        let zip = $zip;
         #[cfg(feature = "rayon")]
         {
-            if $len >= $crate::sampler::PAR_MIN {
-                $zip.par_fold(|| true, |ok, $($arg),*| ok & $body, |a, b| a & b)
+            if zip.size() >= $crate::sampler::PAR_MIN {
+                zip.par_fold(
+                    <F as $crate::Float>::Bits::default,
+                    |bad, $($arg),*| bad | $crate::Float::nonfinite_bits($body),
+                    |a, b| a | b,
+                ) == <F as $crate::Float>::Bits::default()
             } else {
-                $zip.fold(true, |ok, $($arg),*| ok & $body)
+                fold_finite!(seq; zip, |$($arg),*| $body)
             }
         }
         #[cfg(not(feature = "rayon"))]
         {
-            let _ = $len;
-            $zip.fold(true, |ok, $($arg),*| ok & $body)
+            fold_finite!(seq; zip, |$($arg),*| $body)
         }
     }};
 }
@@ -292,9 +320,9 @@ impl<F: Float, D: Dimension> Estimate<F, D> {
         scratch: &mut Vec<F>,
     ) -> Result<Vec<Clamp<F>>> {
         let (cx, co) = (self.cx, self.co);
-        let ok = Zip::from(&mut self.out).and(x).fold(true, |ok, o, &x| {
+        let ok = fold_finite!(Zip::from(&mut self.out).and(x), |o, &x| {
             *o = cx * x + co * *o;
-            ok & o.is_finite()
+            *o
         });
         self.cx = F::zero();
         self.co = F::one();

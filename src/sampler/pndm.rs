@@ -282,10 +282,10 @@ impl<F: Float, D: Dimension> PndmState<F, D> {
 fn eps_into<F: Float, D: Dimension>(est: &mut Estimate<F, D>, x: &Array<F, D>, level: &NoiseLevel) -> bool {
     let (cx, co) = (est.cx, est.co);
     let (ex, ed) = (F::cast(1.0 / level.sigma), F::cast(-level.alpha / level.sigma));
-    Zip::from(&mut est.out).and(x).fold(true, |ok, o, &x| {
+    fold_finite!(Zip::from(&mut est.out).and(x), |o, &x| {
         let d = cx * x + co * *o;
         *o = ex * x + ed * d;
-        ok & o.is_finite()
+        *o
     })
 }
 

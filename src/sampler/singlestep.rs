@@ -251,39 +251,43 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
         let (ks, k_new, k_h0, k_h1) = (f(ks), f(k_new), f(k_h0), f(k_h1));
         let start = self.start.as_ref().ok_or(Error::Finished)?;
         let ok = match order {
-            1 => Zip::from(&mut self.x)
-                .and(&mut est.out)
-                .and(start)
-                .fold(true, |ok, x, o, &st| {
+            1 => fold_finite!(clamp = clamp;
+                Zip::from(&mut self.x).and(&mut est.out).and(start),
+                |x, o, &st| {
                     let raw = cx * *x + co * *o;
                     let d = clamp.apply(raw);
-                    *o = d;
+                    *o = clamp.keep(d, raw);
                     *x = ks * st + k_new * d;
-                    ok & x.is_finite() & raw.is_finite()
-                }),
-            2 => Zip::from(&mut self.x)
-                .and(&mut est.out)
-                .and(start)
-                .and(self.hist.array(0))
-                .fold(true, |ok, x, o, &st, &h0| {
+                    *x + raw * F::zero()
+                }
+            ),
+            2 => fold_finite!(clamp = clamp;
+                Zip::from(&mut self.x)
+                    .and(&mut est.out)
+                    .and(start)
+                    .and(self.hist.array(0)),
+                |x, o, &st, &h0| {
                     let raw = cx * *x + co * *o;
                     let d = clamp.apply(raw);
-                    *o = d;
+                    *o = clamp.keep(d, raw);
                     *x = ks * st + k_new * d + k_h0 * h0;
-                    ok & x.is_finite() & raw.is_finite()
-                }),
-            _ => Zip::from(&mut self.x)
-                .and(&mut est.out)
-                .and(start)
-                .and(self.hist.array(0))
-                .and(self.hist.array(1))
-                .fold(true, |ok, x, o, &st, &h0, &h1| {
+                    *x + raw * F::zero()
+                }
+            ),
+            _ => fold_finite!(clamp = clamp;
+                Zip::from(&mut self.x)
+                    .and(&mut est.out)
+                    .and(start)
+                    .and(self.hist.array(0))
+                    .and(self.hist.array(1)),
+                |x, o, &st, &h0, &h1| {
                     let raw = cx * *x + co * *o;
                     let d = clamp.apply(raw);
-                    *o = d;
+                    *o = clamp.keep(d, raw);
                     *x = ks * st + k_new * d + k_h0 * h0 + k_h1 * h1;
-                    ok & x.is_finite() & raw.is_finite()
-                }),
+                    *x + raw * F::zero()
+                }
+            ),
         };
         attribute(ok, &est, None)?;
         let spare = self.hist.push(est.into_buffer(), s0);

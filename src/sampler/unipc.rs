@@ -300,18 +300,29 @@ macro_rules! unipc_pass {
         let (cx, co) = $conv;
         let k: Pc<F> = $k;
         let clamp = $clamp;
-        let len = $x.len();
-        fold_finite!($mode; Zip::from($x).and($last).and($o)$(.and($h))*, len, |x, last, o, $($h),*| {
-            let raw = cx * *x + co * *o;
-            let d = clamp.apply(raw);
-            *o = d;
-            let xc = if k.correct { k.c_last * *last + k.c_d * d $(+ k.c_h[$j] * *$h)* } else { *x };
-            *last = xc;
-            let hs = [$(*$h,)* F::zero(), F::zero()];
-            let nx = k.p_x * xc + k.p_d * d + k.p_h[0] * hs[0] + k.p_h[1] * hs[1];
-            *x = nx;
-            nx.is_finite() & raw.is_finite()
-        })
+        // The corrector's presence is fixed for the pass: two specialised loops.
+        if k.correct {
+            fold_finite!(clamp = clamp; $mode; Zip::from($x).and($last).and($o)$(.and($h))*, |x, last, o, $($h),*| {
+                let raw = cx * *x + co * *o;
+                let d = clamp.apply(raw);
+                *o = clamp.keep(d, raw);
+                let xc = k.c_last * *last + k.c_d * d $(+ k.c_h[$j] * *$h)*;
+                *last = xc;
+                let hs = [$(*$h,)* F::zero(), F::zero()];
+                *x = k.p_x * xc + k.p_d * d + k.p_h[0] * hs[0] + k.p_h[1] * hs[1];
+                *x
+            })
+        } else {
+            fold_finite!(clamp = clamp; $mode; Zip::from($x).and($last).and($o)$(.and($h))*, |x, last, o, $($h),*| {
+                let raw = cx * *x + co * *o;
+                let d = clamp.apply(raw);
+                *o = clamp.keep(d, raw);
+                *last = *x;
+                let hs = [$(*$h,)* F::zero(), F::zero()];
+                *x = k.p_x * *x + k.p_d * d + k.p_h[0] * hs[0] + k.p_h[1] * hs[1];
+                *x + raw * F::zero()
+            })
+        }
     }};
 }
 
@@ -333,6 +344,9 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
         let cfg = &self.cfg;
         let f = F::cast;
         // Corrector of the previous step (from the newest history level to `s`).
+        // History arrays the fused pass must read: the corrector's `order_c` estimates and the
+        // predictor's `order_p - 1` earlier ones.
+        let mut needed = 0;
         let mut pc = Pc {
             correct: false,
             c_last: F::zero(),
@@ -357,6 +371,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
                 self.hist.level(2.min(self.hist.len() - 1)),
             ];
             let (kx, k0, kh, knew) = unipc_coefs(&s0, &s, &prev, order, cfg.variant, true);
+            needed = order;
             pc.correct = true;
             pc.c_last = f(kx);
             pc.c_d = f(knew);
@@ -397,7 +412,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
         let clamp = est.prepare(&self.x, &cfg.policy, &mut self.scratch)?;
         let conv = (est.cx, est.co);
         let last = self.last.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
-        let n = self.hist.len().min(3);
+        let n = needed.max(order - 1).min(self.hist.len());
         let ok = match n {
             0 => unipc_pass!(par; &mut self.x, last, &mut est.out, conv, clamp, pc;),
             1 => {

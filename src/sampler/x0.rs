@@ -88,9 +88,35 @@ impl<F: Float> Clamp<F> {
         self.lim == F::infinity() && self.inv == F::one()
     }
 
+    /// `v`, made NaN if `raw` is not finite: what a kernel stores from a clamped estimate, so
+    /// that a bad model output is still visible (and attributed) after the clamp hid it.
+    #[inline(always)]
+    pub(crate) fn keep(self, v: F, raw: F) -> F {
+        v + raw * F::zero()
+    }
+
+    /// Clamps to `[-lim, lim]` and rescales; NaN stays NaN (as `torch.clamp`). Written with
+    /// comparisons, which vectorise (`max`/`min` must ignore NaN, and do not).
     #[inline(always)]
     pub(crate) fn apply(self, v: F) -> F {
-        v.max(-self.lim).min(self.lim) * self.inv
+        let v = if v > self.lim { self.lim } else { v };
+        let v = if v < -self.lim { -self.lim } else { v };
+        v * self.inv
+    }
+}
+
+/// The identity clamp, for kernels specialised to the unclamped case.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NoClamp;
+
+impl NoClamp {
+    #[inline(always)]
+    pub(crate) fn apply<F>(self, v: F) -> F {
+        v
+    }
+    #[inline(always)]
+    pub(crate) fn keep<F>(self, v: F, _raw: F) -> F {
+        v
     }
 }
 
