@@ -309,7 +309,9 @@ fn non_finite_model_output_is_caught_at_every_call() {
     let grid = s.grid(6, Spacing::Trailing).unwrap();
     fn clean_calls<S: Sampler>(sampler: &S, grid: &Grid) -> usize {
         let mut rng = StdRng::seed_from_u64(0);
-        let mut run = sampler.start(Array2::<f32>::ones((2, 3)), grid, Prediction::Epsilon, &mut rng).unwrap();
+        let mut run = sampler
+            .start(Array2::<f32>::ones((2, 3)), grid, Prediction::Epsilon, &mut rng)
+            .unwrap();
         let mut n = 0;
         while run.request().is_some() {
             run.output_buffer().fill(0.1);
@@ -323,8 +325,9 @@ fn non_finite_model_output_is_caught_at_every_call() {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             for k in 0..calls {
                 let mut rng = StdRng::seed_from_u64(0);
-                let mut run =
-                    sampler.start(Array2::<f32>::ones((2, 3)), grid, Prediction::Epsilon, &mut rng).unwrap();
+                let mut run = sampler
+                    .start(Array2::<f32>::ones((2, 3)), grid, Prediction::Epsilon, &mut rng)
+                    .unwrap();
                 for _ in 0..k {
                     run.output_buffer().fill(0.1);
                     run.respond_in_place().unwrap();

@@ -139,7 +139,7 @@ fn parallel_sampling_is_bit_identical_for_any_thread_count() {
             });
             let mut outs = Vec::new();
             for which in 0..3 {
-                let mut x = Array4::<f32>::zeros((1, 4, 256, 256));
+                let mut x = Array4::<f32>::zeros((1, 4, 512, 512));
                 SeededNoise::new(1).fill(0, x.view_mut());
                 let mut noise = SeededNoise::new(2);
                 let out = match which {

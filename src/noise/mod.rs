@@ -131,7 +131,7 @@ impl SeededNoise {
     /// Fills a contiguous slice (logical order = memory order).
     fn fill_slice<F: Float>(&self, step: usize, out: &mut [F]) {
         #[cfg(feature = "rayon")]
-        if out.len() >= 2 * Self::BLOCK {
+        if out.len() >= crate::sampler::PAR_MIN {
             use rayon::prelude::*;
             out.par_chunks_mut(Self::BLOCK)
                 .enumerate()

@@ -29,9 +29,11 @@
 //! # Ok::<(), diffusion_samplers::Error>(())
 //! ```
 
-/// Arrays at least this long are updated in parallel blocks with the `rayon` feature.
+/// Arrays at least this long are updated in parallel blocks with the `rayon` feature (below
+/// about a million elements a step is too short for the threads' wake-up and the traffic
+/// between the cores' caches to pay off; benches/steps.rs `scaling`).
 #[cfg(feature = "rayon")]
-pub(crate) const PAR_MIN: usize = 1 << 18;
+pub(crate) const PAR_MIN: usize = 1 << 20;
 
 /// One fused pass `zip.fold(.., |bad, args| ..)` (in a function generic over `F: Float`) whose
 /// body returns a probe value per element
