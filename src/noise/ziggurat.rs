@@ -71,11 +71,12 @@ struct Tables {
     f: Vec<f64>,
     /// f32 draws, indexed by 11 bits `j` (sign `j >> 10`, layer `j & 1023`): accept position
     /// `u < k21[j]` (21-bit); value `u * s21[j]`, the scale carrying the sign.
-    k21: Vec<u32>,
-    s21: Vec<f32>,
+    /// Fixed-size arrays: an 11-bit index needs no bounds check.
+    k21: Box<[u32; 2 * N]>,
+    s21: Box<[f32; 2 * N]>,
     /// f64 draws, the same with a 53-bit position.
-    k53: Vec<u64>,
-    s53: Vec<f64>,
+    k53: Box<[u64; 2 * N]>,
+    s53: Box<[f64; 2 * N]>,
 }
 
 fn tables() -> &'static Tables {
@@ -92,21 +93,15 @@ fn tables() -> &'static Tables {
         x[N] = 0.0;
         let f: Vec<f64> = x.iter().map(|&v| pdf(v)).collect();
         let (two21, two53) = ((1u64 << 21) as f64, (1u64 << 53) as f64);
-        let k21 = (0..2 * N)
-            .map(|j| (x[j % N + 1] / x[j % N] * two21) as u32)
-            .collect();
-        let s21 = (0..2 * N)
-            .map(|j| {
-                let s = (x[j % N] / two21) as f32;
-                if j < N { s } else { -s }
-            })
-            .collect();
-        let k53 = (0..2 * N)
-            .map(|j| (x[j % N + 1] / x[j % N] * two53) as u64)
-            .collect();
-        let s53 = (0..2 * N)
-            .map(|j| if j < N { x[j] / two53 } else { -x[j - N] / two53 })
-            .collect();
+        let k21 = Box::new(std::array::from_fn(|j| (x[j % N + 1] / x[j % N] * two21) as u32));
+        let s21 = Box::new(std::array::from_fn(|j| {
+            let s = (x[j % N] / two21) as f32;
+            if j < N { s } else { -s }
+        }));
+        let k53 = Box::new(std::array::from_fn(|j| (x[j % N + 1] / x[j % N] * two53) as u64));
+        let s53 = Box::new(std::array::from_fn(|j| {
+            if j < N { x[j] / two53 } else { -x[j - N] / two53 }
+        }));
         Tables {
             x,
             f,
@@ -166,15 +161,18 @@ fn redraw32(t: &Tables, rng: &mut Xoshiro256pp, mut b: u32) -> f32 {
 /// Fills `out` with `f32` standard normals from two interleaved streams.
 pub(crate) fn fill_f32(rngs: &mut [Xoshiro256pp; 2], out: &mut [f32]) {
     let t = tables();
+    let (s21, k21): (&[f32; 2 * N], &[u32; 2 * N]) = (&t.s21, &t.k21);
     let (mut a, mut b) = (rngs[0].clone(), rngs[1].clone());
     let mut quads = out.chunks_exact_mut(4);
     for q in &mut quads {
         let (ba, bb) = (a.next_u64(), b.next_u64());
         let w = [ba as u32, (ba >> 32) as u32, bb as u32, (bb >> 32) as u32];
+        let cand = |b: u32| ((b & 0x1F_FFFF) as f32) * s21[(b >> 21) as usize];
+        let rej = |b: u32| (b & 0x1F_FFFF) >= k21[(b >> 21) as usize];
         for k in 0..4 {
-            q[k] = candidate32(t, w[k]);
+            q[k] = cand(w[k]);
         }
-        if rejected32(t, w[0]) | rejected32(t, w[1]) | rejected32(t, w[2]) | rejected32(t, w[3]) {
+        if rej(w[0]) | rej(w[1]) | rej(w[2]) | rej(w[3]) {
             for k in 0..4 {
                 if rejected32(t, w[k]) {
                     q[k] = redraw32(t, &mut a, w[k]);
