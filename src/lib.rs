@@ -99,6 +99,6 @@ pub mod prelude {
     pub use crate::{
         BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, DpmSolver, Error, Euler, EulerAncestral, FinalLevel,
         FlowSchedule, FlowShift, FnDenoiser, ForwardProcess, Grid, LossWeighting, NoiseLevel, NoiseSchedule,
-        NoiseSource, Prediction, ReplayNoise, Sampler, ScheduleFamily, Spacing, Thresholding,
+        NoiseSource, Prediction, ReplayNoise, Sampler, ScheduleFamily, SeededNoise, Spacing, Thresholding,
     };
 }
