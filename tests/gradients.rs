@@ -327,3 +327,61 @@ fn unet_parameters() {
         sum_prod(&u.forward(x.view(), &t), &g)
     });
 }
+
+#[test]
+fn data_parallel_step_equals_the_sequential_step() {
+    use diffusion_samplers::{ForwardProcess, LossWeighting, NoiseSchedule};
+    use models::nn::Adam;
+    use models::unet::{train_step, train_step_parallel};
+    let fp = ForwardProcess::new(NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap());
+    let mut rng = StdRng::seed_from_u64(10);
+    let x0: Array4<f64> = rand_array((5, 1, 8, 8), &mut rng);
+    let base = UNet::<f64>::new(diffusion_samplers::Prediction::Velocity, 4, &mut rng);
+    let (mut a, mut b) = (base.clone(), base.clone());
+    let (mut oa, mut ob) = (Adam::new(1e-3), Adam::new(1e-3));
+    let la = train_step(
+        &mut a,
+        &mut oa,
+        &fp,
+        x0.view(),
+        LossWeighting::min_snr(),
+        &mut StdRng::seed_from_u64(3),
+    );
+    let mut replicas = vec![base.clone(); 2];
+    let lb = train_step_parallel(
+        &mut b,
+        &mut replicas,
+        &mut ob,
+        &fp,
+        x0.view(),
+        LossWeighting::min_snr(),
+        &mut StdRng::seed_from_u64(3),
+    );
+    assert!((la - lb).abs() < 1e-12 * la.abs().max(1.0), "loss {la} vs {lb}");
+    let (pa, pb) = (models::nn::flat_params(&mut a), models::nn::flat_params(&mut b));
+    let d = (&pa - &pb).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(d < 1e-12, "parameters differ by {d}");
+    assert!(
+        (&pa - &models::nn::flat_params(&mut base.clone()))
+            .iter()
+            .any(|v| v.abs() > 1e-6)
+    );
+}
+
+#[test]
+fn unet_weights_round_trip_through_safetensors() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut a = UNet::<f32>::new(diffusion_samplers::Prediction::Epsilon, 4, &mut rng);
+    let mut b = UNet::<f32>::new(diffusion_samplers::Prediction::Epsilon, 4, &mut rng);
+    let dir = std::env::temp_dir().join(format!("ds-unet-{}", std::process::id()));
+    let path = dir.join("w.safetensors");
+    a.save(&path).unwrap();
+    assert_ne!(models::nn::flat_params(&mut a), models::nn::flat_params(&mut b));
+    b.load(&path).unwrap();
+    assert_eq!(models::nn::flat_params(&mut a), models::nn::flat_params(&mut b));
+    // A different architecture is an error naming the tensor, not a panic.
+    let mut c = UNet::<f32>::new(diffusion_samplers::Prediction::Epsilon, 8, &mut rng);
+    let err = c.load(&path).unwrap_err().to_string();
+    assert!(err.contains("shape"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

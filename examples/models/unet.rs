@@ -311,6 +311,66 @@ impl<T: Float> Denoiser<T, Ix4> for UNet<T> {
     }
 }
 
+/// One data-parallel training step: the batch is split across `replicas` (one per thread),
+/// each computes its part's gradients with `rayon`, and their batch-weighted sum updates
+/// `model`. Returns the loss.
+pub fn train_step_parallel<T: Float, R: Rng + ?Sized>(
+    model: &mut UNet<T>,
+    replicas: &mut [UNet<T>],
+    opt: &mut Adam,
+    fp: &ForwardProcess,
+    x0: ArrayView4<'_, T>,
+    weighting: LossWeighting,
+    rng: &mut R,
+) -> f64 {
+    use rayon::prelude::*;
+    let ex = fp
+        .training_example(x0, model.prediction, weighting, rng)
+        .expect("a batched array");
+    let n = x0.dim().0;
+    let k = replicas.len().min(n);
+    let per = n.div_ceil(k);
+    let mut values = Vec::new();
+    model.visit("", &mut |_, p| values.push(p.value.clone()));
+    let results: Vec<(f64, usize)> = replicas[..k]
+        .par_iter_mut()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut j = 0;
+            r.visit("", &mut |_, p| {
+                p.value.assign(&values[j]);
+                j += 1;
+            });
+            let rows = i * per..((i + 1) * per).min(n);
+            let t: Vec<f64> = ex.timesteps[rows.clone()].iter().map(|&t| t as f64).collect();
+            r.zero_grad();
+            let out = r.forward(ex.noisy.slice(ndarray::s![rows.clone(), .., .., ..]), &t);
+            let target = ex.target.slice(ndarray::s![rows.clone(), .., .., ..]).to_owned();
+            let (loss, g) = weighted_mse(&out, &target, &ex.weights[rows.clone()]);
+            r.backward(g.view());
+            (loss, rows.len())
+        })
+        .collect();
+    model.zero_grad();
+    let mut grads: Vec<_> = Vec::new();
+    model.visit("", &mut |_, p| grads.push(p.grad.clone()));
+    for (r, &(_, m)) in replicas[..k].iter_mut().zip(&results) {
+        let w = T::cast(m as f64 / n as f64);
+        let mut j = 0;
+        r.visit("", &mut |_, p| {
+            grads[j].scaled_add(w, &p.grad);
+            j += 1;
+        });
+    }
+    let mut j = 0;
+    model.visit("", &mut |_, p| {
+        p.grad.assign(&grads[j]);
+        j += 1;
+    });
+    opt.step(model);
+    results.iter().map(|&(l, m)| l * m as f64).sum::<f64>() / n as f64
+}
+
 /// One training step on a batch `x0`: returns the loss.
 pub fn train_step<T: Float, R: Rng + ?Sized>(
     model: &mut UNet<T>,
