@@ -131,4 +131,25 @@ pub enum Error {
     /// after it finished).
     #[error("the sampling run has finished; there is no pending model evaluation")]
     Finished,
+
+    /// A name (sampler preset, scheduler class, option value) this crate does not know.
+    #[error("unknown {what} `{name}`; known: {known}")]
+    UnknownName {
+        /// What kind of name (`"sampler preset"`, `"scheduler class"`, `"beta_schedule"`...).
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The names that are known.
+        known: String,
+    },
+
+    /// A scheduler configuration this crate cannot reproduce (a diffusers option value it does
+    /// not implement, or a malformed file).
+    #[error("scheduler config: `{key}`: {reason}")]
+    Config {
+        /// The offending key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

@@ -70,6 +70,8 @@
 #![deny(clippy::float_cmp)]
 
 pub mod analytic;
+#[cfg(feature = "serde")]
+pub mod config;
 pub mod denoiser;
 pub mod edit;
 mod error;
@@ -78,6 +80,7 @@ pub mod forward;
 pub mod grid;
 pub mod guidance;
 pub mod noise;
+mod preset;
 pub mod sampler;
 pub mod schedule;
 mod special;
@@ -89,6 +92,7 @@ pub use forward::{ForwardProcess, LossWeighting};
 pub use grid::{FinalLevel, Grid, ScheduleFamily, Spacing, exponential_sigmas, karras_sigmas};
 pub use guidance::{BatchedGuidance, Guidance};
 pub use noise::{NoiseSource, ReplayNoise, SeededNoise};
+pub use preset::{PRESETS, Preset};
 pub use sampler::*;
 pub use schedule::{FlowSchedule, FlowShift, NoiseLevel, NoiseSchedule};
 
@@ -99,6 +103,7 @@ pub mod prelude {
     pub use crate::{
         BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, DpmSolver, Error, Euler, EulerAncestral, FinalLevel,
         FlowSchedule, FlowShift, FnDenoiser, ForwardProcess, Grid, LossWeighting, NoiseLevel, NoiseSchedule,
-        NoiseSource, Prediction, ReplayNoise, Sampler, ScheduleFamily, SeededNoise, Spacing, Thresholding,
+        NoiseSource, Prediction, Preset, ReplayNoise, Sampler, ScheduleFamily, SeededNoise, Spacing,
+        Thresholding,
     };
 }

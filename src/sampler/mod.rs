@@ -92,6 +92,7 @@ macro_rules! fold_finite {
     }};
 }
 
+mod any;
 mod coefs;
 mod ddim;
 mod ddpm;
@@ -110,6 +111,7 @@ mod unipc;
 mod walk;
 pub(crate) mod x0;
 
+pub use any::{AnySampler, AnyState};
 pub use ddim::{Ddim, DdimState};
 pub use ddpm::{Ddpm, DdpmState, DdpmVariance};
 pub use dpm2::{Dpm2, Dpm2Ancestral, Dpm2AncestralState, Dpm2State};

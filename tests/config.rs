@@ -1,0 +1,281 @@
+//! Reading diffusers' scheduler_config.json (feature `serde`) against diffusers itself: for each
+//! config in tests/fixtures/configs.json (published model configs, and the same files with the
+//! scheduler swapped as users do), our schedule, the grid of `set_timesteps(n)` for n = 4, 20,
+//! 50, and the final sample of a 10-step run with the analytic model (noise replayed) must
+//! match what diffusers' `from_config` + `set_timesteps` + `step` produced.
+#![cfg(feature = "serde")]
+
+mod common;
+
+use common::{f32_sigma_tol, f64s, fixture, gmm, shape, str_of};
+use diffusion_samplers::AnySampler;
+use diffusion_samplers::config::{DiffusersConfig, SchedulerClass};
+use diffusion_samplers::prelude::*;
+use ndarray::{Array, IxDyn};
+use serde_json::Value;
+
+/// diffusers keeps alphas_cumprod in float32: ~1e-7 relative; final samples agree to the
+/// f32-derived tolerance of the other diffusers comparisons (tests/golden_samplers.rs). A grid
+/// one training timestep off moves sigma by >= 0.5% and a final sample by >= 1e-3.
+const SAMPLE_TOL: f64 = 2e-4;
+
+fn config(case: &Value) -> DiffusersConfig {
+    DiffusersConfig::from_json(&case["config"].to_string())
+        .unwrap_or_else(|e| panic!("{}: {e}", str_of(case, "name")))
+}
+
+fn dedup(mut v: Vec<f64>) -> Vec<f64> {
+    v.dedup();
+    v
+}
+
+fn grid_for(cfg: &DiffusersConfig, case: &Value, n: usize) -> Grid {
+    if cfg.needs_mu() {
+        let mu = cfg
+            .mu_for_image_seq_len(case["image_seq_len"].as_u64().unwrap() as usize)
+            .unwrap();
+        assert!((mu - case["mu"].as_f64().unwrap()).abs() < 1e-12);
+        cfg.grid_with_mu(n, mu).unwrap()
+    } else {
+        cfg.grid(n).unwrap()
+    }
+}
+
+#[test]
+fn grids_match_diffusers_set_timesteps() {
+    let fx = fixture("configs.json");
+    let cases = fx["configs"].as_array().unwrap();
+    assert!(cases.len() >= 25);
+    for case in cases {
+        let name = str_of(case, "name");
+        let cfg = config(case);
+        let flow = matches!(
+            cfg.class(),
+            SchedulerClass::FlowMatchEuler | SchedulerClass::FlowMatchHeun
+        );
+        if let Some(ac) = case.get("alphas_cumprod") {
+            let s = cfg.noise_schedule().unwrap();
+            for (k, v) in ac.as_object().unwrap() {
+                let (i, want) = (k.parse::<usize>().unwrap(), v.as_f64().unwrap());
+                let got = s.alphas_cumprod()[i];
+                assert!(
+                    (got - want).abs() <= 2e-6 * want.max(1e-3),
+                    "{name}: abar[{i}] {got} vs {want}"
+                );
+            }
+        }
+        for g in case["grids"].as_array().unwrap() {
+            let n = g["steps"].as_u64().unwrap() as usize;
+            let grid = grid_for(&cfg, case, n);
+            let want_t = f64s(&g["timesteps"]);
+            let got_t = grid.timesteps();
+            // PNDM (PRK steps) and Heun repeat timesteps: compare the distinct ones in order;
+            // KDPM2 interleaves its midpoints: compare the step starts.
+            let two_stage = matches!(
+                cfg.class(),
+                SchedulerClass::Kdpm2 | SchedulerClass::Kdpm2Ancestral
+            );
+            let want_t = match cfg.class() {
+                SchedulerClass::Pndm | SchedulerClass::Heun => dedup(want_t),
+                _ if two_stage => want_t.iter().step_by(2).copied().collect(),
+                _ => want_t,
+            };
+            assert_eq!(got_t.len(), want_t.len(), "{name} n={n}: {got_t:?} vs {want_t:?}");
+            for (a, b) in got_t.iter().zip(&want_t) {
+                // diffusers' flow timesteps are f32 products sigma * T.
+                let tol = if flow { 2e-3 * b.abs().max(1.0) } else { 2e-3 };
+                assert!((a - b).abs() <= tol, "{name} n={n}: t {a} vs {b}");
+            }
+            if let Some(ws) = g.get("sigmas") {
+                let want_s = match cfg.class() {
+                    SchedulerClass::Heun | SchedulerClass::Kdpm2 | SchedulerClass::Kdpm2Ancestral => {
+                        dedup(f64s(ws))
+                    }
+                    _ => f64s(ws),
+                };
+                let got_s: Vec<f64> = if flow {
+                    grid.levels().iter().map(|l| l.sigma).collect()
+                } else {
+                    grid.sigmas_ve()
+                };
+                assert!(
+                    got_s.len() == want_s.len(),
+                    "{name} n={n}: {got_s:?} vs {want_s:?}"
+                );
+                for (i, (a, b)) in got_s.iter().zip(&want_s).enumerate() {
+                    if b.is_infinite() || (*b > 4000.0 && a.is_infinite()) {
+                        continue; // zero terminal SNR: diffusers' 2^-24 stand-in for abar = 0
+                    }
+                    let tol = if flow {
+                        1e-6
+                    } else if *b == 0.0 {
+                        0.0
+                    } else {
+                        3.0 * f32_sigma_tol(*b)
+                    };
+                    assert!((a - b).abs() <= tol, "{name} n={n}: sigma[{i}] {a} vs {b}");
+                }
+            }
+            if let Some(fa) = g.get("final_alpha_cumprod").and_then(Value::as_f64) {
+                let last = grid.levels().last().unwrap();
+                let got = last.alpha * last.alpha;
+                assert!((got - fa).abs() <= 2e-6, "{name} n={n}: final abar {got} vs {fa}");
+            }
+        }
+    }
+}
+
+#[test]
+fn sampling_matches_diffusers_pipelines() {
+    let fx = fixture("configs.json");
+    let meta = &fx["meta"];
+    let sh = shape(meta);
+    for case in fx["configs"].as_array().unwrap() {
+        let name = str_of(case, "name");
+        let cfg = config(case);
+        let n = case["run_steps"].as_u64().unwrap() as usize;
+        let grid = grid_for(&cfg, case, n);
+        let sampler = cfg.sampler().unwrap();
+        let mut model = gmm(meta).with_prediction(cfg.prediction().unwrap());
+        let x = Array::from_shape_vec(IxDyn(&sh), f64s(&case["x_init"])).unwrap();
+        // The pipeline's first latent is unit noise times initial_noise_scale.
+        let scale = cfg.initial_noise_scale(&grid);
+        let eps = f64s(&case["eps"]);
+        let d = x
+            .iter()
+            .zip(&eps)
+            .fold(0.0f64, |m, (a, e)| m.max((a - e * scale).abs()));
+        assert!(d < 1e-6, "{name}: initial latent scale {scale} is off by {d}");
+        let noise: Vec<Vec<f64>> = case["noise"].as_array().unwrap().iter().map(f64s).collect();
+        let mut replay = ReplayNoise::new(noise);
+        let out = sampler
+            .sample(&mut model, x, &grid, &mut replay)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = f64s(&case["final"]);
+        if want.iter().any(|v| v.is_nan()) {
+            // diffusers returns NaN here (UniPC-bh1 multiplies B(h) = -inf by 0 on the step to
+            // sigma = 0; KDPM2-ancestral computes sigma_up = 0 / 0 on its zero-length steps:
+            // see the guide). Our run must stay finite; the grids were compared above and
+            // the samplers against diffusers in tests/golden_samplers.rs.
+            assert!(
+                name.contains("bh1") || name.contains("kdpm2_a"),
+                "{name}: unexpected NaN in the reference"
+            );
+            assert!(out.iter().all(|v| v.is_finite()), "{name}: {out:?}");
+            println!("{name:32} {:24} (diffusers: NaN)", sampler.kind());
+            continue;
+        }
+        let err = out
+            .iter()
+            .zip(&want)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        // Zero terminal SNR: diffusers starts from abar = 2^-24 instead of 0 (see the guide).
+        let tol = if name.contains("zero_snr") {
+            2e-3
+        } else {
+            SAMPLE_TOL
+        };
+        println!("{name:32} {:24} err {err:.1e}", sampler.kind());
+        assert!(err < tol, "{name}: final sample differs by {err:e}");
+    }
+}
+
+#[test]
+fn published_configs_read_as_expected() {
+    let fx = fixture("configs.json");
+    let by_name = |n: &str| {
+        let case = fx["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| str_of(c, "name") == n)
+            .unwrap();
+        config(case)
+    };
+    let sd15 = by_name("sd15_pndm");
+    assert_eq!(sd15.class(), SchedulerClass::Pndm);
+    assert!(sd15.unused_keys() == ["clip_sample"], "{:?}", sd15.unused_keys());
+    let sd21 = by_name("sd21_v_ddim");
+    assert_eq!(sd21.prediction().unwrap(), Prediction::Velocity);
+    assert_eq!(sd21.unused_keys(), ["skip_prk_steps"]);
+    let sdxl = by_name("sdxl_euler");
+    let mut unused = sdxl.unused_keys().to_vec();
+    unused.sort();
+    assert_eq!(
+        unused,
+        [
+            "clip_sample",
+            "sample_max_value",
+            "set_alpha_to_one",
+            "skip_prk_steps"
+        ]
+    );
+    assert_eq!(sdxl.sampler().unwrap().kind(), "Euler");
+    let unipc = by_name("sd15_unipc");
+    assert!(unipc.unused_keys().contains(&"skip_prk_steps".to_string()));
+    let flux = by_name("flux_flow_dynamic");
+    assert!(flux.needs_mu());
+    assert!(matches!(flux.grid(20), Err(Error::Config { key, .. }) if key == "use_dynamic_shifting"));
+    let sde = by_name("sdxl_dpmpp_2m_sde_karras");
+    assert_eq!(
+        sde.sampler().unwrap(),
+        AnySampler::from(DpmSolver::new().sde(true))
+    );
+}
+
+#[test]
+fn unsupported_options_are_errors_naming_the_key() {
+    let fx = fixture("configs.json");
+    for case in fx["refused"].as_array().unwrap() {
+        let name = str_of(case, "name");
+        let key = str_of(case, "key");
+        match DiffusersConfig::from_json(&case["config"].to_string()) {
+            Err(Error::Config { key: k, reason }) => assert_eq!(k, key, "{name}: {reason}"),
+            Err(Error::UnknownName { what, name: n, .. }) => {
+                assert_eq!((what, key), ("scheduler class", "_class_name"), "{name}: {n}")
+            }
+            other => panic!("{name}: expected an error on `{key}`, got {other:?}"),
+        }
+    }
+    // Malformed input.
+    assert!(matches!(
+        DiffusersConfig::from_json("[1, 2]"),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        DiffusersConfig::from_json("{"),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        DiffusersConfig::from_json(r#"{"_class_name": "DDIMScheduler", "beta_start": "small"}"#),
+        Err(Error::Config { key, .. }) if key == "beta_start"
+    ));
+    assert!(matches!(
+        DiffusersConfig::from_json(r#"{"_class_name": "DDIMScheduler", "beta_schedule": "quadratic"}"#),
+        Err(Error::UnknownName {
+            what: "beta_schedule",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn configs_round_trip_and_can_be_edited() {
+    let fx = fixture("configs.json");
+    for case in fx["configs"].as_array().unwrap() {
+        let cfg = config(case);
+        let again = DiffusersConfig::from_json(&cfg.to_json()).unwrap();
+        assert_eq!(cfg, again, "{}", str_of(case, "name"));
+    }
+    let case = &fx["configs"][0];
+    let mut cfg = config(case);
+    cfg.set("_class_name", Value::from("DPMSolverMultistepScheduler"))
+        .unwrap();
+    cfg.set("use_karras_sigmas", Value::from(true)).unwrap();
+    let (s, g) = cfg.build(12).unwrap();
+    assert_eq!((s.kind(), g.steps()), ("DpmSolver", 12));
+    // A rejected edit leaves the config as it was.
+    assert!(cfg.set("algorithm_type", Value::from("dpmsolver")).is_err());
+    assert_eq!(cfg.fields()["use_karras_sigmas"], Value::from(true));
+    assert!(cfg.sampler().is_ok());
+}
