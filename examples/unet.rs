@@ -164,6 +164,7 @@ fn main() -> Result<(), BoxError> {
     let mut outputs = Vec::new();
     for (name, sampler_out) in [
         ("DPM-Solver++ 2M, 20 steps", {
+            // The step-by-step form: the caller runs the model.
             let grid = schedule.grid(20, Spacing::KARRAS)?;
             let bar = ProgressBar::new(DpmSolver::new().model_calls(&grid) as u64);
             let mut noise_src = SeededNoise::new(9);
@@ -177,13 +178,19 @@ fn main() -> Result<(), BoxError> {
             run.into_sample()
         }),
         ("DDIM, 50 steps", {
+            // The one-call form with a progress callback (which could also render previews
+            // from `p.x0()`).
             let grid = schedule.grid(50, Spacing::Trailing)?;
-            Ddim::new().clip_sample(None).sample(
+            let bar = ProgressBar::new(grid.steps() as u64);
+            let out = Ddim::new().clip_sample(None).sample_with(
                 &mut model,
                 noise.clone(),
                 &grid,
                 &mut SeededNoise::new(9),
-            )?
+                |p| bar.set_position(p.call as u64),
+            )?;
+            bar.finish_and_clear();
+            out
         }),
     ] {
         outputs.push((name, sampler_out));

@@ -366,3 +366,54 @@ fn non_finite_model_output_is_caught_at_every_call() {
     one!("UniPc thresholding", &UniPc::new().thresholding(Some(t)));
     one!("Heun clip", &Heun::new().clip_sample(Some(1.0)));
 }
+
+/// `sample_with` runs exactly as `sample` and reports every model call in order, with a
+/// working x0 preview.
+#[test]
+fn progress_callback_sees_every_call() {
+    let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+    let grid = s.grid(7, Spacing::KARRAS).unwrap();
+    fn check<S: Sampler>(name: &str, sampler: &S, grid: &Grid) {
+        let plain = sampler
+            .sample(&mut mixture(), start(3), grid, &mut StdRng::seed_from_u64(4))
+            .unwrap();
+        let mut calls = Vec::new();
+        let mut last_x0 = None;
+        let with = sampler
+            .sample_with(
+                &mut mixture(),
+                start(3),
+                grid,
+                &mut StdRng::seed_from_u64(4),
+                |p| {
+                    calls.push((p.call, p.total_calls, p.step, p.level));
+                    last_x0 = Some(p.x0().unwrap());
+                },
+            )
+            .unwrap();
+        assert_eq!(plain, with, "{name}");
+        let total = sampler.model_calls(grid);
+        assert_eq!(calls.len(), total, "{name}");
+        for (i, &(call, tot, step, level)) in calls.iter().enumerate() {
+            assert_eq!((call, tot), (i + 1, total), "{name}");
+            assert!(step < grid.steps() && level.sigma > 0.0, "{name}");
+        }
+        let x0 = last_x0.unwrap();
+        assert!(x0.iter().all(|v| v.is_finite()), "{name}");
+    }
+    fn each<S: Sampler>(name: &str, s: &S) {
+        let sch = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+        check(name, s, &sch.grid(7, Spacing::KARRAS).unwrap());
+    }
+    for_each_sampler!(each);
+    // DDIM's last call is at the last level before the clean one; its x0 preview is the result.
+    let mut model = mixture();
+    let mut preview = None;
+    let out = Ddim::new()
+        .clip_sample(None)
+        .sample_with(&mut model, start(5), &grid, &mut StdRng::seed_from_u64(0), |p| {
+            preview = Some(p.x0().unwrap());
+        })
+        .unwrap();
+    assert!(max_diff(&out, &preview.unwrap()) < 1e-12);
+}

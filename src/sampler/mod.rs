@@ -200,12 +200,65 @@ pub trait Sampler {
         M: Denoiser<F, D> + ?Sized,
         N: NoiseSource<F> + ?Sized,
     {
-        let mut run = self.start(x, grid, model.prediction(), noise)?;
+        self.sample_with(model, x, grid, noise, |_| {})
+    }
+
+    /// As [`sample`](Self::sample), calling `on_call` after every model evaluation with the
+    /// call count, the step, the level, the model's input and output and, on demand, the
+    /// current x0 estimate ([`Progress::x0`]): for progress bars and previews.
+    ///
+    /// ```
+    /// use diffusion_samplers::prelude::*;
+    /// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(8, Spacing::KARRAS)?;
+    /// let mut model = GaussianMixture::gaussian(vec![1.0], vec![0.25])?;
+    /// let x = standard_normal::<f64, _, _, _>((16, 1), &mut SeededNoise::new(0)) * grid.levels()[0].sigma;
+    /// let mut seen = Vec::new();
+    /// DpmSolver::new().sample_with(&mut model, x, &grid, &mut SeededNoise::new(1), |p| {
+    ///     seen.push((p.call, p.total_calls, p.x0().unwrap().mean().unwrap()));
+    /// })?;
+    /// assert_eq!(seen.len(), 8);
+    /// assert!((seen[7].2 - 1.0).abs() < 0.2); // the last preview is close to the result
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`sample`](Self::sample).
+    fn sample_with<F, D, M, N, C>(
+        &self,
+        model: &mut M,
+        x: Array<F, D>,
+        grid: &Grid,
+        noise: &mut N,
+        mut on_call: C,
+    ) -> Result<Array<F, D>>
+    where
+        F: Float,
+        D: Dimension,
+        M: Denoiser<F, D> + ?Sized,
+        N: NoiseSource<F> + ?Sized,
+        C: FnMut(&Progress<'_, F, D>),
+    {
+        let total_calls = self.model_calls(grid);
+        let prediction = model.prediction();
+        let mut run = self.start(x, grid, prediction, noise)?;
+        let mut call = 0;
         while let Some(req) = run.request() {
             let (step, level) = (req.step, req.level);
             let out = model
-                .denoise(req.x, &level)
+                .denoise(req.x.view(), &level)
                 .map_err(|source| Error::Model { step, level, source })?;
+            call += 1;
+            if out.shape() == req.x.shape() {
+                on_call(&Progress {
+                    call,
+                    total_calls,
+                    step,
+                    level,
+                    x: req.x.view(),
+                    output: out.view(),
+                    prediction,
+                });
+            }
             run.respond(out)?;
         }
         Ok(run.into_sample())
@@ -259,6 +312,83 @@ pub struct Request<'a, F, D: Dimension> {
     pub level: NoiseLevel,
     /// The input to evaluate, in the model's native scaling.
     pub x: ArrayView<'a, F, D>,
+}
+
+impl<F: Float, D: Dimension> Request<'_, F, D> {
+    /// The model's estimate of the clean sample from its `output` for this request (e.g. a
+    /// preview image while sampling step by step).
+    ///
+    /// # Errors
+    /// [`Error::Undetermined`] if `prediction` cannot determine x0 at this level (epsilon at
+    /// zero SNR); [`Error::ShapeMismatch`] if `output` is not shaped like the input.
+    pub fn x0(&self, prediction: Prediction, output: ArrayView<'_, F, D>) -> Result<Array<F, D>> {
+        x0_estimate(self.step, self.level, prediction, self.x.view(), output)
+    }
+}
+
+/// `x0 = c_x x + c_out output` for `prediction` at `level`.
+fn x0_estimate<F: Float, D: Dimension>(
+    step: usize,
+    level: NoiseLevel,
+    prediction: Prediction,
+    x: ArrayView<'_, F, D>,
+    output: ArrayView<'_, F, D>,
+) -> Result<Array<F, D>> {
+    if x.shape() != output.shape() {
+        return Err(Error::ShapeMismatch {
+            step,
+            level,
+            expected: x.shape().to_vec(),
+            got: output.shape().to_vec(),
+        });
+    }
+    let c = prediction.to_x0(&level).ok_or(Error::Undetermined {
+        step,
+        level,
+        prediction,
+        what: "x0",
+    })?;
+    let (cx, co) = (F::cast(c.x), F::cast(c.out));
+    let mut out = output.to_owned();
+    Zip::from(&mut out)
+        .and(&x)
+        .for_each(|o, &x| *o = cx * x + co * *o);
+    Ok(out)
+}
+
+/// What a progress callback ([`Sampler::sample_with`]) sees after each model call.
+#[derive(Debug)]
+pub struct Progress<'a, F, D: Dimension> {
+    /// Model calls made so far, this one included (1-based).
+    pub call: usize,
+    /// Model calls the run makes in all ([`Sampler::model_calls`]).
+    pub total_calls: usize,
+    /// Sampler step of this call (0 = first).
+    pub step: usize,
+    /// The level the model was evaluated at.
+    pub level: NoiseLevel,
+    /// The model input.
+    pub x: ArrayView<'a, F, D>,
+    /// The model output.
+    pub output: ArrayView<'a, F, D>,
+    /// The model's prediction type.
+    pub prediction: Prediction,
+}
+
+impl<F: Float, D: Dimension> Progress<'_, F, D> {
+    /// The current estimate of the clean sample (allocates; for previews).
+    ///
+    /// # Errors
+    /// As [`Request::x0`].
+    pub fn x0(&self) -> Result<Array<F, D>> {
+        x0_estimate(
+            self.step,
+            self.level,
+            self.prediction,
+            self.x.view(),
+            self.output.view(),
+        )
+    }
 }
 
 /// The model's output for a pending [`Request`], with the coefficients that turn it into the x0
