@@ -101,7 +101,7 @@ pub mod prelude {
     pub use crate::analytic::GaussianMixture;
     pub use crate::noise::standard_normal;
     pub use crate::{
-        BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, DpmSolver, Error, Euler, EulerAncestral, FinalLevel,
+        AnySampler, BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, DpmSolver, Error, Euler, EulerAncestral, FinalLevel,
         FlowSchedule, FlowShift, FnDenoiser, ForwardProcess, Grid, LossWeighting, NoiseLevel, NoiseSchedule,
         NoiseSource, Prediction, Preset, ReplayNoise, Sampler, ScheduleFamily, SeededNoise, Spacing,
         Thresholding,

@@ -131,7 +131,8 @@ impl Adam {
     }
 }
 
-/// `y = x W + b` on rows: `x` is `[n, in]`, `W` is `[in, out]`.
+/// `y = x W^T + b` on rows: `x` is `[n, in]`, `W` is `[out, in]` (PyTorch's layout, so that
+/// saved weights load into `torch.nn.Linear` / `candle_nn::Linear` as they are).
 #[derive(Clone, Debug)]
 pub struct Linear<T> {
     pub w: Param<T>,
@@ -143,14 +144,14 @@ impl<T: Float> Linear<T> {
     /// He-style initialisation (`std = gain / sqrt(in)`), zero bias.
     pub fn new<R: Rng + ?Sized>(inp: usize, out: usize, gain: f64, rng: &mut R) -> Self {
         Linear {
-            w: Param::normal(&[inp, out], gain / (inp as f64).sqrt(), rng),
+            w: Param::normal(&[out, inp], gain / (inp as f64).sqrt(), rng),
             b: Param::zeros(&[out]),
             x: None,
         }
     }
 
     pub fn forward(&mut self, x: ArrayView2<'_, T>) -> Array2<T> {
-        let mut y = x.dot(&self.w.mat());
+        let mut y = x.dot(&self.w.mat().t());
         let b = self
             .b
             .value
@@ -164,10 +165,10 @@ impl<T: Float> Linear<T> {
 
     pub fn backward(&mut self, g: ArrayView2<'_, T>) -> Array2<T> {
         let x = self.x.as_ref().expect("forward before backward");
-        let gw = x.t().dot(&g);
+        let gw = g.t().dot(x);
         self.w.grad += &gw.into_dyn();
         self.b.grad += &g.sum_axis(Axis(0)).into_dyn();
-        g.dot(&self.w.mat().t())
+        g.dot(&self.w.mat())
     }
 }
 
