@@ -51,8 +51,10 @@
 //! | [`forward`] | [`ForwardProcess`]: noising, posteriors, training targets and loss weights |
 //! | [`denoiser`] | [`Denoiser`], [`Prediction`] and conversions, [`FnDenoiser`] |
 //! | [`guidance`] | classifier-free guidance: [`Guidance`], [`BatchedGuidance`] |
-//! | [`noise`] | [`NoiseSource`] (any `rand` RNG), [`ReplayNoise`] |
-//! | [`sampler`] | [`Sampler`], the step-by-step [`Run`], and the samplers below |
+//! | [`noise`] | [`NoiseSource`] (any `rand` RNG), [`ReplayNoise`], [`SeededNoise`] (fast, keyed by seed / step / block) |
+//! | [`sampler`] | [`Sampler`], the step-by-step [`Run`], progress callbacks ([`Sampler::sample_with`], [`Progress`]), [`AnySampler`], and the samplers below |
+//! | [`Preset`] | sampler names of the popular UIs (`"dpmpp_2m_karras"`, `"Euler a"`) → sampler + grid |
+//! | `config` | (feature `serde`) diffusers' `scheduler_config.json` → schedule, grid and sampler, as diffusers builds them |
 //! | [`edit`] | img2img / SDEdit, inpainting, DDIM inversion |
 //! | [`analytic`] | exact Gaussian-mixture denoisers for tests and examples |
 //!
@@ -64,6 +66,19 @@
 //!
 //! Errors are one typed enum, [`Error`]; bad input is reported, never a panic, and errors inside
 //! a run name the step and the level.
+//!
+//! ## Features
+//!
+//! * `serde`: the `config` module (reads and writes diffusers' scheduler configs).
+//! * `rayon`: large arrays (2^20 elements and up) updated, and [`SeededNoise`] drawn, in
+//!   parallel blocks; results are bit-identical for any number of threads.
+//!
+//! ## With a framework model
+//!
+//! `examples/candle-unet` (its own crate) implements [`Denoiser`] for a `candle` U-Net: convert
+//! the `ndarray` input to the framework's tensor, run the model, convert the output back. The
+//! same dozen lines work for tch, burn or ONNX Runtime. Models whose call cannot sit behind a
+//! trait (async, GPU queues) use the step-by-step [`Run`].
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -101,9 +116,9 @@ pub mod prelude {
     pub use crate::analytic::GaussianMixture;
     pub use crate::noise::standard_normal;
     pub use crate::{
-        AnySampler, BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, DpmSolver, Error, Euler, EulerAncestral, FinalLevel,
-        FlowSchedule, FlowShift, FnDenoiser, ForwardProcess, Grid, LossWeighting, NoiseLevel, NoiseSchedule,
-        NoiseSource, Prediction, Preset, ReplayNoise, Sampler, ScheduleFamily, SeededNoise, Spacing,
-        Thresholding,
+        AnySampler, BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, DpmSolver, Error, Euler, EulerAncestral,
+        FinalLevel, FlowSchedule, FlowShift, FnDenoiser, ForwardProcess, Grid, LossWeighting, NoiseLevel,
+        NoiseSchedule, NoiseSource, Prediction, Preset, ReplayNoise, Sampler, ScheduleFamily, SeededNoise,
+        Spacing, Thresholding,
     };
 }
