@@ -151,7 +151,9 @@ impl<T: Float> Linear<T> {
     }
 
     pub fn forward(&mut self, x: ArrayView2<'_, T>) -> Array2<T> {
-        let mut y = x.dot(&self.w.mat().t());
+        // A contiguous copy of W^T (small) keeps the product on matrixmultiply's fast path.
+        let wt = self.w.mat().t().as_standard_layout().into_owned();
+        let mut y = x.dot(&wt);
         let b = self
             .b
             .value

@@ -253,9 +253,10 @@ fn main() -> Result<(), BoxError> {
         println!("{name}: candle vs ndarray max |difference| {d:.2e}; foreground fraction {fg:.3}");
         worst = worst.max(d);
     }
-    // f32 models with different summation orders: ~1e-7 per call, ~1e-6 after a run (a wrong
-    // layer or weight is off by 0.1 or more, as candle's conv2d bug was).
-    if worst > 1e-4 {
+    // f32 models with different summation orders: up to ~5e-6 per call and ~1e-4 after a
+    // 20-step run with trained weights (a wrong layer or weight is off by 0.1 or more, as
+    // candle's conv2d bug was).
+    if worst > 1e-3 {
         return Err(format!("candle and ndarray models disagree by {worst}").into());
     }
     println!("candle and ndarray U-Nets agree (max difference {worst:.2e})");
