@@ -6,10 +6,10 @@ use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::grid::Grid;
-use crate::noise::NoiseSource;
+use crate::level::NoiseLevel;
+use crate::noise::{ByRef, INITIAL_STEP, NoiseSource, aux_step};
 use crate::sampler::Sampler;
-use crate::sampler::x0::X0Policy;
-use crate::schedule::NoiseLevel;
+use crate::sampler::core::x0::X0Policy;
 
 /// The tail of `grid` an img2img / SDEdit run walks at `strength` in (0, 1], with diffusers'
 /// semantics: `init = min(floor(N strength), N)` steps are kept, the first `N - init` dropped.
@@ -67,7 +67,8 @@ pub fn noise_to<F: Float, D: Dimension>(
 
 /// img2img / SDEdit (Meng et al. 2022): noises the clean `x0` to the first level kept at
 /// `strength` and samples from there with `sampler`. `strength = 1` starts from (almost) pure
-/// noise; small strengths stay close to `x0`.
+/// noise; small strengths stay close to `x0`. The noising draw has the step key
+/// [`INITIAL_STEP`], so a keyed source gives the first step independent noise.
 ///
 /// ```
 /// use diffusion_samplers::prelude::*;
@@ -107,7 +108,7 @@ where
 {
     let tail = for_strength(grid, strength)?;
     let mut eps = Array::zeros(x0.raw_dim());
-    noise.fill(0, eps.view_mut());
+    noise.fill(INITIAL_STEP, eps.view_mut());
     let x = noise_to(x0, eps.view(), &tail.levels()[0])?;
     sampler.sample(model, x, &tail, noise)
 }
@@ -117,6 +118,8 @@ where
 /// (alpha known + sigma z) + (1 - keep) * x` at the level the sample is at, with fresh noise
 /// `z`; at the clean level the known pixels are put back exactly. `keep` is 1 where the pixel is
 /// known (kept), 0 where it is generated; fractional values blend. Works with every sampler.
+/// The re-imposing noise has step keys of its own (not the sampler steps'), so a keyed source
+/// gives it independently of the sampler's noise.
 ///
 /// ```
 /// use diffusion_samplers::prelude::*;
@@ -144,7 +147,7 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
     ///
     /// # Errors
     /// [`Error::Shape`] if the shapes differ; [`Error::InvalidValue`] for a `keep` value outside
-    /// [0, 1].
+    /// [0, 1] or a non-finite `known` value (even where `keep` is 0, as `0 * NaN` is NaN).
     pub fn new(known: ArrayView<'a, F, D>, keep: ArrayView<'a, F, D>) -> Result<Self> {
         if known.shape() != keep.shape() {
             return Err(Error::Shape {
@@ -165,6 +168,14 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
                 reason: "mask values must be in [0, 1]",
             });
         }
+        if let Some((i, v)) = known.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::InvalidValue {
+                what: "known",
+                index: i,
+                value: v.as_f64(),
+                reason: "the known sample must be finite",
+            });
+        }
         Ok(Inpaint { known, keep })
     }
 
@@ -178,7 +189,7 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
     ) {
         let (a, s) = (F::cast(level.alpha), F::cast(level.sigma));
         if level.sigma > 0.0 {
-            noise.fill(step, z.view_mut());
+            noise.fill(aux_step(step), z.view_mut());
         } else {
             z.fill(F::zero());
         }
@@ -219,7 +230,7 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
         let mut z = Array::zeros(x.raw_dim());
         let mut x = x;
         self.impose(x.view_mut(), &grid.levels()[0], 0, &mut z, noise);
-        let mut run = sampler.start(x, grid, model.prediction(), &mut *noise)?;
+        let mut run = sampler.start(x, grid, model.prediction(), ByRef(noise))?;
         while let Some(req) = run.request() {
             let (s, level) = (req.step, req.level);
             let out = model.denoise(req.x, &level).map_err(|source| Error::Model {
@@ -230,7 +241,7 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
             run.respond(out)?;
             if run.request().is_none_or(|r| r.step != s) {
                 // A whole step is done: re-impose at the level the sample is now at.
-                run.edit(|x, level, noise| self.impose(x, level, s + 1, &mut z, noise));
+                run.edit(|x, level, noise| self.impose(x, level, s + 1, &mut z, noise.0));
             }
         }
         Ok(run.into_sample())
@@ -330,13 +341,17 @@ impl DdimInversion {
                 let x0 = (ax * *x + ao * o).max(-lim).min(lim);
                 let eps = ex * *x + eo * o;
                 *x = na * x0 + ns * eps;
-                ok & x.is_finite()
+                ok & x.is_finite() & o.is_finite()
             });
             if !ok {
                 return Err(Error::NonFinite {
                     step,
                     level: next,
-                    what: "sample",
+                    what: if out.iter().all(|v| v.is_finite()) {
+                        "sample"
+                    } else {
+                        "model output"
+                    },
                 });
             }
         }

@@ -1,9 +1,20 @@
-//! The one float bound of the crate.
+//! The one float bound of the crate (a leaf module: it imports nothing from the crate).
 
 use ndarray::NdFloat;
 use num_traits::FromPrimitive;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
+
+/// A slice of one of the two float types, for code that must treat `f32` and `f64` differently
+/// (the fast noise generator draws each type its own way).
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum FloatSliceMut<'a> {
+    /// An `f32` slice.
+    F32(&'a mut [f32]),
+    /// An `f64` slice.
+    F64(&'a mut [f64]),
+}
 
 mod sealed {
     pub trait Sealed {}
@@ -31,9 +42,9 @@ pub trait Float: NdFloat + FromPrimitive + Default + sealed::Sealed {
     /// One draw from N(0, 1).
     fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self;
 
-    /// Fills `out` with N(0, 1) draws from the crate's fast generator.
+    /// The slice as its concrete float type.
     #[doc(hidden)]
-    fn fill_standard_normal(rng: &mut crate::noise::FastRng, out: &mut [Self]);
+    fn slice_mut(s: &mut [Self]) -> FloatSliceMut<'_>;
 
     /// The bits of `self - self`: zero for finite values, a NaN's (nonzero) otherwise. OR-ing
     /// them over an array checks it for non-finite values in two vectorisable operations.
@@ -56,8 +67,8 @@ impl Float for f32 {
     fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
         StandardNormal.sample(rng)
     }
-    fn fill_standard_normal(rng: &mut crate::noise::FastRng, out: &mut [Self]) {
-        crate::noise::fill_f32(rng, out)
+    fn slice_mut(s: &mut [Self]) -> FloatSliceMut<'_> {
+        FloatSliceMut::F32(s)
     }
     type Bits = u32;
     #[inline(always)]
@@ -80,8 +91,8 @@ impl Float for f64 {
     fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
         StandardNormal.sample(rng)
     }
-    fn fill_standard_normal(rng: &mut crate::noise::FastRng, out: &mut [Self]) {
-        crate::noise::fill_f64(rng, out)
+    fn slice_mut(s: &mut [Self]) -> FloatSliceMut<'_> {
+        FloatSliceMut::F64(s)
     }
     type Bits = u64;
     #[inline(always)]

@@ -30,7 +30,7 @@ pub struct Transition {
 /// use diffusion_samplers::{forward::transition, NoiseSchedule};
 /// let s = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
 /// // One DDPM forward step: scale sqrt(1 - beta_t), variance beta_t.
-/// let tr = transition(&s.level_at(99), &s.level_at(100));
+/// let tr = transition(&s.level_at(99)?, &s.level_at(100)?);
 /// assert!((tr.scale - (1.0 - s.betas()[100]).sqrt()).abs() < 1e-12);
 /// assert!((tr.variance - s.betas()[100]).abs() < 1e-12);
 /// # Ok::<(), diffusion_samplers::Error>(())
@@ -63,8 +63,8 @@ pub struct Posterior {
 /// ```
 /// use diffusion_samplers::{forward::posterior, NoiseSchedule};
 /// let s = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
-/// let p = posterior(&s.level_at(500), &s.level_at(499));
-/// assert!((p.variance - s.posterior_variance(500)).abs() < 1e-15);
+/// let p = posterior(&s.level_at(500)?, &s.level_at(499)?);
+/// assert!((p.variance - s.posterior_variance(500)?).abs() < 1e-15);
 /// # Ok::<(), diffusion_samplers::Error>(())
 /// ```
 pub fn posterior(t: &NoiseLevel, s: &NoiseLevel) -> Posterior {
@@ -109,10 +109,38 @@ impl LossWeighting {
     /// ```
     /// use diffusion_samplers::{forward::LossWeighting, NoiseLevel, Prediction};
     /// let l = NoiseLevel::from_alpha_bar(0.0, 0.9); // SNR = 9
-    /// let w = LossWeighting::min_snr().weight(Prediction::Epsilon, &l);
+    /// let w = LossWeighting::min_snr().weight(Prediction::Epsilon, &l)?;
     /// assert!((w - 5.0 / 9.0).abs() < 1e-12);
+    /// assert!(LossWeighting::MinSnr { gamma: -1.0 }.weight(Prediction::Epsilon, &l).is_err());
+    /// # Ok::<(), diffusion_samplers::Error>(())
     /// ```
-    pub fn weight(self, prediction: Prediction, level: &NoiseLevel) -> f64 {
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for a `gamma` that is not positive (NaN included); `+inf`
+    /// is allowed and means [`Snr`](Self::Snr).
+    pub fn weight(self, prediction: Prediction, level: &NoiseLevel) -> Result<f64> {
+        self.validate()?;
+        Ok(self.weight_of(prediction, level))
+    }
+
+    /// Checks the weighting's parameters.
+    ///
+    /// # Errors
+    /// As [`weight`](Self::weight).
+    pub fn validate(self) -> Result<()> {
+        match self {
+            LossWeighting::MinSnr { gamma } if gamma.is_nan() || gamma <= 0.0 => {
+                Err(Error::InvalidParameter {
+                    name: "gamma",
+                    value: gamma,
+                    reason: "min-SNR's clamp must be positive",
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn weight_of(self, prediction: Prediction, level: &NoiseLevel) -> f64 {
         let snr = level.snr();
         // x0-space weight w0 -> weight in the prediction's space. For a target c_x0 x0 + c_eps eps
         // the error is |target error|^2 = x0 error^2 * (c_x0 - c_eps alpha / sigma)^2.
@@ -192,7 +220,7 @@ impl ForwardProcess {
             .enumerate()
             .map(|(i, &t)| {
                 if t < self.schedule.len() {
-                    Ok(self.schedule.level_at(t))
+                    Ok(self.schedule.level_of(t))
                 } else {
                     Err(Error::InvalidValue {
                         what: "timesteps",
@@ -258,7 +286,7 @@ impl ForwardProcess {
                 let prev = if t == 0 {
                     NoiseLevel::CLEAN
                 } else {
-                    self.schedule.level_at(t - 1)
+                    self.schedule.level_of(t - 1)
                 };
                 let tr = transition(&prev, l);
                 (tr.scale, tr.variance.sqrt())
@@ -288,7 +316,7 @@ impl ForwardProcess {
                 let prev = if t == 0 {
                     NoiseLevel::CLEAN
                 } else {
-                    self.schedule.level_at(t - 1)
+                    self.schedule.level_of(t - 1)
                 };
                 posterior(l, &prev)
             })
@@ -320,10 +348,10 @@ impl ForwardProcess {
 
     /// The loss weight of timestep `t` (see [`LossWeighting`]).
     ///
-    /// # Panics
-    /// If `t >= T`.
-    pub fn loss_weight(&self, weighting: LossWeighting, prediction: Prediction, t: usize) -> f64 {
-        weighting.weight(prediction, &self.schedule.level_at(t))
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `t >= T` or the weighting's parameter is out of range.
+    pub fn loss_weight(&self, weighting: LossWeighting, prediction: Prediction, t: usize) -> Result<f64> {
+        weighting.weight(prediction, &self.schedule.level_at(t)?)
     }
 
     /// Draws a whole training batch: uniform timesteps in `[0, T)`, Gaussian noise, the noisy
@@ -338,6 +366,7 @@ impl ForwardProcess {
         weighting: LossWeighting,
         rng: &mut R,
     ) -> Result<TrainingExample<F, D>> {
+        weighting.validate()?;
         let batch = batch_size(&x0)?;
         let t_train = self.schedule.len();
         let timesteps: Vec<usize> = (0..batch).map(|_| rng.random_range(0..t_train)).collect();
@@ -347,7 +376,7 @@ impl ForwardProcess {
         let target = self.target(prediction, x0.view(), noise.view(), &timesteps)?;
         let weights = timesteps
             .iter()
-            .map(|&t| self.loss_weight(weighting, prediction, t))
+            .map(|&t| weighting.weight_of(prediction, &self.schedule.level_of(t)))
             .collect();
         Ok(TrainingExample {
             timesteps,
@@ -425,7 +454,7 @@ mod tests {
         let x0 = array![[1.0f64, 2.0], [3.0, 4.0]];
         let eps = array![[0.5, 0.5], [-1.0, 1.0]];
         let xt = f.add_noise(x0.view(), eps.view(), &[0, 999]).unwrap();
-        let (l0, l1) = (f.schedule().level_at(0), f.schedule().level_at(999));
+        let (l0, l1) = (f.schedule().level_of(0), f.schedule().level_of(999));
         assert_relative_eq!(xt[[0, 1]], 2.0 * l0.alpha + 0.5 * l0.sigma, max_relative = 1e-14);
         assert_relative_eq!(xt[[1, 0]], 3.0 * l1.alpha - l1.sigma, max_relative = 1e-14);
     }
@@ -464,7 +493,7 @@ mod tests {
         let f = fp();
         let x0 = array![[1.0f64, -2.0]];
         let eps = array![[0.3, 0.7]];
-        let l = f.schedule().level_at(300);
+        let l = f.schedule().level_of(300);
         let v = f
             .target(Prediction::Velocity, x0.view(), eps.view(), &[300])
             .unwrap();
@@ -477,39 +506,80 @@ mod tests {
         assert_relative_eq!(fl[[0, 1]], 0.7 + 2.0, max_relative = 1e-14);
     }
 
+    /// Regression: `loss_weight` panicked for `t >= T`; `MinSnr` accepted `gamma <= 0` and NaN
+    /// (giving negative weights).
+    #[test]
+    fn bad_weightings_and_timesteps_are_errors() {
+        let f = fp();
+        assert!(
+            f.loss_weight(LossWeighting::Uniform, Prediction::Epsilon, 1000)
+                .is_err()
+        );
+        let l = NoiseLevel::from_alpha_bar(0.0, 0.5);
+        for gamma in [0.0, -1.0, f64::NAN] {
+            let w = LossWeighting::MinSnr { gamma };
+            assert!(matches!(
+                w.weight(Prediction::Epsilon, &l),
+                Err(Error::InvalidParameter { name: "gamma", .. })
+            ));
+            let x0 = Array2::<f32>::zeros((2, 3));
+            assert!(
+                f.training_example(x0.view(), Prediction::Epsilon, w, &mut StdRng::seed_from_u64(0))
+                    .is_err()
+            );
+        }
+        let inf = LossWeighting::MinSnr { gamma: f64::INFINITY };
+        assert!(inf.weight(Prediction::Epsilon, &l).unwrap().is_finite());
+    }
+
     #[test]
     fn min_snr_weights() {
         let w = LossWeighting::min_snr();
         let hi = NoiseLevel::from_alpha_bar(0.0, 0.99); // SNR 99
         let lo = NoiseLevel::from_alpha_bar(0.0, 0.5); // SNR 1
         assert_relative_eq!(
-            w.weight(Prediction::Epsilon, &hi),
+            w.weight(Prediction::Epsilon, &hi).unwrap(),
             5.0 / 99.0,
             max_relative = 1e-12
         );
-        assert_relative_eq!(w.weight(Prediction::Epsilon, &lo), 1.0, max_relative = 1e-12);
         assert_relative_eq!(
-            w.weight(Prediction::Velocity, &hi),
-            5.0 / 100.0,
-            max_relative = 1e-12
-        );
-        assert_relative_eq!(w.weight(Prediction::Sample, &hi), 5.0, max_relative = 1e-12);
-        assert_relative_eq!(w.weight(Prediction::Sample, &lo), 1.0, max_relative = 1e-12);
-        assert_relative_eq!(
-            LossWeighting::Snr.weight(Prediction::Epsilon, &hi),
+            w.weight(Prediction::Epsilon, &lo).unwrap(),
             1.0,
             max_relative = 1e-12
         );
         assert_relative_eq!(
-            LossWeighting::Snr.weight(Prediction::Velocity, &hi),
+            w.weight(Prediction::Velocity, &hi).unwrap(),
+            5.0 / 100.0,
+            max_relative = 1e-12
+        );
+        assert_relative_eq!(
+            w.weight(Prediction::Sample, &hi).unwrap(),
+            5.0,
+            max_relative = 1e-12
+        );
+        assert_relative_eq!(
+            w.weight(Prediction::Sample, &lo).unwrap(),
+            1.0,
+            max_relative = 1e-12
+        );
+        assert_relative_eq!(
+            LossWeighting::Snr.weight(Prediction::Epsilon, &hi).unwrap(),
+            1.0,
+            max_relative = 1e-12
+        );
+        assert_relative_eq!(
+            LossWeighting::Snr.weight(Prediction::Velocity, &hi).unwrap(),
             0.99,
             max_relative = 1e-12
         );
-        assert_eq!(LossWeighting::Uniform.weight(Prediction::Sample, &hi), 1.0);
+        assert_eq!(
+            LossWeighting::Uniform.weight(Prediction::Sample, &hi).unwrap(),
+            1.0
+        );
         // Zero terminal SNR: epsilon weight tends to 1.
         let term = NoiseLevel::new(999.0, 0.0, 1.0);
-        assert_eq!(w.weight(Prediction::Epsilon, &term), 1.0);
-        assert_eq!(w.weight(Prediction::Velocity, &term), 0.0);
+        assert_eq!(w.weight(Prediction::Epsilon, &term).unwrap(), 1.0);
+        assert_eq!(w.weight(Prediction::Velocity, &term).unwrap(), 0.0);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Classifier-free guidance (Ho & Salimans 2022) as a [`Denoiser`] wrapper, with guidance
-//! rescale (Lin et al. 2023, §3.4).
+//! rescale (Lin et al. 2023, §3.4): from two models ([`Guidance`]), one model called once per
+//! branch ([`SharedGuidance`]), or one batched call ([`BatchedGuidance`]).
 
 use ndarray::{Array, ArrayView, Axis, Dimension, Zip, concatenate};
 
-use crate::denoiser::{Denoiser, Prediction};
+use crate::denoiser::{Denoiser, FnDenoiser, Prediction};
 use crate::error::{BoxError, Error};
 use crate::float::Float;
-use crate::schedule::NoiseLevel;
+use crate::level::NoiseLevel;
 
 /// Combines an unconditional and a conditional output: `u + scale (c - u)`, then, with
 /// `rescale = phi > 0`, `phi * out * std(c) / std(out) + (1 - phi) * out`, the standard deviations
@@ -134,14 +135,158 @@ impl<F: Float, D: Dimension, C: Denoiser<F, D>, U: Denoiser<F, D>> Denoiser<F, D
         }
         let c = self.cond.denoise(x.view(), level)?;
         let u = self.uncond.denoise(x, level)?;
-        if c.shape() != u.shape() {
-            return Err(Box::new(Error::Shape {
-                what: "conditional vs unconditional output",
-                expected: c.shape().to_vec(),
-                got: u.shape().to_vec(),
-            }));
-        }
+        check_branches(&c, &u)?;
         Ok(combine(c, &u, self.scale, self.rescale))
+    }
+}
+
+/// Which branch of classifier-free guidance a model call is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Branch {
+    /// Conditioned on the prompt (or class, or image).
+    Conditional,
+    /// The unconditional (empty-prompt, negative-prompt) branch.
+    Unconditional,
+}
+
+/// One network that is told which guidance branch it evaluates — the usual shape of a text-to-
+/// image model, whose conditioning is an input. [`SharedGuidance`] calls it twice per step.
+/// Closures `(x, level, branch) -> Result<output, BoxError>` get it through [`FnDenoiser`].
+pub trait BranchDenoiser<F, D: Dimension> {
+    /// What [`denoise_branch`](Self::denoise_branch) returns (the same for both branches).
+    fn prediction(&self) -> Prediction;
+
+    /// Evaluates the model on `x` at `level` for `branch`.
+    ///
+    /// # Errors
+    /// Any error of the model.
+    fn denoise_branch(
+        &mut self,
+        x: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+        branch: Branch,
+    ) -> Result<Array<F, D>, BoxError>;
+}
+
+impl<F, D, Fun> BranchDenoiser<F, D> for FnDenoiser<Fun>
+where
+    D: Dimension,
+    Fun: FnMut(ArrayView<'_, F, D>, &NoiseLevel, Branch) -> Result<Array<F, D>, BoxError>,
+{
+    fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+    fn denoise_branch(
+        &mut self,
+        x: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+        branch: Branch,
+    ) -> Result<Array<F, D>, BoxError> {
+        (self.f)(x, level, branch)
+    }
+}
+
+impl<F, D: Dimension, M: BranchDenoiser<F, D> + ?Sized> BranchDenoiser<F, D> for &mut M {
+    fn prediction(&self) -> Prediction {
+        (**self).prediction()
+    }
+    fn denoise_branch(
+        &mut self,
+        x: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+        branch: Branch,
+    ) -> Result<Array<F, D>, BoxError> {
+        (**self).denoise_branch(x, level, branch)
+    }
+}
+
+/// Classifier-free guidance from one network called twice per step, once per [`Branch`]: no
+/// `Rc<RefCell<..>>` around a model that two [`Denoiser`]s would have to share.
+///
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::guidance::{Branch, BranchDenoiser, SharedGuidance};
+/// use ndarray::{Array2, ArrayView2};
+///
+/// /// A "text-conditioned" network: one set of weights, the prompt embedding an input.
+/// struct Net { prompt: f64, empty: f64 }
+/// impl BranchDenoiser<f64, ndarray::Ix2> for Net {
+///     fn prediction(&self) -> Prediction { Prediction::Sample }
+///     fn denoise_branch(&mut self, x: ArrayView2<'_, f64>, _: &NoiseLevel, b: Branch)
+///         -> Result<Array2<f64>, BoxError> {
+///         let c = match b { Branch::Conditional => self.prompt, Branch::Unconditional => self.empty };
+///         Ok(Array2::from_elem(x.raw_dim(), c)) // "x0 = the embedding"
+///     }
+/// }
+/// let mut guided = SharedGuidance::new(Net { prompt: 1.0, empty: 0.0 }, 3.0);
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(10, Spacing::Trailing)?;
+/// let x = grid.initial_sample((2, 1), &mut SeededNoise::new(0));
+/// let out = Ddim::new().sample(&mut guided, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!(out.iter().all(|v| (v - 3.0).abs() < 1e-9)); // u + 3 (c - u)
+///
+/// // The same with a closure around a model you already have.
+/// let mut net = Net { prompt: 1.0, empty: 0.0 };
+/// let mut guided = SharedGuidance::new(
+///     FnDenoiser::new(Prediction::Sample, |x: ArrayView2<'_, f64>, l: &NoiseLevel, b: Branch| net.denoise_branch(x, l, b)),
+///     3.0,
+/// );
+/// let out = Ddim::new().sample(&mut guided, Array2::zeros((2, 1)), &grid, &mut SeededNoise::new(1))?;
+/// assert!((out[[0, 0]] - 3.0).abs() < 1e-9);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct SharedGuidance<M> {
+    model: M,
+    scale: f64,
+    rescale: f64,
+}
+
+impl<M> SharedGuidance<M> {
+    /// Guidance through `model`'s two branches with the given scale.
+    pub fn new(model: M, scale: f64) -> Self {
+        SharedGuidance {
+            model,
+            scale,
+            rescale: 0.0,
+        }
+    }
+
+    /// Guidance rescale `phi` in [0, 1] (see [`Guidance::rescale`]).
+    pub fn rescale(mut self, phi: f64) -> Self {
+        self.rescale = phi;
+        self
+    }
+
+    /// The wrapped model.
+    pub fn into_inner(self) -> M {
+        self.model
+    }
+}
+
+impl<F: Float, D: Dimension, M: BranchDenoiser<F, D>> Denoiser<F, D> for SharedGuidance<M> {
+    fn prediction(&self) -> Prediction {
+        self.model.prediction()
+    }
+
+    fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        check_guidance(self.scale, self.rescale)?;
+        let c = self.model.denoise_branch(x.view(), level, Branch::Conditional)?;
+        let u = self.model.denoise_branch(x, level, Branch::Unconditional)?;
+        check_branches(&c, &u)?;
+        Ok(combine(c, &u, self.scale, self.rescale))
+    }
+}
+
+/// The two branches' outputs must agree in shape.
+fn check_branches<F, D: Dimension>(c: &Array<F, D>, u: &Array<F, D>) -> Result<(), BoxError> {
+    if c.shape() == u.shape() {
+        Ok(())
+    } else {
+        Err(Box::new(Error::Shape {
+            what: "conditional vs unconditional output",
+            expected: c.shape().to_vec(),
+            got: u.shape().to_vec(),
+        }))
     }
 }
 

@@ -94,31 +94,41 @@ mod float;
 pub mod forward;
 pub mod grid;
 pub mod guidance;
+mod level;
 pub mod noise;
+mod par;
+mod prediction;
 mod preset;
 pub mod sampler;
 pub mod schedule;
 mod special;
+mod text;
 
 pub use denoiser::{Denoiser, FnDenoiser, Linear, Prediction};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, MAX_STEPS, Result};
 pub use float::Float;
 pub use forward::{ForwardProcess, LossWeighting};
 pub use grid::{FinalLevel, Grid, ScheduleFamily, Spacing, exponential_sigmas, karras_sigmas};
-pub use guidance::{BatchedGuidance, Guidance};
+pub use guidance::{BatchedGuidance, Branch, BranchDenoiser, Guidance, SharedGuidance};
+pub use level::NoiseLevel;
 pub use noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use preset::{PRESETS, Preset};
 pub use sampler::*;
-pub use schedule::{FlowSchedule, FlowShift, NoiseLevel, NoiseSchedule};
+pub use schedule::{FlowSchedule, FlowShift, NoiseSchedule};
 
-/// Everything a typical user needs, in one `use diffusion_samplers::prelude::*`.
+/// Everything a typical user needs, in one `use diffusion_samplers::prelude::*`: the traits,
+/// every sampler, schedules and grids, noise sources, guidance, the editing workflows (`edit`)
+/// and the error types.
 pub mod prelude {
     pub use crate::analytic::GaussianMixture;
+    pub use crate::edit;
     pub use crate::noise::standard_normal;
     pub use crate::{
-        AnySampler, BoxError, Ddim, Ddpm, DdpmVariance, Denoiser, DpmSolver, Error, Euler, EulerAncestral,
-        FinalLevel, FlowSchedule, FlowShift, FnDenoiser, ForwardProcess, Grid, LossWeighting, NoiseLevel,
-        NoiseSchedule, NoiseSource, Prediction, Preset, ReplayNoise, Sampler, ScheduleFamily, SeededNoise,
-        Spacing, Thresholding,
+        AnySampler, BatchedGuidance, BoxError, Branch, BranchDenoiser, Ddim, Ddpm, DdpmVariance, Deis,
+        Denoiser, Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolver, DpmSolverSinglestep, Error, Euler,
+        EulerAncestral, FinalLevel, Float, FlowSchedule, FlowShift, FnDenoiser, ForwardProcess, Grid,
+        Guidance, Heun, Ipndm, Lcm, Lms, LossWeighting, NoiseLevel, NoiseSchedule, NoiseSource, Pndm,
+        Prediction, Preset, ReplayNoise, Run, Sampler, ScheduleFamily, SeededNoise, SharedGuidance, Spacing,
+        Thresholding, UniPc,
     };
 }

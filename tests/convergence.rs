@@ -26,7 +26,7 @@ fn gaussian() -> GaussianMixture {
 
 /// VE grid through n + 1 Karras sigmas, the last (0.002) as the final level.
 fn grid(n: usize) -> Grid {
-    let s = karras_sigmas(n + 1, 0.002, 80.0, 7.0);
+    let s = karras_sigmas(n + 1, 0.002, 80.0, 7.0).unwrap();
     Grid::from_levels(s.iter().map(|&s| NoiseLevel::new(s, 1.0, s)).collect()).unwrap()
 }
 

@@ -31,7 +31,7 @@ fn check_schedule(s: &NoiseSchedule) {
         "only the last level may be pure noise"
     );
     for t in 0..s.len() {
-        assert!(s.level_at(t).is_valid());
+        assert!(s.level_at(t).unwrap().is_valid());
     }
 }
 
@@ -118,7 +118,7 @@ proptest! {
         let (mut scale, mut var) = (1.0f64, 0.0f64);
         let mut prev = NoiseLevel::CLEAN;
         for t in 0..s.len() {
-            let l = s.level_at(t);
+            let l = s.level_at(t).unwrap();
             let tr = transition(&prev, &l);
             scale *= tr.scale;
             var = tr.scale * tr.scale * var + tr.variance;

@@ -1,32 +1,100 @@
 //! Where stochastic samplers get their Gaussian noise.
 //!
 //! Any seeded `rand` generator is a [`NoiseSource`] (`sampler.sample(&mut model, x, &grid, &mut
-//! rng)`); [`ReplayNoise`] feeds back stored noise, e.g. the exact draws a Python reference used.
+//! rng)`); [`SeededNoise`] is a fast keyed source; [`ReplayNoise`] feeds back stored noise, e.g.
+//! the exact draws a Python reference used. A [`Run`](crate::Run) owns its source: pass it by
+//! value, or `&mut source` (every source here, and every `rand` generator, is a source through a
+//! mutable reference too; [`ByRef`] does the same for a generic `N`).
 
 mod ziggurat;
 
 use ndarray::{Array, ArrayViewMut, Dimension, ShapeBuilder};
 use rand::RngCore;
 
-use crate::float::Float;
-use ziggurat::{Xoshiro256pp, splitmix64};
-pub(crate) use ziggurat::{fill_f32, fill_f64};
+use crate::float::{Float, FloatSliceMut};
+use crate::level::NoiseLevel;
+use ziggurat::{Xoshiro256pp, fill_f32, fill_f64, splitmix64};
 
 /// The crate's fast generator (two xoshiro256++ streams), used by [`SeededNoise`].
-#[doc(hidden)]
-pub type FastRng = [Xoshiro256pp; 2];
+type FastRng = [Xoshiro256pp; 2];
 
 /// A source of standard normal noise for stochastic samplers.
 ///
 /// Samplers call [`fill`](Self::fill) once per step that needs noise, with the step index, and
 /// deterministic samplers never call it.
 pub trait NoiseSource<F> {
-    /// Fill `out` with independent N(0,1) draws for sampler step `step` (0 = first step).
+    /// Fill `out` with independent N(0,1) draws for sampler step `step` (0 = first step;
+    /// [`INITIAL_STEP`] for a run's starting sample).
     ///
     /// Elements are filled in the array's logical (row-major) order, so the same draws land in
     /// the same places whatever the memory layout.
     fn fill<D: Dimension>(&mut self, step: usize, out: ArrayViewMut<'_, F, D>);
+
+    /// Fill `out` with the noise step `step` adds over the interval `from -> to` of noise
+    /// levels. Samplers call this; the default ignores the interval and calls
+    /// [`fill`](Self::fill). A source whose draws depend on the interval — a Brownian motion
+    /// over sigma, whose increments do not depend on how an interval is cut — overrides it.
+    fn fill_interval<D: Dimension>(
+        &mut self,
+        step: usize,
+        from: &NoiseLevel,
+        to: &NoiseLevel,
+        out: ArrayViewMut<'_, F, D>,
+    ) {
+        let _ = (from, to);
+        self.fill(step, out);
+    }
 }
+
+/// The step key of a run's starting sample ([`Grid::initial_sample`](crate::Grid::initial_sample)):
+/// keyed sources such as [`SeededNoise`] then draw it independently of step 0's noise.
+pub const INITIAL_STEP: usize = usize::MAX;
+
+/// The step key of the noise an editing wrapper draws after step `step` (inpainting's renoised
+/// known region), distinct from every sampler step's key and from [`INITIAL_STEP`].
+pub(crate) fn aux_step(step: usize) -> usize {
+    INITIAL_STEP - 1 - step
+}
+
+/// A noise source through a mutable reference: lends `N` to a [`Run`](crate::Run) (which owns
+/// its source) from generic code. Concrete sources need no wrapper: `&mut rng`, `&mut
+/// SeededNoise`, `&mut ReplayNoise` are sources themselves.
+#[derive(Debug)]
+pub struct ByRef<'a, N: ?Sized>(pub &'a mut N);
+
+impl<F, N: NoiseSource<F> + ?Sized> NoiseSource<F> for ByRef<'_, N> {
+    fn fill<D: Dimension>(&mut self, step: usize, out: ArrayViewMut<'_, F, D>) {
+        self.0.fill(step, out);
+    }
+
+    fn fill_interval<D: Dimension>(
+        &mut self,
+        step: usize,
+        from: &NoiseLevel,
+        to: &NoiseLevel,
+        out: ArrayViewMut<'_, F, D>,
+    ) {
+        self.0.fill_interval(step, from, to, out);
+    }
+}
+
+/// `&mut S` is a source wherever `S` is (for the crate's own sources; `rand` generators get
+/// this from `rand`'s own `impl RngCore for &mut R`).
+macro_rules! by_mut_ref {
+    ($($ty:ty),*) => {$(
+        impl<F: Float> NoiseSource<F> for &mut $ty {
+            fn fill<D: Dimension>(&mut self, step: usize, out: ArrayViewMut<'_, F, D>) {
+                (**self).fill(step, out);
+            }
+
+            fn fill_interval<D: Dimension>(&mut self, step: usize, from: &NoiseLevel, to: &NoiseLevel, out: ArrayViewMut<'_, F, D>) {
+                (**self).fill_interval(step, from, to, out);
+            }
+        }
+    )*};
+}
+
+by_mut_ref!(SeededNoise, ReplayNoise<F>);
 
 /// Every `rand` generator is a noise source: draws come from its stream in order (the step index
 /// is ignored), through `rand_distr`'s ziggurat `StandardNormal`.
@@ -54,8 +122,9 @@ impl<F: Float, R: RngCore + ?Sized> NoiseSource<F> for R {
     }
 }
 
-/// A new array of independent N(0, 1) draws from `noise`, e.g. the starting sample of a run
-/// (multiply by the first level's `sigma` if that is not 1).
+/// A new array of independent N(0, 1) draws from `noise` (step key 0). For a run's starting
+/// sample use [`Grid::initial_sample`](crate::Grid::initial_sample), which scales it for the
+/// grid's first level and keys it apart from the run's own step noise.
 ///
 /// ```
 /// use diffusion_samplers::noise::standard_normal;
@@ -125,13 +194,16 @@ impl SeededNoise {
 
     fn fill_block<F: Float>(&self, step: usize, block: usize, out: &mut [F]) {
         let mut rng = self.rng(step, block);
-        F::fill_standard_normal(&mut rng, out);
+        match F::slice_mut(out) {
+            FloatSliceMut::F32(s) => fill_f32(&mut rng, s),
+            FloatSliceMut::F64(s) => fill_f64(&mut rng, s),
+        }
     }
 
     /// Fills a contiguous slice (logical order = memory order).
     fn fill_slice<F: Float>(&self, step: usize, out: &mut [F]) {
         #[cfg(feature = "rayon")]
-        if out.len() >= crate::sampler::PAR_MIN {
+        if out.len() >= crate::par::PAR_MIN {
             use rayon::prelude::*;
             out.par_chunks_mut(Self::BLOCK)
                 .enumerate()
@@ -165,7 +237,9 @@ impl<F: Float> NoiseSource<F> for SeededNoise {
     }
 }
 
-/// Replays stored noise: step `k` receives the `k`-th stored block, in logical order.
+/// Replays stored noise: step `k` receives the `k`-th stored block, in logical order (and the
+/// starting sample, key [`INITIAL_STEP`], the block given to
+/// [`with_initial`](Self::with_initial)).
 ///
 /// Used to inject exactly the noise a reference implementation drew. A missing step, or a block
 /// whose length differs from the array being filled, fills NaN, which the sampler then reports
@@ -185,18 +259,26 @@ impl<F: Float> NoiseSource<F> for SeededNoise {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReplayNoise<F> {
     steps: Vec<Vec<F>>,
+    initial: Option<Vec<F>>,
 }
 
 impl<F: Float> ReplayNoise<F> {
     /// Noise for steps `0, 1, ...`, one flat block (logical order) per step.
     pub fn new(steps: Vec<Vec<F>>) -> Self {
-        ReplayNoise { steps }
+        ReplayNoise { steps, initial: None }
+    }
+
+    /// Also replays `block` as the starting sample's draws (key [`INITIAL_STEP`]).
+    pub fn with_initial(mut self, block: Vec<F>) -> Self {
+        self.initial = Some(block);
+        self
     }
 
     /// Noise for steps `0, 1, ...` from arrays (read in logical order).
     pub fn from_arrays<D: Dimension>(steps: impl IntoIterator<Item = Array<F, D>>) -> Self {
         ReplayNoise {
             steps: steps.into_iter().map(|a| a.iter().copied().collect()).collect(),
+            initial: None,
         }
     }
 
@@ -213,7 +295,12 @@ impl<F: Float> ReplayNoise<F> {
 
 impl<F: Float> NoiseSource<F> for ReplayNoise<F> {
     fn fill<D: Dimension>(&mut self, step: usize, mut out: ArrayViewMut<'_, F, D>) {
-        match self.steps.get(step) {
+        let block = if step == INITIAL_STEP {
+            self.initial.as_ref()
+        } else {
+            self.steps.get(step)
+        };
+        match block {
             Some(block) if block.len() == out.len() => {
                 for (o, &v) in out.iter_mut().zip(block) {
                     *o = v;

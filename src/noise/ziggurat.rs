@@ -7,7 +7,7 @@
 
 /// xoshiro256++: small, fast, passes BigCrush; seeded through splitmix64.
 #[derive(Clone, Debug)]
-pub struct Xoshiro256pp {
+pub(crate) struct Xoshiro256pp {
     s: [u64; 4],
 }
 

@@ -4,16 +4,16 @@
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
 
 use super::{
-    Ddim, DdimState, Ddpm, DdpmState, Deis, Dpm2, Dpm2Ancestral, Dpm2AncestralState, Dpm2State,
+    Ddim, DdimState, Ddpm, DdpmState, Deis, DeisState, Dpm2, Dpm2Ancestral, Dpm2AncestralState, Dpm2State,
     DpmPp2sAncestral, DpmPp2sAncestralState, DpmSolver, DpmSolverSinglestep, DpmSolverState, Estimate, Euler,
-    EulerAncestral, EulerAncestralState, EulerState, Heun, HeunState, Ipndm, Lcm, LcmState, Lms, LmsState,
-    Pndm, PndmState, Request, Sampler, SamplerState, SinglestepState, UniPc, UniPcState,
+    EulerAncestral, EulerAncestralState, EulerState, Heun, HeunState, Ipndm, IpndmState, Lcm, LcmState, Lms,
+    LmsState, Pndm, PndmState, Request, Sampler, SamplerState, SinglestepState, UniPc, UniPcState,
 };
 use crate::error::Result;
 use crate::float::Float;
 use crate::grid::Grid;
+use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
-use crate::schedule::NoiseLevel;
 
 macro_rules! any_sampler {
     ($($variant:ident($ty:ty) => $state:ident),* $(,)?) => {
@@ -67,6 +67,12 @@ macro_rules! any_sampler {
 
         impl Sampler for AnySampler {
             type State<F: Float, D: Dimension> = AnyState<F, D>;
+
+            fn validate(&self) -> Result<()> {
+                match self {
+                    $(AnySampler::$variant(s) => s.validate(),)*
+                }
+            }
 
             fn init<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
                 &self,
@@ -148,9 +154,9 @@ any_sampler! {
     DpmPp2sAncestral(DpmPp2sAncestral) => DpmPp2sAncestralState,
     DpmSolverSinglestep(DpmSolverSinglestep) => SinglestepState,
     UniPc(UniPc) => UniPcState,
-    Deis(Deis) => LmsState,
+    Deis(Deis) => DeisState,
     Lms(Lms) => LmsState,
     Pndm(Pndm) => PndmState,
-    Ipndm(Ipndm) => PndmState,
+    Ipndm(Ipndm) => IpndmState,
     Lcm(Lcm) => LcmState,
 }

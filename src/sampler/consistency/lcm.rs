@@ -1,15 +1,14 @@
 //! Consistency-model sampling (Latent Consistency Models, Luo et al. 2023).
 
-use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
+use ndarray::Dimension;
 
-use super::kernel::{Affine, Clamps, affine_step};
-use super::x0::{Thresholding, X0Policy};
-use super::{Estimate, Request, Sampler, SamplerState, Walk, attribute, fill_noise};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::grid::Grid;
 use crate::noise::NoiseSource;
-use crate::schedule::NoiseLevel;
+use crate::sampler::core::kernel::Affine;
+use crate::sampler::core::options::x0_builders;
+use crate::sampler::core::x0::X0Policy;
+use crate::sampler::{Method, Outcome, Step};
 
 /// Multistep consistency sampling[^lcm], diffusers' `LCMScheduler`: at each level the model's
 /// x0 estimate is taken as the answer and re-noised to the next level with fresh noise,
@@ -70,17 +69,7 @@ impl Lcm {
         self
     }
 
-    /// Clamp the x0 estimate to `[-r, r]`.
-    pub fn clip_sample(mut self, range: Option<f64>) -> Self {
-        self.policy.clip = range;
-        self
-    }
-
-    /// Dynamic thresholding of the x0 estimate.
-    pub fn thresholding(mut self, t: Option<Thresholding>) -> Self {
-        self.policy.threshold = t;
-        self
-    }
+    x0_builders!();
 
     /// `(c_skip, c_out)` at timestep `t`.
     fn scalings(&self, t: f64) -> (f64, f64) {
@@ -95,15 +84,10 @@ impl Lcm {
     }
 }
 
-impl Sampler for Lcm {
-    type State<F: Float, D: Dimension> = LcmState<F, D>;
+impl Method for Lcm {
+    type Vars = ();
 
-    fn init<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
-        &self,
-        x: Array<F, D>,
-        grid: &Grid,
-        _noise: &mut N,
-    ) -> Result<LcmState<F, D>> {
+    fn check(&self) -> Result<()> {
         if let Some(k) = self.timestep_scaling
             && !(k > 0.0 && k.is_finite())
         {
@@ -113,78 +97,22 @@ impl Sampler for Lcm {
                 reason: "must be positive and finite",
             });
         }
-        self.policy.validate()?;
-        Ok(LcmState {
-            x,
-            walk: Walk::new(grid),
-            cfg: *self,
-            z: None,
-            scratch: Vec::new(),
-        })
+        self.policy.validate()
     }
 
-    fn model_calls(&self, grid: &Grid) -> usize {
-        Walk::effective_steps(grid)
-    }
-}
-
-/// The state of an [`Lcm`] run.
-#[derive(Clone, Debug)]
-pub struct LcmState<F, D: Dimension> {
-    x: Array<F, D>,
-    walk: Walk,
-    cfg: Lcm,
-    z: Option<Array<F, D>>,
-    scratch: Vec<F>,
-}
-
-impl<F: Float, D: Dimension> SamplerState<F, D> for LcmState<F, D> {
-    fn pending(&self) -> Option<Request<'_, F, D>> {
-        (!self.walk.done()).then(|| Request {
-            step: self.walk.step(),
-            level: self.walk.from(),
-            x: self.x.view(),
-        })
-    }
-
-    fn advance<N: NoiseSource<F> + ?Sized>(
-        &mut self,
-        mut est: Estimate<F, D>,
-        noise: &mut N,
-    ) -> Result<Option<Array<F, D>>> {
-        let (step, from, to) = (self.walk.step(), self.walk.from(), self.walk.to());
-        let (c_skip, c_out) = self.cfg.scalings(from.t);
+    fn update<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        s: &mut Step<'_, F, D, N, ()>,
+    ) -> Result<Outcome> {
+        let (from, to) = (s.from(), s.to());
+        let (c_skip, c_out) = self.scalings(from.t);
         let k = Affine {
             clamped: to.alpha * c_out,
             raw: 0.0,
             x: to.alpha * c_skip,
             z: to.sigma,
         };
-        let clamps = Clamps::for_policy(&mut est, &self.x, &self.cfg.policy, &mut self.scratch)?;
-        let z = if k.z > 0.0 {
-            Some(fill_noise(&mut self.z, &self.x, step, noise))
-        } else {
-            None
-        };
-        let ok = affine_step(&mut self.x, &est, &clamps, k, z);
-        attribute(ok, &est, z)?;
-        self.walk.next();
-        Ok(Some(est.into_buffer()))
-    }
-
-    fn sample(&self) -> ArrayView<'_, F, D> {
-        self.x.view()
-    }
-
-    fn sample_mut(&mut self) -> ArrayViewMut<'_, F, D> {
-        self.x.view_mut()
-    }
-
-    fn level(&self) -> NoiseLevel {
-        self.walk.current()
-    }
-
-    fn into_sample(self) -> Array<F, D> {
-        self.x
+        s.affine(&self.policy, k)?;
+        Ok(Outcome::done())
     }
 }

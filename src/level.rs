@@ -1,6 +1,8 @@
-//! [`NoiseLevel`]: one point `(t, alpha, sigma)` of a noise schedule.
+//! [`NoiseLevel`]: one point `(t, alpha, sigma)` of a noise schedule (a leaf module).
 
 use std::fmt;
+
+use crate::text::Num;
 
 /// One noise level: `x_t = alpha * x_0 + sigma * eps`, with `t` the model's own timestep input.
 ///
@@ -122,7 +124,7 @@ impl fmt::Display for NoiseLevel {
         write!(
             f,
             "t = {}, alpha = {:.6e}, sigma = {:.6e}, sigma/alpha = {:.6e}",
-            self.t,
+            Num(self.t),
             self.alpha,
             self.sigma,
             self.sigma_ve()

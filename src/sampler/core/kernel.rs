@@ -3,6 +3,7 @@
 use ndarray::{Array, ArrayView, ArrayViewMut, Axis, Dimension, Zip};
 
 use super::Estimate;
+use super::history::History;
 use super::x0::{Clamp, X0Policy};
 use crate::error::Result;
 use crate::float::Float;
@@ -220,23 +221,36 @@ lin_kernel!(lin3; seq; h0: 0, h1: 1, h2: 2);
 
 /// One fused pass of a multistep update: turns the model output in `est` into the clamped x0
 /// estimate, stores it (or the noise estimate) back into the output buffer, and updates `x`
-/// with `k` over up to three history arrays (newest first). Returns whether everything stayed
-/// finite.
+/// with `k` over the newest `n` (at most three) history arrays. Returns whether everything
+/// stayed finite.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn lin_step<F: Float, D: Dimension>(
     x: &mut Array<F, D>,
     est: &mut Estimate<F, D>,
     clamp: Clamp<F>,
     store: Store,
-    history: &[&Array<F, D>],
+    hist: &History<F, D>,
+    n: usize,
     z: Option<&Array<F, D>>,
     k: &Lin,
 ) -> bool {
     let conv = (est.cx, est.co);
     let o = &mut est.out;
-    match history {
-        [] => lin0(x, o, z, conv, clamp, store, k),
-        [a] => lin1(x, o, a, z, conv, clamp, store, k),
-        [a, b] => lin2(x, o, a, b, z, conv, clamp, store, k),
-        [a, b, c, ..] => lin3(x, o, a, b, c, z, conv, clamp, store, k),
+    match n.min(hist.len()) {
+        0 => lin0(x, o, z, conv, clamp, store, k),
+        1 => lin1(x, o, hist.array(0), z, conv, clamp, store, k),
+        2 => lin2(x, o, hist.array(0), hist.array(1), z, conv, clamp, store, k),
+        _ => lin3(
+            x,
+            o,
+            hist.array(0),
+            hist.array(1),
+            hist.array(2),
+            z,
+            conv,
+            clamp,
+            store,
+            k,
+        ),
     }
 }

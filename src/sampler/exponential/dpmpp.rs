@@ -1,16 +1,17 @@
 //! DPM-Solver++ multistep (Lu et al. 2022b), ODE and SDE variants.
 
-use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
+use ndarray::Dimension;
 
-use super::history::History;
-use super::kernel::{Lin, Store, lin_step};
-use super::x0::{Thresholding, X0Policy};
-use super::{Estimate, Request, Sampler, SamplerState, Walk, attribute, check_eta, fill_noise};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::grid::Grid;
+use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
-use crate::schedule::NoiseLevel;
+use crate::sampler::core::history::History;
+use crate::sampler::core::kernel::{Lin, Store};
+use crate::sampler::core::options::{Stochastic, x0_builders};
+use crate::sampler::core::walk::Walk;
+use crate::sampler::core::x0::X0Policy;
+use crate::sampler::{Method, Outcome, Step};
 
 /// How the second-order DPM-Solver++ term is formed (diffusers' `solver_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -91,8 +92,8 @@ pub enum ThirdOrder {
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] for an order outside 1–3 or a negative `eta` / `s_noise`;
-/// during a run, the errors of [`Sampler::sample`].
+/// [`Error::InvalidParameter`](crate::Error::InvalidParameter) for an order outside 1–3 or a negative `eta` / `s_noise`;
+/// during a run, the errors of [`Sampler::sample`](crate::Sampler::sample).
 ///
 /// [^dpmpp]: C. Lu, Y. Zhou, F. Bao, J. Chen, C. Li, J. Zhu, *DPM-Solver++: Fast Solver for Guided
 ///     Sampling of Diffusion Probabilistic Models*, arXiv:2211.01095.
@@ -100,8 +101,7 @@ pub enum ThirdOrder {
 pub struct DpmSolver {
     order: usize,
     solver_type: SolverType,
-    eta: f64,
-    s_noise: f64,
+    noise: Stochastic,
     lower_order_final: bool,
     euler_at_final: bool,
     third_order: ThirdOrder,
@@ -113,8 +113,7 @@ impl Default for DpmSolver {
         DpmSolver {
             order: 2,
             solver_type: SolverType::Midpoint,
-            eta: 0.0,
-            s_noise: 1.0,
+            noise: Stochastic::new(0.0),
             lower_order_final: true,
             euler_at_final: false,
             third_order: ThirdOrder::Reference,
@@ -143,19 +142,19 @@ impl DpmSolver {
 
     /// The SDE variant (`sde-dpmsolver++`, `eta = 1`) or the ODE (`eta = 0`).
     pub fn sde(mut self, yes: bool) -> Self {
-        self.eta = if yes { 1.0 } else { 0.0 };
+        self.noise.eta = if yes { 1.0 } else { 0.0 };
         self
     }
 
     /// k-diffusion's `eta` of the SDE samplers (0 = ODE, 1 = `sde-dpmsolver++`).
     pub fn eta(mut self, eta: f64) -> Self {
-        self.eta = eta;
+        self.noise.eta = eta;
         self
     }
 
     /// Multiplies the SDE noise.
     pub fn s_noise(mut self, v: f64) -> Self {
-        self.s_noise = v;
+        self.noise.s_noise = v;
         self
     }
 
@@ -177,17 +176,7 @@ impl DpmSolver {
         self
     }
 
-    /// Clamp the x0 estimate to `[-r, r]`.
-    pub fn clip_sample(mut self, range: Option<f64>) -> Self {
-        self.policy.clip = range;
-        self
-    }
-
-    /// Dynamic thresholding of the x0 estimate (diffusers' `thresholding`).
-    pub fn thresholding(mut self, t: Option<Thresholding>) -> Self {
-        self.policy.threshold = t;
-        self
-    }
+    x0_builders!();
 
     /// The order a step uses, diffusers' rule, before the zero-SNR guard.
     fn step_order(&self, walk: &Walk, steps_done: usize) -> usize {
@@ -273,57 +262,6 @@ pub(crate) fn dpmpp_coefs(
     k
 }
 
-impl Sampler for DpmSolver {
-    type State<F: Float, D: Dimension> = DpmSolverState<F, D>;
-
-    fn init<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
-        &self,
-        x: Array<F, D>,
-        grid: &Grid,
-        _noise: &mut N,
-    ) -> Result<DpmSolverState<F, D>> {
-        if !(1..=3).contains(&self.order) {
-            return Err(Error::InvalidParameter {
-                name: "order",
-                value: self.order as f64,
-                reason: "DPM-Solver++ supports orders 1, 2 and 3",
-            });
-        }
-        check_eta(self.eta)?;
-        check_eta(self.s_noise).map_err(|_| Error::InvalidParameter {
-            name: "s_noise",
-            value: self.s_noise,
-            reason: "must be finite and non-negative",
-        })?;
-        self.policy.validate()?;
-        Ok(DpmSolverState {
-            x,
-            walk: Walk::new(grid),
-            hist: History::new(self.order - 1),
-            cfg: *self,
-            done: 0,
-            z: None,
-            scratch: Vec::new(),
-        })
-    }
-
-    fn model_calls(&self, grid: &Grid) -> usize {
-        Walk::effective_steps(grid)
-    }
-}
-
-/// The state of a [`DpmSolver`] run.
-#[derive(Clone, Debug)]
-pub struct DpmSolverState<F, D: Dimension> {
-    x: Array<F, D>,
-    walk: Walk,
-    hist: History<F, D>,
-    cfg: DpmSolver,
-    done: usize,
-    z: Option<Array<F, D>>,
-    scratch: Vec<F>,
-}
-
 /// How many history entries (newest first) can be used: those before the first level with
 /// `alpha = 0` (whose `lambda` is `-inf`), counting the current level.
 pub(crate) fn usable_order<F, D: Dimension>(s0: &NoiseLevel, hist: &History<F, D>, want: usize) -> usize {
@@ -337,102 +275,45 @@ pub(crate) fn usable_order<F, D: Dimension>(s0: &NoiseLevel, hist: &History<F, D
     ord
 }
 
-impl<F: Float, D: Dimension> SamplerState<F, D> for DpmSolverState<F, D> {
-    fn pending(&self) -> Option<Request<'_, F, D>> {
-        (!self.walk.done()).then(|| Request {
-            step: self.walk.step(),
-            level: self.walk.from(),
-            x: self.x.view(),
-        })
+impl Method for DpmSolver {
+    type Vars = ();
+
+    fn check(&self) -> Result<()> {
+        if !(1..=3).contains(&self.order) {
+            return Err(Error::InvalidParameter {
+                name: "order",
+                value: self.order as f64,
+                reason: "DPM-Solver++ supports orders 1, 2 and 3",
+            });
+        }
+        self.noise.check()?;
+        self.policy.validate()
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(
-        &mut self,
-        mut est: Estimate<F, D>,
-        noise: &mut N,
-    ) -> Result<Option<Array<F, D>>> {
-        let (step, s0, t) = (self.walk.step(), self.walk.from(), self.walk.to());
-        let want = self.cfg.step_order(&self.walk, self.done);
-        let order = usable_order(&s0, &self.hist, want);
-        let prev = [
-            if self.hist.len() > 0 {
-                self.hist.level(0)
-            } else {
-                s0
-            },
-            if self.hist.len() > 1 {
-                self.hist.level(1)
-            } else {
-                s0
-            },
-        ];
-        let k = dpmpp_coefs(
+    fn history(&self) -> usize {
+        self.order.saturating_sub(1)
+    }
+
+    fn update<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        s: &mut Step<'_, F, D, N, ()>,
+    ) -> Result<Outcome> {
+        let (s0, t) = (s.from(), s.to());
+        let hist = &s.core.hist;
+        let order = usable_order(&s0, hist, self.step_order(s.walk(), s.core.steps_done));
+        let prev = [0, 1].map(|i| if hist.len() > i { hist.level(i) } else { s0 });
+        let mut k = dpmpp_coefs(
             &s0,
             &t,
             &prev,
             order,
-            self.cfg.eta,
-            self.cfg.solver_type,
-            self.cfg.third_order,
+            self.noise.eta,
+            self.solver_type,
+            self.third_order,
         );
-        let clamp = est.prepare(&self.x, &self.cfg.policy, &mut self.scratch)?;
-        let z = if k.z > 0.0 {
-            let kz = k.z * self.cfg.s_noise;
-            Some((fill_noise(&mut self.z, &self.x, step, noise), kz))
-        } else {
-            None
-        };
-        let k = Lin {
-            z: z.map_or(0.0, |(_, kz)| kz),
-            ..k
-        };
-        let z = z.map(|(z, _)| z);
-        let ok = match order {
-            1 => lin_step(&mut self.x, &mut est, clamp, Store::X0, &[], z, &k),
-            2 => lin_step(
-                &mut self.x,
-                &mut est,
-                clamp,
-                Store::X0,
-                &[self.hist.array(0)],
-                z,
-                &k,
-            ),
-            _ => lin_step(
-                &mut self.x,
-                &mut est,
-                clamp,
-                Store::X0,
-                &[self.hist.array(0), self.hist.array(1)],
-                z,
-                &k,
-            ),
-        };
-        attribute(ok, &est, z)?;
-        let spare = self.hist.push(est.into_buffer(), s0);
-        self.done += 1;
-        self.walk.next();
-        Ok(spare)
-    }
-
-    fn sample(&self) -> ArrayView<'_, F, D> {
-        self.x.view()
-    }
-
-    fn sample_mut(&mut self) -> ArrayViewMut<'_, F, D> {
-        self.x.view_mut()
-    }
-
-    fn level(&self) -> NoiseLevel {
-        self.walk.current()
-    }
-
-    fn into_sample(self) -> Array<F, D> {
-        self.x
-    }
-
-    fn buffers_held(&self) -> usize {
-        self.cfg.order.saturating_sub(1)
+        k.z *= self.noise.s_noise;
+        s.lin(&self.policy, k, Store::X0, order - 1)?;
+        Ok(Outcome::done().keep_history(s0))
     }
 }
 

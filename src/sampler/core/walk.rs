@@ -1,7 +1,7 @@
 //! Position along a grid, shared by every sampler state.
 
 use crate::grid::{Grid, ScheduleFamily};
-use crate::schedule::NoiseLevel;
+use crate::level::NoiseLevel;
 
 /// Where a run is on its grid. A zero-length final step (final level equal to the one before)
 /// is skipped: it would be the identity.
@@ -60,6 +60,12 @@ impl Walk {
         self.step
     }
 
+    /// The grid's final level.
+    pub(crate) fn final_level(&self) -> NoiseLevel {
+        let l = self.grid.levels();
+        l[l.len() - 1]
+    }
+
     pub(crate) fn from(&self) -> NoiseLevel {
         self.grid.levels()[self.step]
     }
@@ -87,10 +93,10 @@ impl Walk {
     }
 
     pub(crate) fn level_at_sigma_ve(&self, s: f64) -> NoiseLevel {
-        self.grid.level_at_sigma_ve(s)
+        self.grid.level_of_sigma_ve(s)
     }
 
     pub(crate) fn level_at_t(&self, t: f64) -> NoiseLevel {
-        self.grid.level_at_t(t)
+        self.grid.level_of_t(t)
     }
 }

@@ -1,16 +1,15 @@
 //! DPM-Solver++ singlestep (Lu et al. 2022b), diffusers' `DPMSolverSinglestepScheduler`.
 
-use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
+use ndarray::{Dimension, Zip};
 
 use super::dpmpp::SolverType;
-use super::history::History;
-use super::x0::{Thresholding, X0Policy};
-use super::{Estimate, Request, Sampler, SamplerState, Walk, attribute};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::grid::Grid;
 use crate::noise::NoiseSource;
-use crate::schedule::NoiseLevel;
+use crate::sampler::core::options::x0_builders;
+use crate::sampler::core::state::buf;
+use crate::sampler::core::x0::X0Policy;
+use crate::sampler::{Core, Method, Outcome, Step};
 
 /// Singlestep DPM-Solver++[^dpmpp], diffusers' `DPMSolverSinglestepScheduler` (ODE,
 /// `dpmsolver++`): the grid's levels are grouped into blocks of 1–3 model calls; within a block
@@ -47,7 +46,7 @@ use crate::schedule::NoiseLevel;
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] for an order outside 1–3.
+/// [`Error::InvalidParameter`](crate::Error::InvalidParameter) for an order outside 1–3.
 ///
 /// [^dpmpp]: C. Lu et al., *DPM-Solver++*, arXiv:2211.01095.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -93,48 +92,49 @@ impl DpmSolverSinglestep {
         self
     }
 
-    /// Clamp the x0 estimate to `[-r, r]`.
-    pub fn clip_sample(mut self, range: Option<f64>) -> Self {
-        self.policy.clip = range;
-        self
-    }
+    x0_builders!();
 
-    /// Dynamic thresholding of the x0 estimate.
-    pub fn thresholding(mut self, t: Option<Thresholding>) -> Self {
-        self.policy.threshold = t;
-        self
-    }
-
-    /// diffusers' `get_order_list`, with the last order 1 when the grid ends at the clean level.
-    fn order_list(&self, steps: usize, to_clean: bool) -> Vec<usize> {
-        let (o, n) = (self.order, steps);
-        let mut v: Vec<usize> = match (self.lower_order_final, o) {
-            (_, 1) => vec![1; n],
-            (true, 2) if n % 2 == 0 => [1, 2].repeat(n / 2 - 1).into_iter().chain([1, 1]).collect(),
-            (true, 2) => [1, 2].repeat(n / 2).into_iter().chain([1]).collect(),
-            (true, _) if n % 3 == 0 => [1, 2, 3].repeat(n / 3 - 1).into_iter().chain([1, 2, 1]).collect(),
-            (true, _) if n % 3 == 1 => [1, 2, 3].repeat(n / 3).into_iter().chain([1]).collect(),
-            (true, _) => [1, 2, 3].repeat(n / 3).into_iter().chain([1, 2]).collect(),
-            (false, 2) => [1, 2].repeat(n.div_ceil(2)),
-            (false, _) => [1, 2, 3].repeat(n.div_ceil(3)),
-        };
-        v.resize(n, 1);
-        if to_clean && n > 0 {
-            v[n - 1] = 1;
+    /// Step `i`'s entry of diffusers' `get_order_list` for `n` steps, with the last order 1 when
+    /// the grid ends at the clean level: repeats of `1, 2, (3)`, with diffusers' tails
+    /// (`..., 1, 1` / `..., 1` for order 2; `..., 1, 2, 1` / `..., 1` / `..., 1, 2` for order 3).
+    fn order_at(&self, i: usize, n: usize, to_clean: bool) -> usize {
+        let o = self.order.clamp(1, 3);
+        if to_clean && i + 1 == n {
+            return 1;
         }
-        v
+        if !self.lower_order_final || o == 1 {
+            return 1 + i % o;
+        }
+        // The steps before diffusers' tail cycle through 1..=o; then the tail.
+        let full = if n.is_multiple_of(o) {
+            (n / o).saturating_sub(1)
+        } else {
+            n / o
+        };
+        let body = o * full;
+        match (o, n % o) {
+            _ if i < body => 1 + i % o,
+            (2, 0) => 1,
+            (3, 0) => [1, 2, 1][(i - body).min(2)],
+            _ => 1 + (i - body),
+        }
+    }
+
+    /// diffusers' `get_order_list` (see [`order_at`](Self::order_at)).
+    #[cfg(test)]
+    fn order_list(&self, n: usize, to_clean: bool) -> Vec<usize> {
+        (0..n).map(|i| self.order_at(i, n, to_clean)).collect()
     }
 }
 
-impl Sampler for DpmSolverSinglestep {
-    type State<F: Float, D: Dimension> = SinglestepState<F, D>;
+/// The block's first sample.
+const START: usize = 0;
 
-    fn init<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
-        &self,
-        x: Array<F, D>,
-        grid: &Grid,
-        _noise: &mut N,
-    ) -> Result<SinglestepState<F, D>> {
+impl Method for DpmSolverSinglestep {
+    /// Calls so far in the current block.
+    type Vars = usize;
+
+    fn check(&self) -> Result<()> {
         if !(1..=3).contains(&self.order) {
             return Err(Error::InvalidParameter {
                 name: "order",
@@ -142,72 +142,35 @@ impl Sampler for DpmSolverSinglestep {
                 reason: "DPM-Solver singlestep supports orders 1, 2 and 3",
             });
         }
-        self.policy.validate()?;
-        let walk = Walk::new(grid);
-        let n = walk.remaining();
-        let orders = self.order_list(n, grid.levels()[grid.steps()].is_clean());
-        Ok(SinglestepState {
-            start: None,
-            x,
-            walk,
-            hist: History::new(2),
-            orders,
-            block: 0,
-            cfg: *self,
-            scratch: Vec::new(),
-        })
+        self.policy.validate()
     }
 
-    fn model_calls(&self, grid: &Grid) -> usize {
-        Walk::effective_steps(grid)
-    }
-}
-
-/// The state of a [`DpmSolverSinglestep`] run.
-#[derive(Clone, Debug)]
-pub struct SinglestepState<F, D: Dimension> {
-    /// The block's first sample.
-    start: Option<Array<F, D>>,
-    x: Array<F, D>,
-    walk: Walk,
-    hist: History<F, D>,
-    orders: Vec<usize>,
-    /// Calls so far in the current block.
-    block: usize,
-    cfg: DpmSolverSinglestep,
-    scratch: Vec<F>,
-}
-
-impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
-    fn pending(&self) -> Option<Request<'_, F, D>> {
-        (!self.walk.done()).then(|| Request {
-            step: self.walk.step(),
-            level: self.walk.from(),
-            x: self.x.view(),
-        })
+    fn history(&self) -> usize {
+        2
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(
-        &mut self,
-        mut est: Estimate<F, D>,
-        _noise: &mut N,
-    ) -> Result<Option<Array<F, D>>> {
-        let (step, s0, t) = (self.walk.step(), self.walk.from(), self.walk.to());
-        let mut order = self.orders[step].min(self.block + 1);
+    fn update<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        s: &mut Step<'_, F, D, N, usize>,
+    ) -> Result<Outcome> {
+        let (step, s0, t) = (s.step(), s.from(), s.to());
+        let w = s.walk();
+        let n = w.step() + w.remaining();
+        let hist = &s.core.hist;
+        let mut order = self
+            .order_at(step, n, w.final_level().is_clean())
+            .min(*s.vars + 1);
         // The block start is `order - 1` calls back; a pure-noise start restarts the block.
-        if order > 1 && self.hist.level(order - 2).alpha == 0.0 {
+        if order > 1 && hist.level(order - 2).alpha == 0.0 {
             order = 1;
         }
         if order == 1 {
-            let start = self.start.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
-            start.assign(&self.x);
-            self.block = 0;
+            let Core { x, bufs, .. } = &mut *s.core;
+            buf(&mut bufs[START], x).assign(x);
+            *s.vars = 0;
         }
-        let b = if order == 1 {
-            s0
-        } else {
-            self.hist.level(order - 2)
-        };
+        let hist = &s.core.hist;
+        let b = if order == 1 { s0 } else { hist.level(order - 2) };
         let h = t.lambda() - b.lambda();
         let e = -(-h).exp_m1(); // 1 - e^{-h}
         let phi2 = (-h).exp_m1() / h + 1.0;
@@ -218,7 +181,7 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
             2 => {
                 // m_b = hist(0), m_1 = new.
                 let inv_r = h / (s0.lambda() - b.lambda());
-                let c2 = match self.cfg.solver_type {
+                let c2 = match self.solver_type {
                     SolverType::Midpoint => 0.5 * e,
                     SolverType::Heun => phi2,
                 };
@@ -226,12 +189,12 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
             }
             _ => {
                 // m2 = hist(1) (block start), m1 = hist(0), m0 = new.
-                let s1 = self.hist.level(0);
+                let s1 = hist.level(0);
                 let (r0, r1) = ((s0.lambda() - b.lambda()) / h, (s1.lambda() - b.lambda()) / h);
                 // D1_0 = (m1 - m2) / r1, D1_1 = (m0 - m2) / r0 as [m0, m1, m2] coefficients.
                 let d10 = [0.0, 1.0 / r1, -1.0 / r1];
                 let d11 = [1.0 / r0, 0.0, -1.0 / r0];
-                let c: [f64; 3] = match self.cfg.solver_type {
+                let c: [f64; 3] = match self.solver_type {
                     SolverType::Midpoint => std::array::from_fn(|j| phi2 * d11[j]),
                     SolverType::Heun => {
                         let phi3 = phi2 / h - 0.5;
@@ -245,41 +208,32 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
                 (t.alpha * c[0], t.alpha * c[1], t.alpha * (e + c[2]))
             }
         };
-        let clamp = est.prepare(&self.x, &self.cfg.policy, &mut self.scratch)?;
-        let (cx, co) = (est.cx, est.co);
+        let clamp = s.clamp(&self.policy)?;
+        let (cx, co) = s.conv();
         let f = F::cast;
         let (ks, k_new, k_h0, k_h1) = (f(ks), f(k_new), f(k_h0), f(k_h1));
-        let start = self.start.as_ref().ok_or(Error::Finished)?;
+        let Core { x, bufs, hist, .. } = &mut *s.core;
+        let start = bufs[START].as_ref().ok_or(Error::Finished)?;
+        let o = &mut s.est.out;
         let ok = match order {
-            1 => fold_finite!(clamp = clamp;
-                Zip::from(&mut self.x).and(&mut est.out).and(start),
-                |x, o, &st| {
-                    let raw = cx * *x + co * *o;
-                    let d = clamp.apply(raw);
-                    *o = clamp.keep(d, raw);
-                    *x = ks * st + k_new * d;
-                    *x + raw * F::zero()
-                }
-            ),
-            2 => fold_finite!(clamp = clamp;
-                Zip::from(&mut self.x)
-                    .and(&mut est.out)
-                    .and(start)
-                    .and(self.hist.array(0)),
-                |x, o, &st, &h0| {
+            1 => fold_finite!(clamp = clamp; Zip::from(x).and(o).and(start), |x, o, &st| {
+                let raw = cx * *x + co * *o;
+                let d = clamp.apply(raw);
+                *o = clamp.keep(d, raw);
+                *x = ks * st + k_new * d;
+                *x + raw * F::zero()
+            }),
+            2 => {
+                fold_finite!(clamp = clamp; Zip::from(x).and(o).and(start).and(hist.array(0)), |x, o, &st, &h0| {
                     let raw = cx * *x + co * *o;
                     let d = clamp.apply(raw);
                     *o = clamp.keep(d, raw);
                     *x = ks * st + k_new * d + k_h0 * h0;
                     *x + raw * F::zero()
-                }
-            ),
+                })
+            }
             _ => fold_finite!(clamp = clamp;
-                Zip::from(&mut self.x)
-                    .and(&mut est.out)
-                    .and(start)
-                    .and(self.hist.array(0))
-                    .and(self.hist.array(1)),
+                Zip::from(x).and(o).and(start).and(hist.array(0)).and(hist.array(1)),
                 |x, o, &st, &h0, &h1| {
                     let raw = cx * *x + co * *o;
                     let d = clamp.apply(raw);
@@ -289,31 +243,9 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
                 }
             ),
         };
-        attribute(ok, &est, None)?;
-        let spare = self.hist.push(est.into_buffer(), s0);
-        self.block += 1;
-        self.walk.next();
-        Ok(spare)
-    }
-
-    fn sample(&self) -> ArrayView<'_, F, D> {
-        self.x.view()
-    }
-
-    fn sample_mut(&mut self) -> ArrayViewMut<'_, F, D> {
-        self.x.view_mut()
-    }
-
-    fn level(&self) -> NoiseLevel {
-        self.walk.current()
-    }
-
-    fn into_sample(self) -> Array<F, D> {
-        self.x
-    }
-
-    fn buffers_held(&self) -> usize {
-        2
+        s.check(ok)?;
+        *s.vars += 1;
+        Ok(Outcome::done().keep_history(s0))
     }
 }
 
@@ -321,6 +253,23 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for SinglestepState<F, D> {
 #[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
+
+    /// Regression: a grid with no effective step (one zero-length step) made `order_list`
+    /// overflow a subtraction.
+    #[test]
+    fn no_effective_step_is_no_order() {
+        for o in 1..=3 {
+            for lof in [true, false] {
+                assert!(
+                    DpmSolverSinglestep::new()
+                        .order(o)
+                        .lower_order_final(lof)
+                        .order_list(0, true)
+                        .is_empty()
+                );
+            }
+        }
+    }
 
     #[test]
     fn order_lists_match_diffusers() {

@@ -1,15 +1,15 @@
 //! UniPC (Zhao et al. 2023): unified predictor–corrector, data-prediction form.
 
-use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
+use ndarray::{Dimension, Zip};
 
-use super::history::History;
-use super::x0::{Thresholding, X0Policy};
-use super::{Estimate, Request, Sampler, SamplerState, Walk, attribute};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::grid::Grid;
+use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
-use crate::schedule::NoiseLevel;
+use crate::sampler::core::options::x0_builders;
+use crate::sampler::core::state::buf;
+use crate::sampler::core::x0::X0Policy;
+use crate::sampler::{Core, Method, Outcome, Step};
 
 /// The `B(h)` of UniPC (diffusers' `solver_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -62,7 +62,8 @@ pub enum UniPcVariant {
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] for an order outside 1–3.
+/// [`Error::InvalidParameter`](crate::Error::InvalidParameter) for an order outside 1–3; during a run, the errors of
+/// [`Sampler::sample`](crate::Sampler::sample).
 ///
 /// [^unipc]: W. Zhao, L. Bai, Y. Rao, J. Zhou, J. Lu, *UniPC: A Unified Predictor-Corrector
 ///     Framework for Fast Sampling of Diffusion Models*, NeurIPS 2023, arXiv:2302.04867.
@@ -126,16 +127,17 @@ impl UniPc {
         self
     }
 
-    /// Clamp the x0 estimate to `[-r, r]`.
-    pub fn clip_sample(mut self, range: Option<f64>) -> Self {
-        self.policy.clip = range;
-        self
-    }
+    x0_builders!();
 
-    /// Dynamic thresholding of the x0 estimate.
-    pub fn thresholding(mut self, t: Option<Thresholding>) -> Self {
-        self.policy.threshold = t;
-        self
+    /// The predictor order of step `k` of `end` (diffusers: warm-up, then with
+    /// `lower_order_final` at most the steps left), before the zero-SNR and clean-level guards.
+    fn predictor_order(&self, k: usize, end: usize) -> usize {
+        let o = if self.lower_order_final {
+            self.order.min(end - k)
+        } else {
+            self.order
+        };
+        o.min(k + 1)
     }
 }
 
@@ -235,53 +237,6 @@ fn unipc_coefs(
     (kx, k0, kh, knew)
 }
 
-impl Sampler for UniPc {
-    type State<F: Float, D: Dimension> = UniPcState<F, D>;
-
-    fn init<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
-        &self,
-        x: Array<F, D>,
-        grid: &Grid,
-        _noise: &mut N,
-    ) -> Result<UniPcState<F, D>> {
-        if !(1..=3).contains(&self.order) {
-            return Err(Error::InvalidParameter {
-                name: "order",
-                value: self.order as f64,
-                reason: "UniPC supports orders 1, 2 and 3",
-            });
-        }
-        self.policy.validate()?;
-        Ok(UniPcState {
-            x,
-            last: None,
-            walk: Walk::new(grid),
-            hist: History::new(3),
-            cfg: self.clone(),
-            this_order: 1,
-            done: 0,
-            scratch: Vec::new(),
-        })
-    }
-
-    fn model_calls(&self, grid: &Grid) -> usize {
-        Walk::effective_steps(grid)
-    }
-}
-
-/// The state of a [`UniPc`] run.
-#[derive(Clone, Debug)]
-pub struct UniPcState<F, D: Dimension> {
-    x: Array<F, D>,
-    last: Option<Array<F, D>>,
-    walk: Walk,
-    hist: History<F, D>,
-    cfg: UniPc,
-    this_order: usize,
-    done: usize,
-    scratch: Vec<F>,
-}
-
 /// `(x_corr, x_next)` for one element: the corrector (coefficients `c`, over `last`, `d`, the
 /// history) then the predictor (`p`, over `x_corr`, `d`, the history).
 #[derive(Clone, Copy)]
@@ -310,7 +265,8 @@ macro_rules! unipc_pass {
                 *last = xc;
                 let hs = [$(*$h,)* F::zero(), F::zero()];
                 *x = k.p_x * xc + k.p_d * d + k.p_h[0] * hs[0] + k.p_h[1] * hs[1];
-                *x
+                // clamp() maps an infinite raw output to a bound: probe it too.
+                *x + raw * F::zero()
             })
         } else {
             fold_finite!(clamp = clamp; $mode; Zip::from($x).and($last).and($o)$(.and($h))*, |x, last, o, $($h),*| {
@@ -326,27 +282,35 @@ macro_rules! unipc_pass {
     }};
 }
 
-impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
-    fn pending(&self) -> Option<Request<'_, F, D>> {
-        (!self.walk.done()).then(|| Request {
-            step: self.walk.step(),
-            level: self.walk.from(),
-            x: self.x.view(),
-        })
+/// The sample at the previous step's start (the corrector's starting point).
+const LAST: usize = 0;
+
+impl Method for UniPc {
+    type Vars = ();
+
+    fn check(&self) -> Result<()> {
+        if !(1..=3).contains(&self.order) {
+            return Err(Error::InvalidParameter {
+                name: "order",
+                value: self.order as f64,
+                reason: "UniPC supports orders 1, 2 and 3",
+            });
+        }
+        self.policy.validate()
     }
 
-    fn advance<N: NoiseSource<F> + ?Sized>(
-        &mut self,
-        mut est: Estimate<F, D>,
-        _noise: &mut N,
-    ) -> Result<Option<Array<F, D>>> {
-        let (step, s, t) = (self.walk.step(), self.walk.from(), self.walk.to());
-        let cfg = &self.cfg;
+    fn history(&self) -> usize {
+        3
+    }
+
+    fn update<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        s: &mut Step<'_, F, D, N, ()>,
+    ) -> Result<Outcome> {
+        let (step, sl, t) = (s.step(), s.from(), s.to());
+        let end = s.walk().step() + s.walk().remaining();
+        let hist = &s.core.hist;
         let f = F::cast;
-        // Corrector of the previous step (from the newest history level to `s`).
-        // History arrays the fused pass must read: the corrector's `order_c` estimates and the
-        // predictor's `order_p - 1` earlier ones.
-        let mut needed = 0;
         let mut pc = Pc {
             correct: false,
             c_last: F::zero(),
@@ -356,103 +320,62 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for UniPcState<F, D> {
             p_d: F::zero(),
             p_h: [F::zero(); 2],
         };
-        // After a step from the pure-noise level (lambda = -inf) the bh2 corrector has a finite
-        // limit; bh1's B(h) = h does not, so that correction is skipped.
-        let finite =
-            self.hist.len() > 0 && (self.hist.level(0).alpha > 0.0 || cfg.variant == UniPcVariant::Bh2);
-        if cfg.corrector && step > 0 && !cfg.disabled.contains(&(step - 1)) && finite {
-            let s0 = self.hist.level(0);
-            let mut order = self.this_order.min(self.hist.len());
-            while order > 1 && self.hist.level(order - 1).alpha == 0.0 {
+        // Corrector of the previous step (from the newest history level to `sl`). After a step
+        // from the pure-noise level (lambda = -inf) the bh2 corrector has a finite limit; bh1's
+        // B(h) = h does not, so that correction is skipped.
+        let mut needed = 0;
+        let finite = hist.len() > 0 && (hist.level(0).alpha > 0.0 || self.variant == UniPcVariant::Bh2);
+        if self.corrector && step > 0 && !self.disabled.contains(&(step - 1)) && finite {
+            let s0 = hist.level(0);
+            let mut order = self.predictor_order(step - 1, end).min(hist.len());
+            while order > 1 && hist.level(order - 1).alpha == 0.0 {
                 order -= 1;
             }
-            let prev = [
-                self.hist.level(1.min(self.hist.len() - 1)),
-                self.hist.level(2.min(self.hist.len() - 1)),
-            ];
-            let (kx, k0, kh, knew) = unipc_coefs(&s0, &s, &prev, order, cfg.variant, true);
+            let prev = [1, 2].map(|i| hist.level(i.min(hist.len() - 1)));
+            let (kx, k0, kh, knew) = unipc_coefs(&s0, &sl, &prev, order, self.variant, true);
             needed = order;
             pc.correct = true;
             pc.c_last = f(kx);
             pc.c_d = f(knew);
             pc.c_h = [f(k0), f(kh[0]), f(kh[1])];
         }
-        // Predictor order for this step.
-        let remaining = self.walk.remaining();
-        let mut order = if cfg.lower_order_final {
-            cfg.order.min(remaining)
-        } else {
-            cfg.order
-        };
-        order = order.min(self.done + 1);
-        self.this_order = order;
-        if t.is_clean() || s.alpha == 0.0 {
+        // The predictor for this step.
+        let mut order = self.predictor_order(step, end);
+        if t.is_clean() || sl.alpha == 0.0 {
             order = 1;
         }
-        while order > 1 && self.hist.level(order - 2).alpha == 0.0 {
+        while order > 1 && hist.level(order - 2).alpha == 0.0 {
             order -= 1;
         }
-        let prev = [
-            if self.hist.len() > 0 {
-                self.hist.level(0)
-            } else {
-                s
-            },
-            if self.hist.len() > 1 {
-                self.hist.level(1)
-            } else {
-                s
-            },
-        ];
-        let (kx, k0, kh, _) = unipc_coefs(&s, &t, &prev, order, cfg.variant, false);
+        let prev = [0, 1].map(|i| if hist.len() > i { hist.level(i) } else { sl });
+        let (kx, k0, kh, _) = unipc_coefs(&sl, &t, &prev, order, self.variant, false);
         pc.p_x = f(kx);
         pc.p_d = f(k0);
         pc.p_h = [f(kh[0]), f(kh[1])];
+        let n = needed.max(order - 1).min(hist.len());
 
-        let clamp = est.prepare(&self.x, &cfg.policy, &mut self.scratch)?;
-        let conv = (est.cx, est.co);
-        let last = self.last.get_or_insert_with(|| Array::zeros(self.x.raw_dim()));
-        let n = needed.max(order - 1).min(self.hist.len());
+        let clamp = s.clamp(&self.policy)?;
+        let conv = s.conv();
+        let Core { x, bufs, hist, .. } = &mut *s.core;
+        let last = buf(&mut bufs[LAST], x);
+        let o = &mut s.est.out;
         let ok = match n {
-            0 => unipc_pass!(par; &mut self.x, last, &mut est.out, conv, clamp, pc;),
+            0 => unipc_pass!(par; x, last, o, conv, clamp, pc;),
             1 => {
-                let h0 = self.hist.array(0);
-                unipc_pass!(par; &mut self.x, last, &mut est.out, conv, clamp, pc; h0: 0)
+                let h0 = hist.array(0);
+                unipc_pass!(par; x, last, o, conv, clamp, pc; h0: 0)
             }
             2 => {
-                let (h0, h1) = (self.hist.array(0), self.hist.array(1));
-                unipc_pass!(par; &mut self.x, last, &mut est.out, conv, clamp, pc; h0: 0, h1: 1)
+                let (h0, h1) = (hist.array(0), hist.array(1));
+                unipc_pass!(par; x, last, o, conv, clamp, pc; h0: 0, h1: 1)
             }
             _ => {
-                let (h0, h1, h2) = (self.hist.array(0), self.hist.array(1), self.hist.array(2));
-                unipc_pass!(seq; &mut self.x, last, &mut est.out, conv, clamp, pc; h0: 0, h1: 1, h2: 2)
+                let (h0, h1, h2) = (hist.array(0), hist.array(1), hist.array(2));
+                unipc_pass!(seq; x, last, o, conv, clamp, pc; h0: 0, h1: 1, h2: 2)
             }
         };
-        attribute(ok, &est, None)?;
-        let spare = self.hist.push(est.into_buffer(), s);
-        self.done += 1;
-        self.walk.next();
-        Ok(spare)
-    }
-
-    fn sample(&self) -> ArrayView<'_, F, D> {
-        self.x.view()
-    }
-
-    fn sample_mut(&mut self) -> ArrayViewMut<'_, F, D> {
-        self.x.view_mut()
-    }
-
-    fn level(&self) -> NoiseLevel {
-        self.walk.current()
-    }
-
-    fn into_sample(self) -> Array<F, D> {
-        self.x
-    }
-
-    fn buffers_held(&self) -> usize {
-        3
+        s.check(ok)?;
+        Ok(Outcome::done().keep_history(sl))
     }
 }
 

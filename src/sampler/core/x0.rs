@@ -53,7 +53,10 @@ impl X0Policy {
                     reason: "must be finite and at least 1",
                 });
             }
-        } else if let Some(c) = self.clip
+        }
+        // Checked even when thresholding (which takes priority) is set: an invalid value is
+        // never silently ignored.
+        if let Some(c) = self.clip
             && !(c > 0.0 && c.is_finite())
         {
             return Err(Error::InvalidParameter {
@@ -206,5 +209,11 @@ mod tests {
         };
         assert!(p.validate().is_err());
         assert!(X0Policy::default().validate().is_ok());
+        // Regression: an invalid clip range was ignored when thresholding was also set.
+        let p = X0Policy {
+            clip: Some(f64::NAN),
+            threshold: Some(Thresholding::default()),
+        };
+        assert!(p.validate().is_err());
     }
 }

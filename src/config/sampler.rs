@@ -1,0 +1,189 @@
+//! What a config builds on the sampler side.
+
+use super::classes::C;
+use super::{DiffusersConfig, config_err};
+use crate::error::Result;
+use crate::grid::Grid;
+use crate::sampler::{
+    AnySampler, Ddim, Ddpm, DdpmVariance, Deis, Dpm2, Dpm2Ancestral, DpmSolver, DpmSolverSinglestep, Euler,
+    EulerAncestral, Heun, Lcm, Lms, Pndm, SolverType, Thresholding, UniPc, UniPcVariant,
+};
+use crate::text::{ECHO, short};
+
+impl DiffusersConfig {
+    fn thresholding(&self) -> Result<Option<Thresholding>> {
+        if !self.class.keys().contains(&"thresholding") || !self.bool_or("thresholding", false)? {
+            return Ok(None);
+        }
+        Ok(Some(Thresholding {
+            ratio: self.f64_or("dynamic_thresholding_ratio", 0.995)?,
+            max: self.f64_or("sample_max_value", 1.0)?,
+        }))
+    }
+
+    fn clip(&self, default: bool) -> Result<Option<f64>> {
+        if self.bool_or("clip_sample", default)? {
+            Ok(Some(self.f64_or("clip_sample_range", 1.0)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn solver_type(&self) -> Result<SolverType> {
+        match self.str_or("solver_type", "midpoint")? {
+            "midpoint" => Ok(SolverType::Midpoint),
+            "heun" => Ok(SolverType::Heun),
+            other => Err(config_err(
+                "solver_type",
+                format!("unknown value `{}`", short(other, ECHO)),
+            )),
+        }
+    }
+
+    /// The sampler with the config's options (diffusers' `step` defaults for everything the
+    /// pipeline passes at call time: DDIM `eta = 0`, no churn).
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for an option value this crate does not reproduce.
+    pub fn sampler(&self) -> Result<AnySampler> {
+        let thr = self.thresholding()?;
+        let order = |d| self.usize_or("solver_order", d);
+        Ok(match self.class {
+            C::Ddpm => {
+                let v = match self.str_or("variance_type", "fixed_small")? {
+                    "fixed_small" => DdpmVariance::FixedSmall,
+                    "fixed_large" => DdpmVariance::FixedLarge,
+                    other => {
+                        return Err(config_err(
+                            "variance_type",
+                            format!("`{}` is not supported", short(other, ECHO)),
+                        ));
+                    }
+                };
+                Ddpm::new()
+                    .variance(v)
+                    .clip_sample(self.clip(true)?)
+                    .thresholding(thr)
+                    .into()
+            }
+            C::Ddim => Ddim::new().clip_sample(self.clip(true)?).thresholding(thr).into(),
+            C::Pndm => Pndm::new()
+                .skip_prk_steps(self.bool_or("skip_prk_steps", false)?)
+                .into(),
+            C::Euler | C::FlowMatchEuler => Euler::new().into(),
+            C::EulerAncestral => EulerAncestral::new().into(),
+            C::Heun => Heun::new().clip_sample(self.clip(false)?).into(),
+            C::FlowMatchHeun => Heun::new().into(),
+            C::Kdpm2 => Dpm2::new().into(),
+            C::Kdpm2Ancestral => Dpm2Ancestral::new().into(),
+            C::Lms => Lms::new().into(),
+            C::DpmMultistep => {
+                let sde = match self.str_or("algorithm_type", "dpmsolver++")? {
+                    "dpmsolver++" => false,
+                    "sde-dpmsolver++" => true,
+                    other => {
+                        return Err(config_err(
+                            "algorithm_type",
+                            format!(
+                                "`{}` (noise-prediction DPM-Solver) is not implemented; use dpmsolver++",
+                                short(other, ECHO)
+                            ),
+                        ));
+                    }
+                };
+                DpmSolver::new()
+                    .order(order(2)?)
+                    .solver_type(self.solver_type()?)
+                    .sde(sde)
+                    .lower_order_final(self.bool_or("lower_order_final", true)?)
+                    .euler_at_final(self.bool_or("euler_at_final", false)?)
+                    .thresholding(thr)
+                    .into()
+            }
+            C::DpmSinglestep => {
+                if self.str_or("algorithm_type", "dpmsolver++")? != "dpmsolver++" {
+                    return Err(config_err("algorithm_type", "only dpmsolver++ is implemented"));
+                }
+                DpmSolverSinglestep::new()
+                    .order(order(2)?)
+                    .solver_type(self.solver_type()?)
+                    .lower_order_final(self.bool_or("lower_order_final", false)?)
+                    .thresholding(thr)
+                    .into()
+            }
+            C::UniPc => {
+                let variant = match self.str_or("solver_type", "bh2")? {
+                    "bh1" => UniPcVariant::Bh1,
+                    "bh2" => UniPcVariant::Bh2,
+                    other => {
+                        return Err(config_err(
+                            "solver_type",
+                            format!("unknown value `{}`", short(other, ECHO)),
+                        ));
+                    }
+                };
+                let disabled: Vec<usize> = match self.get("disable_corrector") {
+                    None => Vec::new(),
+                    Some(v) => v
+                        .as_array()
+                        .and_then(|a| a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect())
+                        .ok_or_else(|| config_err("disable_corrector", "expected a list of step indices"))?,
+                };
+                UniPc::new()
+                    .order(order(2)?)
+                    .variant(variant)
+                    .disable_corrector(&disabled)
+                    .lower_order_final(self.bool_or("lower_order_final", true)?)
+                    .thresholding(thr)
+                    .into()
+            }
+            C::Deis => {
+                if self.str_or("algorithm_type", "deis")? != "deis" {
+                    return Err(config_err("algorithm_type", "only deis is implemented"));
+                }
+                if self.str_or("solver_type", "logrho")? != "logrho" {
+                    return Err(config_err("solver_type", "only logrho is implemented"));
+                }
+                Deis::new()
+                    .order(order(2)?)
+                    .lower_order_final(self.bool_or("lower_order_final", true)?)
+                    .thresholding(thr)
+                    .into()
+            }
+            C::Lcm => Lcm::new()
+                .boundary_condition(Some(self.f64_or("timestep_scaling", 10.0)?))
+                .clip_sample(self.clip(false)?)
+                .thresholding(thr)
+                .into(),
+        })
+    }
+
+    /// The factor by which a pipeline scales unit Gaussian noise into its first latent, in
+    /// the model's scaling (this crate's convention for `x`): diffusers multiplies by
+    /// `init_noise_sigma`, which for the Euler family with `linspace` or `trailing` spacing is
+    /// `sigma_max` (not `sqrt(1 + sigma_max^2)`), i.e. `grid.levels()[0].sigma` here; 1 for
+    /// every other scheduler.
+    pub fn initial_noise_scale(&self, grid: &Grid) -> f64 {
+        let ve = matches!(
+            self.class,
+            C::Euler | C::EulerAncestral | C::Heun | C::Kdpm2 | C::Kdpm2Ancestral | C::Lms
+        );
+        let spacing_scaled = matches!(
+            self.str_or("timestep_spacing", "linspace"),
+            Ok("linspace" | "trailing")
+        );
+        match grid.levels().first() {
+            Some(l) if ve && spacing_scaled => l.sigma,
+            _ => 1.0,
+        }
+    }
+
+    /// The sampler and the grid of `set_timesteps(steps)`: everything needed to sample as the
+    /// diffusers pipeline would with this config.
+    ///
+    /// # Errors
+    /// As [`sampler`](Self::sampler) and [`grid`](Self::grid).
+    pub fn build(&self, steps: usize) -> Result<(AnySampler, Grid)> {
+        Ok((self.sampler()?, self.grid(steps)?))
+    }
+}

@@ -1,0 +1,423 @@
+//! What a config builds on the schedule side: prediction type, training schedule, grid.
+
+use serde_json::Value;
+
+use super::classes::C;
+use super::{DiffusersConfig, config_err};
+use crate::denoiser::Prediction;
+use crate::error::{Error, MAX_STEPS, Result};
+use crate::grid::{FinalLevel, Grid, Spacing};
+use crate::schedule::{FlowSchedule, FlowShift, NoiseSchedule};
+use crate::text::{ECHO, short};
+
+impl DiffusersConfig {
+    // -- what diffusers builds ---------------------------------------------------------------
+
+    /// The prediction type the model was trained with (`prediction_type`; flow classes predict
+    /// the flow velocity).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown `prediction_type`.
+    pub fn prediction(&self) -> Result<Prediction> {
+        if self.class.is_flow() {
+            return Ok(Prediction::Flow);
+        }
+        match self.str_or("prediction_type", "epsilon")? {
+            "epsilon" => Ok(Prediction::Epsilon),
+            "v_prediction" => Ok(Prediction::Velocity),
+            "sample" => Ok(Prediction::Sample),
+            "flow_prediction" => Ok(Prediction::Flow),
+            other => Err(config_err(
+                "prediction_type",
+                format!("unknown value `{}`", short(other, ECHO)),
+            )),
+        }
+    }
+
+    /// The training noise schedule (`beta_schedule`, `beta_start`, `beta_end`,
+    /// `trained_betas`, `rescale_betas_zero_snr`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a flow-matching class or an unknown `beta_schedule`; schedule
+    /// errors as the [`NoiseSchedule`] constructors.
+    pub fn noise_schedule(&self) -> Result<NoiseSchedule> {
+        if self.class.is_flow() {
+            return Err(config_err(
+                "_class_name",
+                "a flow-matching scheduler has no beta schedule",
+            ));
+        }
+        let t = self.usize_or("num_train_timesteps", 1000)?;
+        let blame = |e: Error, key: &str| match e {
+            Error::Config { .. } | Error::UnknownName { .. } => e,
+            other => config_err(key, other.to_string()),
+        };
+        let (d_start, d_end, d_sched) = match self.class {
+            C::Heun | C::Kdpm2 | C::Kdpm2Ancestral => (0.00085, 0.012, "linear"),
+            C::Lcm => (0.00085, 0.012, "scaled_linear"),
+            _ => (0.0001, 0.02, "linear"),
+        };
+        let s = if let Some(b) = self.get("trained_betas") {
+            let betas: Vec<f64> = b
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_f64).collect())
+                .ok_or_else(|| config_err("trained_betas", "expected a list of numbers"))?;
+            if betas.len() != t {
+                return Err(config_err(
+                    "trained_betas",
+                    format!(
+                        "{} betas, but num_train_timesteps is {t}{}: diffusers would space its timesteps over {t} steps of a {}-step schedule",
+                        betas.len(),
+                        if self.get("num_train_timesteps").is_some() {
+                            ""
+                        } else {
+                            " (the default)"
+                        },
+                        betas.len()
+                    ),
+                ));
+            }
+            NoiseSchedule::from_betas(&betas).map_err(|e| blame(e, "trained_betas"))?
+        } else {
+            let (b0, b1) = (
+                self.f64_or("beta_start", d_start)?,
+                self.f64_or("beta_end", d_end)?,
+            );
+            let built = match self.str_or("beta_schedule", d_sched)? {
+                "linear" => NoiseSchedule::linear(t, b0, b1),
+                "scaled_linear" => NoiseSchedule::scaled_linear(t, b0, b1),
+                "squaredcos_cap_v2" => NoiseSchedule::cosine(t),
+                "sigmoid" => NoiseSchedule::sigmoid(t, b0, b1),
+                other => {
+                    return Err(Error::UnknownName {
+                        what: "beta_schedule",
+                        name: other.to_string(),
+                        known: "linear, scaled_linear, squaredcos_cap_v2, sigmoid".to_string(),
+                    });
+                }
+            };
+            built.map_err(|e| match e {
+                Error::InvalidSteps { .. } => blame(e, "num_train_timesteps"),
+                Error::InvalidParameter { name: "beta_end", .. } => blame(e, "beta_end"),
+                Error::InvalidParameter {
+                    name: "beta_start", ..
+                } => blame(e, "beta_start"),
+                e => blame(e, "beta_schedule"),
+            })?
+        };
+        if self.class.keys().contains(&"rescale_betas_zero_snr")
+            && self.bool_or("rescale_betas_zero_snr", false)?
+        {
+            s.with_zero_terminal_snr()
+        } else {
+            Ok(s)
+        }
+    }
+
+    /// The flow-matching schedule; `mu` is required with `use_dynamic_shifting` (see
+    /// [`FlowSchedule::mu_for_seq_len`] and [`mu_for_image_seq_len`](Self::mu_for_image_seq_len)).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a VP class, or dynamic shifting without `mu`.
+    pub fn flow_schedule(&self, mu: Option<f64>) -> Result<FlowSchedule> {
+        if !self.class.is_flow() {
+            return Err(config_err("_class_name", "not a flow-matching scheduler"));
+        }
+        let blame = |key: &'static str| move |e: Error| config_err(key, e.to_string());
+        let mut s = FlowSchedule::new(self.usize_or("num_train_timesteps", 1000)?)
+            .map_err(blame("num_train_timesteps"))?;
+        if self.bool_or("use_dynamic_shifting", false)? {
+            let shift = match (mu, self.str_or("time_shift_type", "exponential")?) {
+                (None, _) => FlowShift::Exponential { mu: f64::NAN },
+                (Some(mu), "exponential") => FlowShift::Exponential { mu },
+                (Some(mu), "linear") => FlowShift::Linear { mu },
+                (_, other) => {
+                    return Err(config_err(
+                        "time_shift_type",
+                        format!("unknown value `{}`", short(other, ECHO)),
+                    ));
+                }
+            };
+            if mu.is_some() {
+                s = s.with_shift(shift)?;
+            }
+        } else {
+            s = s
+                .with_shift(FlowShift::Static(self.f64_or("shift", 1.0)?))
+                .map_err(blame("shift"))?;
+        }
+        if let Some(term) = self.get("shift_terminal") {
+            let term = term
+                .as_f64()
+                .ok_or_else(|| config_err("shift_terminal", "expected a number"))?;
+            s = s.with_shift_terminal(term).map_err(blame("shift_terminal"))?;
+        }
+        Ok(s)
+    }
+
+    /// `mu` for an image of `seq_len` latent tokens, from the config's dynamic-shifting fields
+    /// (the Flux / SD3 pipelines' `calculate_shift`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a wrongly typed field, or `max_image_seq_len` equal to
+    /// `base_image_seq_len`.
+    pub fn mu_for_image_seq_len(&self, seq_len: usize) -> Result<f64> {
+        FlowSchedule::mu_for_seq_len(
+            seq_len,
+            self.usize_or("base_image_seq_len", 256)?,
+            self.usize_or("max_image_seq_len", 4096)?,
+            self.f64_or("base_shift", 0.5)?,
+            self.f64_or("max_shift", 1.15)?,
+        )
+        .map_err(|e| {
+            let key = match &e {
+                Error::InvalidParameter {
+                    name: "base_shift", ..
+                } => "base_shift",
+                Error::InvalidParameter {
+                    name: "max_shift", ..
+                } => "max_shift",
+                _ => "max_image_seq_len",
+            };
+            config_err(key, e.to_string())
+        })
+    }
+
+    /// Whether the grid needs `mu` ([`grid_with_mu`](Self::grid_with_mu)).
+    pub fn needs_mu(&self) -> bool {
+        self.class.is_flow() && self.bool_or("use_dynamic_shifting", false).unwrap_or(false)
+    }
+
+    pub(super) fn dpm_family(&self) -> bool {
+        matches!(
+            self.class,
+            C::DpmMultistep | C::DpmSinglestep | C::UniPc | C::Deis
+        )
+    }
+
+    /// The grid spacing and final level of `set_timesteps`, and whether timesteps are rounded.
+    pub(super) fn spacing(&self) -> Result<(Spacing, FinalLevel, bool)> {
+        let offset = self.usize_or("steps_offset", 0)?;
+        let karras =
+            self.class.keys().contains(&"use_karras_sigmas") && self.bool_or("use_karras_sigmas", false)?;
+        let expo = self.class.keys().contains(&"use_exponential_sigmas")
+            && self.bool_or("use_exponential_sigmas", false)?;
+        let beta =
+            self.class.keys().contains(&"use_beta_sigmas") && self.bool_or("use_beta_sigmas", false)?;
+        if [karras, expo, beta].iter().filter(|b| **b).count() > 1 {
+            return Err(config_err(
+                "use_karras_sigmas",
+                "at most one of karras / exponential / beta sigmas",
+            ));
+        }
+        let default_spacing = match self.class {
+            C::Ddpm | C::Ddim | C::Pndm | C::Lcm => "leading",
+            _ => "linspace",
+        };
+        let ts = self.str_or("timestep_spacing", default_spacing)?;
+        let bad_ts = || config_err("timestep_spacing", format!("unknown value `{}`", short(ts, ECHO)));
+        let final_min = match self.str_or("final_sigmas_type", "zero")? {
+            "zero" => false,
+            "sigma_min" => true,
+            other => {
+                return Err(config_err(
+                    "final_sigmas_type",
+                    format!("unknown value `{}`", short(other, ECHO)),
+                ));
+            }
+        };
+        let clean_or_first = |to_one: bool| {
+            if to_one {
+                FinalLevel::Clean
+            } else {
+                FinalLevel::FirstTimestep
+            }
+        };
+        Ok(match self.class {
+            C::Ddim | C::Ddpm | C::Pndm => {
+                let sp = match ts {
+                    "leading" => Spacing::Leading { offset },
+                    "trailing" => Spacing::Trailing,
+                    "linspace" => Spacing::LinspaceRounded,
+                    _ => return Err(bad_ts()),
+                };
+                let fin = match self.class {
+                    C::Ddpm => FinalLevel::Clean,
+                    C::Ddim => clean_or_first(self.bool_or("set_alpha_to_one", true)?),
+                    _ => clean_or_first(self.bool_or("set_alpha_to_one", false)?),
+                };
+                (sp, fin, false)
+            }
+            C::Lcm => {
+                if ts != "leading" {
+                    return Err(config_err(
+                        "timestep_spacing",
+                        "LCM spaces its own timesteps (leading)",
+                    ));
+                }
+                let steps = self.usize_or("original_inference_steps", 50)?;
+                (
+                    Spacing::Lcm {
+                        original_steps: steps,
+                    },
+                    FinalLevel::Clean,
+                    false,
+                )
+            }
+            _ if self.dpm_family() => {
+                if expo || beta {
+                    return Err(config_err(
+                        if expo {
+                            "use_exponential_sigmas"
+                        } else {
+                            "use_beta_sigmas"
+                        },
+                        "diffusers truncates these timesteps to integers in the DPM family; not reproduced",
+                    ));
+                }
+                let sp = if karras {
+                    Spacing::KARRAS
+                } else {
+                    match (self.class, ts) {
+                        (C::DpmSinglestep, _) | (_, "linspace") => Spacing::DpmLinspace,
+                        (_, "leading") => Spacing::DpmLeading { offset },
+                        (_, "trailing") => Spacing::Trailing,
+                        _ => return Err(bad_ts()),
+                    }
+                };
+                // DEIS has no final_sigmas_type: it ends at the first training timestep.
+                let fin = if self.class == C::Deis || final_min {
+                    FinalLevel::FirstTimestep
+                } else {
+                    FinalLevel::Clean
+                };
+                if self.class == C::Deis && karras {
+                    return Err(config_err(
+                        "use_karras_sigmas",
+                        "DEIS's Karras grid ends on a zero-length step; not reproduced",
+                    ));
+                }
+                (sp, fin, karras)
+            }
+            _ => {
+                let sp = if karras {
+                    Spacing::KARRAS
+                } else if expo {
+                    Spacing::Exponential
+                } else if beta {
+                    Spacing::BETA
+                } else {
+                    match ts {
+                        "linspace" => Spacing::Linspace,
+                        "leading" => Spacing::Leading { offset },
+                        "trailing" => Spacing::Trailing,
+                        _ => return Err(bad_ts()),
+                    }
+                };
+                let fin = if final_min {
+                    FinalLevel::FirstTimestep
+                } else {
+                    FinalLevel::Clean
+                };
+                (sp, fin, false)
+            }
+        })
+    }
+
+    /// For the Euler family with Karras / exponential / beta sigmas and a `timestep_spacing`
+    /// other than `linspace`: the spacing whose end sigmas bound the sigma spacing.
+    fn sigma_range_from_spacing(&self, spacing: Spacing) -> Result<Option<Spacing>> {
+        let sigma_spacing = matches!(
+            spacing,
+            Spacing::Karras { .. } | Spacing::Exponential | Spacing::Beta { .. }
+        );
+        if !sigma_spacing || self.dpm_family() || self.class.is_flow() {
+            return Ok(None);
+        }
+        Ok(match self.str_or("timestep_spacing", "linspace")? {
+            "leading" => Some(Spacing::Leading {
+                offset: self.usize_or("steps_offset", 0)?,
+            }),
+            "trailing" => Some(Spacing::Trailing),
+            _ => None,
+        })
+    }
+
+    /// The grid of diffusers' `set_timesteps(steps)` — exactly, quirks included: a statically
+    /// shifted flow-matching grid shifts its smallest sigma twice, as diffusers does (where
+    /// [`FlowSchedule::grid`] shifts once).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the config needs `mu` ([`needs_mu`](Self::needs_mu)); grid errors
+    /// as [`NoiseSchedule::grid`].
+    pub fn grid(&self, steps: usize) -> Result<Grid> {
+        if self.needs_mu() {
+            return Err(config_err(
+                "use_dynamic_shifting",
+                "the grid depends on the image size: use grid_with_mu (mu_for_image_seq_len)",
+            ));
+        }
+        self.grid_inner(steps, None)
+    }
+
+    /// The grid of `set_timesteps(steps, mu = mu)` for dynamically shifted flow schedules.
+    ///
+    /// # Errors
+    /// As [`grid`](Self::grid).
+    pub fn grid_with_mu(&self, steps: usize, mu: f64) -> Result<Grid> {
+        self.grid_inner(steps, Some(mu))
+    }
+
+    fn grid_inner(&self, steps: usize, mu: Option<f64>) -> Result<Grid> {
+        if self.class.is_flow() {
+            let flow = self.flow_schedule(mu)?;
+            if mu.is_some() {
+                return flow.grid(steps, Spacing::Linspace);
+            }
+            // A static shift: diffusers' constructor stores shifted sigmas and set_timesteps
+            // spaces between them and shifts again, so the low end is shifted twice (see
+            // FlowSchedule::grid). Reproduced here: this reads the file as diffusers does.
+            let max = if flow.train_steps() == 1 { 1 } else { MAX_STEPS };
+            if steps == 0 || steps > max {
+                return Err(Error::InvalidSteps { steps, max });
+            }
+            let t = flow.train_steps() as f64;
+            let lo = flow.shift().apply(1.0 / t);
+            let sigmas: Vec<f64> = (0..steps)
+                .map(|i| {
+                    if steps == 1 {
+                        1.0
+                    } else {
+                        1.0 + (lo - 1.0) * i as f64 / (steps - 1) as f64
+                    }
+                })
+                .collect();
+            return flow.grid_from_sigmas(&sigmas);
+        }
+        let (spacing, fin, round) = self.spacing()?;
+        let schedule = self.noise_schedule()?;
+        let mut g = match self.sigma_range_from_spacing(spacing)? {
+            // The Euler family spaces Karras / exponential / beta sigmas between the ends of
+            // the `timestep_spacing` grid (the DPM family between the training sigmas).
+            Some(base) if steps > 1 => {
+                let b = schedule.grid(steps, base)?;
+                let (hi, lo) = (b.levels()[0].sigma_ve(), b.levels()[steps - 1].sigma_ve());
+                let sig = match spacing {
+                    Spacing::Karras { rho } => crate::grid::karras_sigmas(steps, lo, hi, rho)?,
+                    Spacing::Exponential => crate::grid::exponential_sigmas(steps, lo, hi)?,
+                    Spacing::Beta { alpha, beta } => crate::grid::beta_sigmas(steps, lo, hi, alpha, beta)?,
+                    _ => unreachable!("only sigma spacings have a base"),
+                };
+                schedule.grid_from_sigmas(&sig)?
+            }
+            _ => schedule.grid(steps, spacing)?,
+        };
+        if round {
+            g = g.round_timesteps();
+        }
+        if fin != FinalLevel::Clean {
+            g = g.with_final(fin);
+        }
+        Ok(g)
+    }
+}

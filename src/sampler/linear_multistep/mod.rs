@@ -1,0 +1,10 @@
+//! Linear multistep (Adams) samplers over past derivative or noise estimates: LMS, DEIS, PNDM /
+//! PLMS and iPNDM.
+
+mod deis;
+mod lms;
+mod pndm;
+
+pub use deis::Deis;
+pub use lms::Lms;
+pub use pndm::{Ipndm, Pndm};

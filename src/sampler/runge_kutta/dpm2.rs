@@ -1,0 +1,253 @@
+//! DPM-Solver-2 as k-diffusion writes it (midpoint in log sigma), and its ancestral variant.
+
+use ndarray::{Dimension, Zip};
+
+use super::two_stage_calls;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::grid::Grid;
+use crate::level::NoiseLevel;
+use crate::noise::NoiseSource;
+use crate::sampler::core::coefs::{Coords, ancestral};
+use crate::sampler::core::options::{Churn, Stochastic, churn_builders, noise_builders, x0_builders};
+use crate::sampler::core::state::buf;
+use crate::sampler::core::walk::Walk;
+use crate::sampler::core::x0::X0Policy;
+use crate::sampler::{Core, Input, Method, Outcome, Step};
+
+/// The predictor's point at the midpoint.
+const X2: usize = 0;
+
+/// The predictor to the midpoint: `x2 = alpha_m x0 + sigma_m eps` (an Euler / DDIM step from
+/// `from` to `mid`), written into buffer `X2`; then the request at `mid`.
+fn predict<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+    s: &mut Step<'_, F, D, N, ()>,
+    policy: &X0Policy,
+    mid: NoiseLevel,
+) -> Result<Outcome> {
+    let from = s.from();
+    let clamp = s.clamp(policy)?;
+    let (cx, co) = s.conv();
+    let r = mid.sigma / from.sigma;
+    let (kx, kd) = (F::cast(r), F::cast(mid.alpha - from.alpha * r));
+    let Core { x, bufs, .. } = &mut *s.core;
+    let x2 = buf(&mut bufs[X2], x);
+    let ok = fold_finite!(clamp = clamp; Zip::from(x2).and(&*x).and(&s.est.out), |x2, &x, &o| {
+        let raw = cx * x + co * o;
+        *x2 = kx * x + kd * clamp.apply(raw);
+        *x2 + raw * F::zero()
+    });
+    s.check(ok)?;
+    Ok(Outcome::stage(mid, Input::Buf(X2)))
+}
+
+/// DPM-Solver-2 (Lu et al. 2022, in k-diffusion's form): an Euler half-step to the midpoint
+/// `tau_mid = sqrt(tau tau')` (geometric mean of the sigmas), then the full step with the
+/// midpoint's derivative; k-diffusion's `sample_dpm_2`, diffusers' `KDPM2DiscreteScheduler`.
+///
+/// ```text
+/// y2 = y + (tau_mid - tau) g(y, tau);   y' = y + (tau' - tau) g(y2, tau_mid)
+/// ```
+///
+/// Second order, two model calls per step and one on the step to the clean level (an Euler
+/// step). Coordinates and churn as [`Heun`](crate::Heun).
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::Dpm2;
+/// use ndarray::Array2;
+/// use rand::{rngs::StdRng, SeedableRng};
+/// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+/// let grid = s.grid(15, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.01])?;
+/// let out = Dpm2::new().sample(&mut model, Array2::<f64>::zeros((1, 1)), &grid, &mut StdRng::seed_from_u64(0))?;
+/// assert!((out[[0, 0]] - 0.5).abs() < 0.3);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`Euler`](crate::Euler).
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct Dpm2 {
+    churn: Churn,
+    policy: X0Policy,
+}
+
+impl Dpm2 {
+    /// Deterministic DPM-2 (no churn).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    churn_builders!();
+    x0_builders!();
+}
+
+impl Method for Dpm2 {
+    type Vars = ();
+
+    fn check(&self) -> Result<()> {
+        self.churn.validate()?;
+        self.policy.validate()
+    }
+
+    fn calls(&self, grid: &Grid) -> usize {
+        two_stage_calls(grid)
+    }
+
+    fn churn(&self) -> Option<&Churn> {
+        Some(&self.churn)
+    }
+
+    fn update<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        s: &mut Step<'_, F, D, N, ()>,
+    ) -> Result<Outcome> {
+        let (from, to, c) = (s.from(), s.to(), s.coords());
+        if s.stage() == 0 {
+            if to.is_clean() || c.degenerate(&from) {
+                s.euler(&self.policy)?;
+                return Ok(Outcome::done());
+            }
+            // The midpoint: the geometric mean of tau and tau'.
+            let tau_mid = ((c.tau(&from).ln() + c.tau(&to).ln()) * 0.5).exp();
+            let mid = s.walk().level_at_sigma_ve(c.sigma_ve_of_tau(tau_mid));
+            return predict(s, &self.policy, mid);
+        }
+        // y' = y + (tau' - tau) g(y2, tau_mid)
+        let mid = s.level();
+        let clamp = s.clamp(&self.policy)?;
+        let (cx, co) = s.conv();
+        let (gx, gd) = c.g(&mid);
+        let (gx, gd) = (F::cast(gx), F::cast(gd));
+        let kx = F::cast(c.c(&to) / c.c(&from));
+        let kg = F::cast(c.c(&to) * (c.tau(&to) - c.tau(&from)));
+        let Core { x, bufs, .. } = &mut *s.core;
+        let x2 = bufs[X2].as_ref().ok_or(Error::Finished)?;
+        let ok = fold_finite!(clamp = clamp; Zip::from(x).and(x2).and(&s.est.out), |x, &x2, &o| {
+            let raw = cx * x2 + co * o;
+            *x = kx * *x + kg * (gx * x2 + gd * clamp.apply(raw));
+            *x + raw * F::zero()
+        });
+        s.check(ok)?;
+        Ok(Outcome::done())
+    }
+}
+
+/// Ancestral DPM-Solver-2: k-diffusion's `sample_dpm_2_ancestral`, diffusers'
+/// `KDPM2AncestralDiscreteScheduler`. Each step is a DPM-2 step down to k-diffusion's
+/// `sigma_down` (midpoint `sqrt(sigma sigma_down)`) followed by fresh noise `sigma_up` (see
+/// [`EulerAncestral`](crate::EulerAncestral)); in k-diffusion's coordinates `x / alpha`,
+/// `sigma / alpha` for every schedule family.
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::Dpm2Ancestral;
+/// use ndarray::Array2;
+/// use rand::{rngs::StdRng, SeedableRng};
+/// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+/// let grid = s.grid(15, Spacing::Linspace)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.01])?;
+/// let out = Dpm2Ancestral::new().sample(&mut model, Array2::<f64>::zeros((1, 1)), &grid, &mut StdRng::seed_from_u64(0))?;
+/// assert!((out[[0, 0]] - 0.5).abs() < 0.5);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for a negative `eta` or `s_noise`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dpm2Ancestral {
+    noise: Stochastic,
+    policy: X0Policy,
+}
+
+impl Default for Dpm2Ancestral {
+    fn default() -> Self {
+        Dpm2Ancestral {
+            noise: Stochastic::new(1.0),
+            policy: X0Policy::default(),
+        }
+    }
+}
+
+impl Dpm2Ancestral {
+    /// `eta = 1`, `s_noise = 1` (k-diffusion's defaults).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    noise_builders!();
+    x0_builders!();
+}
+
+/// k-diffusion's coordinates `x / alpha`, `sigma / alpha`, whatever the grid's family.
+const VE: Coords = Coords { kappa: 0.0 };
+
+impl Method for Dpm2Ancestral {
+    type Vars = ();
+
+    fn check(&self) -> Result<()> {
+        self.noise.check()?;
+        self.policy.validate()
+    }
+
+    fn calls(&self, grid: &Grid) -> usize {
+        let l = grid.levels();
+        (0..Walk::effective_steps(grid))
+            .map(|i| {
+                let (_, ce) = ancestral(&l[i], &l[i + 1], self.noise.eta);
+                if ce == 0.0 || VE.degenerate(&l[i]) { 1 } else { 2 }
+            })
+            .sum()
+    }
+
+    fn update<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        s: &mut Step<'_, F, D, N, ()>,
+    ) -> Result<Outcome> {
+        let (from, to) = (s.from(), s.to());
+        let (std, ce) = ancestral(&from, &to, self.noise.eta);
+        if s.stage() == 0 {
+            if ce == 0.0 || VE.degenerate(&from) {
+                s.euler_ancestral(&self.policy, self.noise)?;
+                return Ok(Outcome::done());
+            }
+            // The midpoint between sigma and k-diffusion's sigma_down = ce / alpha'.
+            let tau_mid = ((from.sigma_ve().ln() + (ce / to.alpha).ln()) * 0.5).exp();
+            let mid = s.walk().level_at_sigma_ve(tau_mid);
+            return predict(s, &self.policy, mid);
+        }
+        // x' = alpha' (x / alpha + (s_down - s) eps2) + std z
+        let mid = s.level();
+        let clamp = s.clamp(&self.policy)?;
+        let (cx, co) = s.conv();
+        let kx = F::cast(to.alpha / from.alpha);
+        let ke = F::cast(ce - to.alpha * from.sigma_ve());
+        let (ex, ed) = (F::cast(1.0 / mid.sigma), F::cast(-mid.alpha / mid.sigma));
+        let noisy = std * self.noise.s_noise != 0.0;
+        let kz = F::cast(std * self.noise.s_noise);
+        if noisy {
+            s.noise(&from, &to);
+        }
+        let Core { x, bufs, z, .. } = &mut *s.core;
+        let x2 = bufs[X2].as_ref().ok_or(Error::Finished)?;
+        let ok = match z.as_ref().filter(|_| noisy) {
+            Some(z) => {
+                fold_finite!(clamp = clamp; Zip::from(x).and(x2).and(&s.est.out).and(z), |x, &x2, &o, &z| {
+                    let raw = cx * x2 + co * o;
+                    *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw)) + kz * z;
+                    *x + raw * F::zero()
+                })
+            }
+            None => fold_finite!(clamp = clamp; Zip::from(x).and(x2).and(&s.est.out), |x, &x2, &o| {
+                let raw = cx * x2 + co * o;
+                *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw));
+                *x + raw * F::zero()
+            }),
+        };
+        s.check_noisy(ok, noisy)?;
+        Ok(Outcome::done())
+    }
+}
