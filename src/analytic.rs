@@ -50,7 +50,8 @@ impl GaussianMixture {
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for no components, unequal lengths, non-positive or non-finite
-    /// weights, negative or non-finite variances, or non-finite means.
+    /// weights (or weights whose sum overflows), negative or non-finite variances, or non-finite
+    /// means.
     pub fn new(weights: Vec<f64>, means: Vec<Vec<f64>>, variances: Vec<Vec<f64>>) -> Result<Self> {
         let bad = |name, value, reason| Err(Error::InvalidParameter { name, value, reason });
         if weights.is_empty() || means.len() != weights.len() || variances.len() != weights.len() {
@@ -82,6 +83,9 @@ impl GaussianMixture {
             return bad("variances", v, "must be non-negative and finite");
         }
         let total: f64 = weights.iter().sum();
+        if !total.is_finite() {
+            return bad("weights", total, "must sum to a finite number");
+        }
         Ok(GaussianMixture {
             weights: weights.iter().map(|w| w / total).collect(),
             means,
@@ -314,6 +318,17 @@ mod tests {
     use approx::assert_relative_eq;
     use ndarray::array;
     use rand::{SeedableRng, rngs::StdRng};
+
+    /// Regression: weights summing to infinity were accepted (all normalised to 0).
+    #[test]
+    fn weights_summing_to_infinity_are_an_error() {
+        let r = GaussianMixture::new(
+            vec![1e308, 1e308],
+            vec![vec![0.0], vec![1.0]],
+            vec![vec![1.0], vec![1.0]],
+        );
+        assert!(matches!(r, Err(Error::InvalidParameter { name: "weights", .. })));
+    }
 
     #[test]
     fn single_gaussian_posterior_is_linear() {

@@ -218,7 +218,7 @@ fn published_configs_read_as_expected() {
     assert!(matches!(flux.grid(20), Err(Error::Config { key, .. }) if key == "use_dynamic_shifting"));
     let sde = by_name("sdxl_dpmpp_2m_sde_karras");
     assert_eq!(
-        sde.sampler().unwrap(),
+        *sde.sampler().unwrap(),
         AnySampler::from(DpmSolver::new().sde(true))
     );
 }

@@ -20,7 +20,7 @@
 //! assert_eq!(cfg.unused_keys(), ["skip_prk_steps"]);
 //! let (sampler, grid) = cfg.build(20)?;
 //! assert_eq!((sampler.kind(), grid.steps()), ("DpmSolver", 20));
-//! assert_eq!(cfg.prediction()?, Prediction::Velocity);
+//! assert_eq!(sampler.prediction(), Prediction::Velocity); // refuses other models
 //! # Ok::<(), diffusion_samplers::Error>(())
 //! ```
 
@@ -281,7 +281,7 @@ impl DiffusersConfig {
             }
         }
         self.prediction()?;
-        let sampler = self.sampler()?;
+        let sampler = self.any_sampler()?;
         sampler.validate().map_err(|e| match e {
             Error::InvalidParameter { name, value, reason } => {
                 let key = match name {

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::grid::Grid;
 use crate::sampler::{
     AnySampler, Ddim, Ddpm, DdpmVariance, Deis, Dpm2, Dpm2Ancestral, DpmSolver, DpmSolverSinglestep, Euler,
-    EulerAncestral, Heun, Lcm, Lms, Pndm, SolverType, Thresholding, UniPc, UniPcVariant,
+    EulerAncestral, Expecting, Heun, Lcm, Lms, Pndm, Sampler, SolverType, Thresholding, UniPc, UniPcVariant,
 };
 use crate::text::{ECHO, short};
 
@@ -41,11 +41,18 @@ impl DiffusersConfig {
     }
 
     /// The sampler with the config's options (diffusers' `step` defaults for everything the
-    /// pipeline passes at call time: DDIM `eta = 0`, no churn).
+    /// pipeline passes at call time: DDIM `eta = 0`, no churn), set up for the config's
+    /// `prediction_type`: sampling a model of another type is an
+    /// [`Error::PredictionMismatch`](crate::Error::PredictionMismatch). It derefs to the
+    /// [`AnySampler`]; [`Expecting::into_inner`] drops the check.
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) for an option value this crate does not reproduce.
-    pub fn sampler(&self) -> Result<AnySampler> {
+    pub fn sampler(&self) -> Result<Expecting<AnySampler>> {
+        Ok(self.any_sampler()?.expecting(self.prediction()?))
+    }
+
+    pub(super) fn any_sampler(&self) -> Result<AnySampler> {
         let thr = self.thresholding()?;
         let order = |d| self.usize_or("solver_order", d);
         Ok(match self.class {
@@ -179,11 +186,26 @@ impl DiffusersConfig {
     }
 
     /// The sampler and the grid of `set_timesteps(steps)`: everything needed to sample as the
-    /// diffusers pipeline would with this config.
+    /// diffusers pipeline would with this config. The sampler refuses models of another
+    /// prediction type than the config's ([`sampler`](Self::sampler)); the grid's
+    /// [`initial_sample`](Grid::initial_sample) draws the pipeline's first latent
+    /// ([`initial_noise_scale`](Self::initial_noise_scale)).
+    ///
+    /// ```
+    /// use diffusion_samplers::config::DiffusersConfig;
+    /// use diffusion_samplers::prelude::*;
+    /// let cfg = DiffusersConfig::from_json(r#"{"_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}"#)?;
+    /// let (sampler, grid) = cfg.build(10)?;
+    /// let mut eps_model = GaussianMixture::gaussian(vec![0.0], vec![1.0])?; // predicts epsilon
+    /// let x = grid.initial_sample((1, 1), &mut SeededNoise::new(0));
+    /// let r = sampler.sample(&mut eps_model, x, &grid, &mut SeededNoise::new(1));
+    /// assert!(matches!(r, Err(Error::PredictionMismatch { expected: Prediction::Velocity, got: Prediction::Epsilon })));
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`sampler`](Self::sampler) and [`grid`](Self::grid).
-    pub fn build(&self, steps: usize) -> Result<(AnySampler, Grid)> {
+    pub fn build(&self, steps: usize) -> Result<(Expecting<AnySampler>, Grid)> {
         Ok((self.sampler()?, self.grid(steps)?))
     }
 }

@@ -418,6 +418,7 @@ impl DiffusersConfig {
         if fin != FinalLevel::Clean {
             g = g.with_final(fin);
         }
-        Ok(g)
+        let scale = self.initial_noise_scale(&g);
+        g.with_initial_scale(scale)
     }
 }

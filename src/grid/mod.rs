@@ -490,3 +490,62 @@ impl Grid {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The linear scan `interpolated_t` replaced (it made churned and midpoint levels on VE or
+    /// `from_levels` grids cost O(n) each, O(n^2) per run).
+    fn interpolated_t_by_scan(g: &Grid, s: f64) -> f64 {
+        let body = &g.levels[..g.levels.len() - 1];
+        let sig: Vec<f64> = body.iter().map(NoiseLevel::sigma_ve).collect();
+        if s >= sig[0] {
+            return body[0].t;
+        }
+        for i in 0..body.len() - 1 {
+            let (a, b) = (sig[i], sig[i + 1]);
+            if s <= a && s >= b {
+                let w = if a.is_finite() {
+                    (a.ln() - s.ln()) / (a.ln() - b.ln())
+                } else {
+                    1.0
+                };
+                return body[i].t + w * (body[i + 1].t - body[i].t);
+            }
+        }
+        let last = g.levels[g.levels.len() - 1];
+        let lb = body[body.len() - 1];
+        let (a, b) = (lb.sigma_ve(), last.sigma_ve());
+        if b > 0.0 && s > b {
+            lb.t + (a.ln() - s.ln()) / (a.ln() - b.ln()) * (last.t - lb.t)
+        } else {
+            lb.t
+        }
+    }
+
+    /// Regression (DPM-2 and churned Euler / Heun on VE or `from_levels` grids were O(n^2)):
+    /// the binary search gives the scan's answer on every sigma, grid points included.
+    #[test]
+    fn interpolated_t_is_a_binary_search_with_the_scans_answers() {
+        let sig = karras_sigmas(300, 0.002, 80.0, 7.0).unwrap();
+        let ve = Grid::ve(&sig).unwrap();
+        let mut levels: Vec<NoiseLevel> = sig[..299]
+            .iter()
+            .map(|&s| NoiseLevel::from_sigma_ve(s * 10.0, s))
+            .collect();
+        levels.push(NoiseLevel::from_sigma_ve(0.0, 0.002));
+        let vp = Grid::from_levels(levels).unwrap();
+        for g in [&ve, &vp] {
+            let probes = g
+                .levels()
+                .iter()
+                .map(NoiseLevel::sigma_ve)
+                .chain((0..2000).map(|i| 0.0005 * 1.007f64.powi(i)));
+            for s in probes {
+                let (a, b) = (g.interpolated_t(s), interpolated_t_by_scan(g, s));
+                assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "sigma {s}: {a} vs {b}");
+            }
+        }
+    }
+}
