@@ -182,8 +182,8 @@ fn bench_dtype<F: Float>(c: &mut Criterion, dtype: &str) {
                 });
             };
         }
-        s!("ddim", Ddim::new().clip_sample(None));
-        s!("ddpm", Ddpm::new().clip_sample(None));
+        s!("ddim", Ddim::new());
+        s!("ddpm", Ddpm::new());
         s!("euler", Euler::new());
         s!("euler_ancestral", EulerAncestral::new());
         s!("heun", Heun::new());
@@ -284,7 +284,7 @@ fn bench_scaling(c: &mut Criterion) {
         let mut x0 = Array4::<f32>::zeros((1, 4, side, side));
         SeededNoise::new(0).fill(0, x0.view_mut());
         group.bench_function(BenchmarkId::new("ddim_step", elems), |b| {
-            b.iter_custom(|i| time_steps(&Ddim::new().clip_sample(None), &grid, &x0, i))
+            b.iter_custom(|i| time_steps(&Ddim::new(), &grid, &x0, i))
         });
         group.bench_function(BenchmarkId::new("dpmpp_2m_sde_step", elems), |b| {
             b.iter_custom(|i| time_steps(&DpmSolver::new().sde(true), &grid, &x0, i))

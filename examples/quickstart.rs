@@ -108,7 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The training schedule of the model (DDPM's linear betas), and an RNG for the noise.
     let schedule = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
     let n = 4000;
-    let mut rng = StdRng::seed_from_u64(2026);
+    let mut noise = StdRng::seed_from_u64(2026);
 
     println!("{n} samples of a 3-mode 2-D Gaussian mixture\n");
     println!(
@@ -155,18 +155,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     for (name, grid, eta) in runs {
-        // Start from pure noise at the first level (sigma ~ 1 for this schedule).
-        let x: Array2<f32> = standard_normal((n, 2), &mut rng);
+        // Start from noise at the grid's first level, in the model's own scaling.
+        let x: Array2<f32> = grid.initial_sample((n, 2), &mut noise)?;
         let start = Instant::now();
-        // Pixel-space models keep diffusers' default clip_sample = 1; this data is not in [-1, 1].
         let out = match eta {
-            None => Ddpm::new()
-                .clip_sample(None)
-                .sample(&mut model, x, &grid, &mut rng)?,
-            Some(eta) => Ddim::new()
-                .eta(eta)
-                .clip_sample(None)
-                .sample(&mut model, x, &grid, &mut rng)?,
+            None => Ddpm::new().sample(&mut model, x, &grid, &mut noise)?,
+            Some(eta) => Ddim::new().eta(eta).sample(&mut model, x, &grid, &mut noise)?,
         };
         let secs = start.elapsed().as_secs_f64();
         let (m, c) = stats(&out);

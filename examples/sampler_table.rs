@@ -68,7 +68,7 @@ impl Bench {
         let mut model = mixture();
         // Start every run from the same noise at the grid's first level (sigma_max is the same for
         // every Karras grid of this schedule).
-        let x = &self.x * grid.levels()[0].sigma;
+        let x = &self.x * grid.initial_scale();
         sampler
             .sample(&mut model, x, grid, &mut StdRng::seed_from_u64(11))
             .unwrap()
@@ -114,7 +114,7 @@ fn main() {
 
     println!("| sampler | NFE 5 (ODE / SW2) | NFE 10 | NFE 20 | NFE 50 |");
     println!("|---|---|---|---|---|");
-    bench.row("DDIM (= Euler)", &Ddim::new().clip_sample(None), true, &reference);
+    bench.row("DDIM (= Euler)", &Ddim::new(), true, &reference);
     bench.row("Heun", &Heun::new(), true, &reference);
     bench.row("DPM-2", &Dpm2::new(), true, &reference);
     bench.row("LMS (order 4)", &Lms::new(), true, &reference);
@@ -151,7 +151,7 @@ fn main() {
     );
     bench.row("UniPC-2", &UniPc::new(), true, &reference);
     bench.row("UniPC-3", &UniPc::new().order(3), true, &reference);
-    bench.row("DDPM", &Ddpm::new().clip_sample(None), false, &reference);
+    bench.row("DDPM", &Ddpm::new(), false, &reference);
     bench.row("Euler ancestral", &EulerAncestral::new(), false, &reference);
     bench.row("DPM-2 ancestral", &Dpm2Ancestral::new(), false, &reference);
     bench.row(

@@ -84,19 +84,19 @@ fn samplers() -> Vec<(&'static str, Run)> {
                 .rev()
                 .filter_map(|n| schedule.grid(n, spacing).ok())
                 .find(|g| s.model_calls(g) <= nfe)?;
-            let x = x * grid.levels()[0].sigma as f32;
+            let x = x * grid.initial_scale() as f32; // the same unit noise for every sampler
             s.sample(model, x, &grid, &mut SeededNoise::new(7)).ok()
         })
     }
     vec![
-        ("DDIM", run(Ddim::new().clip_sample(None), Spacing::Trailing)),
+        ("DDIM", run(Ddim::new(), Spacing::Trailing)),
         ("Euler", run(Euler::new(), Spacing::KARRAS)),
         ("Heun", run(Heun::new(), Spacing::KARRAS)),
         ("DPM++ 2M", run(DpmSolver::new(), Spacing::KARRAS)),
         ("UniPC", run(UniPc::new(), Spacing::Trailing)),
         ("Euler a", run(EulerAncestral::new(), Spacing::KARRAS)),
         ("DPM++ 2M SDE", run(DpmSolver::new().sde(true), Spacing::KARRAS)),
-        ("DDPM", run(Ddpm::new().clip_sample(None), Spacing::Trailing)),
+        ("DDPM", run(Ddpm::new(), Spacing::Trailing)),
     ]
 }
 

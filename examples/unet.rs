@@ -26,7 +26,7 @@ use models::nn::{Adam, Module};
 use models::plot::{BLACK, Canvas, WHITE};
 use models::shapes::{Stats, shapes, stats};
 use models::unet::{UNet, train_step_parallel};
-use ndarray::{Array4, s};
+use ndarray::s;
 use rand::{SeedableRng, rngs::StdRng};
 
 const SIDE: usize = 16;
@@ -160,7 +160,9 @@ fn main() -> Result<(), BoxError> {
 
     let n = 64;
     let real = shapes(n, SIDE, &mut StdRng::seed_from_u64(7));
-    let noise: Array4<f32> = standard_normal((n, 1, SIDE, SIDE), &mut SeededNoise::new(5));
+    // Both samplers start from the same seed's noise at their grid's first level.
+    let start =
+        |grid: &Grid| grid.initial_sample::<f32, _, _, _>((n, 1, SIDE, SIDE), &mut SeededNoise::new(5));
     let mut outputs = Vec::new();
     for (name, sampler_out) in [
         ("DPM-Solver++ 2M, 20 steps", {
@@ -168,7 +170,7 @@ fn main() -> Result<(), BoxError> {
             let grid = schedule.grid(20, Spacing::KARRAS)?;
             let bar = ProgressBar::new(DpmSolver::new().model_calls(&grid) as u64);
             let mut noise_src = SeededNoise::new(9);
-            let mut run = DpmSolver::new().start(noise.clone(), &grid, model.prediction, &mut noise_src)?;
+            let mut run = DpmSolver::new().start(start(&grid)?, &grid, model.prediction, &mut noise_src)?;
             while let Some(req) = run.request() {
                 let out = model.denoise(req.x, &req.level)?;
                 run.respond(out)?;
@@ -182,13 +184,10 @@ fn main() -> Result<(), BoxError> {
             // from `p.x0()`).
             let grid = schedule.grid(50, Spacing::Trailing)?;
             let bar = ProgressBar::new(grid.steps() as u64);
-            let out = Ddim::new().clip_sample(None).sample_with(
-                &mut model,
-                noise.clone(),
-                &grid,
-                &mut SeededNoise::new(9),
-                |p| bar.set_position(p.call as u64),
-            )?;
+            let out =
+                Ddim::new().sample_with(&mut model, start(&grid)?, &grid, &mut SeededNoise::new(9), |p| {
+                    bar.set_position(p.call as u64)
+                })?;
             bar.finish_and_clear();
             out
         }),

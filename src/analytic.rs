@@ -296,7 +296,15 @@ impl GaussianMixture {
                     *dst = F::cast(src);
                 }
             });
-        Ok(out)
+        if out.iter().all(|v| v.is_finite()) {
+            Ok(out)
+        } else {
+            Err(Error::NonFinite {
+                step: 0,
+                level: *level,
+                what: "exact posterior mean (a non-finite input or level, or an overflow)",
+            })
+        }
     }
 }
 

@@ -25,7 +25,8 @@ impl Prediction {
     ///
     /// # Errors
     /// [`Error::Shape`] if `out` and `x` differ in shape; [`Error::Undetermined`] (with step 0)
-    /// where the conversion is undefined (see [`to_x0`](Self::to_x0), [`to_eps`](Self::to_eps)).
+    /// where the conversion is undefined (see [`to_x0`](Self::to_x0), [`to_eps`](Self::to_eps));
+    /// [`Error::NonFinite`] if the result is not finite (non-finite input, or overflow).
     pub fn convert<F: Float, D: Dimension>(
         self,
         to: Prediction,
@@ -60,7 +61,16 @@ impl Prediction {
             co += teps * c.out;
         }
         let (cx, co) = (F::cast(cx), F::cast(co));
-        Ok(Zip::from(&out).and(&x).map_collect(|&o, &x| cx * x + co * o))
+        let r = Zip::from(&out).and(&x).map_collect(|&o, &x| cx * x + co * o);
+        if r.iter().all(|v| v.is_finite()) {
+            Ok(r)
+        } else {
+            Err(Error::NonFinite {
+                step: 0,
+                level: *level,
+                what: "converted output (a non-finite input, or an overflow)",
+            })
+        }
     }
 }
 

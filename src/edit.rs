@@ -48,7 +48,8 @@ pub fn for_strength(grid: &Grid, strength: f64) -> Result<Grid> {
 /// level of the first kept timestep).
 ///
 /// # Errors
-/// [`Error::Shape`] if `noise` differs from `x0` in shape.
+/// [`Error::Shape`] if `noise` differs from `x0` in shape; [`Error::NonFinite`] if the result
+/// is not finite.
 pub fn noise_to<F: Float, D: Dimension>(
     x0: ArrayView<'_, F, D>,
     noise: ArrayView<'_, F, D>,
@@ -62,7 +63,16 @@ pub fn noise_to<F: Float, D: Dimension>(
         });
     }
     let (a, s) = (F::cast(level.alpha), F::cast(level.sigma));
-    Ok(Zip::from(&x0).and(&noise).map_collect(|&x, &e| a * x + s * e))
+    let x = Zip::from(&x0).and(&noise).map_collect(|&x, &e| a * x + s * e);
+    if x.iter().all(|v| v.is_finite()) {
+        Ok(x)
+    } else {
+        Err(Error::NonFinite {
+            step: 0,
+            level: *level,
+            what: "noised sample (a non-finite input, or an overflow)",
+        })
+    }
 }
 
 /// img2img / SDEdit (Meng et al. 2022): noises the clean `x0` to the first level kept at
@@ -79,7 +89,7 @@ pub fn noise_to<F: Float, D: Dimension>(
 /// let grid = s.grid(30, Spacing::Leading { offset: 1 })?;
 /// let mut model = GaussianMixture::gaussian(vec![0.0], vec![1.0])?;
 /// let x0 = Array2::from_elem((64, 1), 2.0);
-/// let ddim = Ddim::new().clip_sample(None);
+/// let ddim = Ddim::new();
 /// let dist = |strength| -> Result<f64, diffusion_samplers::Error> {
 ///     let out = edit::img2img(&ddim, &mut model.clone(), x0.view(), &grid, strength, &mut StdRng::seed_from_u64(1))?;
 ///     Ok((&out - &x0).mapv(f64::abs).mean().unwrap())
@@ -179,6 +189,7 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
         Ok(Inpaint { known, keep })
     }
 
+    /// Re-imposes the known region at `level`; `Err` if the noise (or the result) is not finite.
     fn impose<N: NoiseSource<F> + ?Sized>(
         &self,
         x: ndarray::ArrayViewMut<'_, F, D>,
@@ -186,20 +197,34 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
         step: usize,
         z: &mut Array<F, D>,
         noise: &mut N,
-    ) {
+    ) -> Result<()> {
         let (a, s) = (F::cast(level.alpha), F::cast(level.sigma));
         if level.sigma > 0.0 {
             noise.fill(aux_step(step), z.view_mut());
         } else {
             z.fill(F::zero());
         }
-        Zip::from(x)
+        let ok = Zip::from(x)
             .and(&self.known)
             .and(&self.keep)
             .and(&*z)
-            .for_each(|x, &k, &m, &z| {
+            .fold(true, |ok, x, &k, &m, &z| {
                 *x = m * (a * k + s * z) + (F::one() - m) * *x;
+                ok & x.is_finite()
             });
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::NonFinite {
+                step,
+                level: *level,
+                what: if z.iter().all(|v| v.is_finite()) {
+                    "sample"
+                } else {
+                    "noise"
+                },
+            })
+        }
     }
 
     /// Samples with `sampler`, re-imposing the known region between steps.
@@ -229,7 +254,7 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
         }
         let mut z = Array::zeros(x.raw_dim());
         let mut x = x;
-        self.impose(x.view_mut(), &grid.levels()[0], 0, &mut z, noise);
+        self.impose(x.view_mut(), &grid.levels()[0], 0, &mut z, noise)?;
         let mut run = sampler.start(x, grid, model.prediction(), ByRef(noise))?;
         while let Some(req) = run.request() {
             let (s, level) = (req.step, req.level);
@@ -241,7 +266,9 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
             run.respond(out)?;
             if run.request().is_none_or(|r| r.step != s) {
                 // A whole step is done: re-impose at the level the sample is now at.
-                run.edit(|x, level, noise| self.impose(x, level, s + 1, &mut z, noise.0));
+                let mut imposed = Ok(());
+                run.edit(|x, level, noise| imposed = self.impose(x, level, s + 1, &mut z, noise.0));
+                imposed?;
             }
         }
         Ok(run.into_sample())
@@ -287,7 +314,7 @@ impl DdimInversion {
     /// let mut model = GaussianMixture::gaussian(vec![0.3], vec![0.25])?;
     /// let x0 = array![[0.8f64], [-0.1]];
     /// let z = DdimInversion::new().invert(&mut model, x0.clone(), &grid)?;
-    /// let back = Ddim::new().clip_sample(None).sample(&mut model, z, &grid, &mut StdRng::seed_from_u64(0))?;
+    /// let back = Ddim::new().sample(&mut model, z, &grid, &mut StdRng::seed_from_u64(0))?;
     /// assert!((&back - &x0).iter().all(|d| d.abs() < 0.02));
     /// # Ok::<(), diffusion_samplers::Error>(())
     /// ```
@@ -304,6 +331,13 @@ impl DdimInversion {
     {
         self.policy.validate()?;
         let levels = grid.levels();
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                step: 0,
+                level: levels[levels.len() - 1],
+                what: "input sample",
+            });
+        }
         let pred = model.prediction();
         let mut x = x;
         let n = levels.len() - 1;

@@ -85,7 +85,7 @@ fn check_guidance(scale: f64, rescale: f64) -> Result<(), BoxError> {
 /// let uncond = GaussianMixture::gaussian(vec![0.0], vec![1.0])?;
 /// let mut guided = Guidance::new(cond, uncond, 3.0).rescale(0.7);
 /// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
-/// let out = Ddim::new().clip_sample(None)
+/// let out = Ddim::new()
 ///     .sample(&mut guided, Array2::<f64>::zeros((4, 1)), &s.grid(20, Spacing::Trailing)?, &mut StdRng::seed_from_u64(0))?;
 /// assert!(out.iter().all(|v| v.is_finite()));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -220,7 +220,7 @@ impl<F, D: Dimension, M: BranchDenoiser<F, D> + ?Sized> BranchDenoiser<F, D> for
 /// }
 /// let mut guided = SharedGuidance::new(Net { prompt: 1.0, empty: 0.0 }, 3.0);
 /// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(10, Spacing::Trailing)?;
-/// let x = grid.initial_sample((2, 1), &mut SeededNoise::new(0));
+/// let x = grid.initial_sample((2, 1), &mut SeededNoise::new(0))?;
 /// let out = Ddim::new().sample(&mut guided, x, &grid, &mut SeededNoise::new(1))?;
 /// assert!(out.iter().all(|v| (v - 3.0).abs() < 1e-9)); // u + 3 (c - u)
 ///

@@ -18,7 +18,6 @@
 //! ```
 //! use diffusion_samplers::prelude::*;
 //! use ndarray::Array2;
-//! use rand::{rngs::StdRng, SeedableRng};
 //!
 //! // The model: here the exact denoiser of a two-mode Gaussian mixture in 2-D, predicting
 //! // epsilon like most trained models. Your model implements `Denoiser` the same way.
@@ -32,10 +31,10 @@
 //! let schedule = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
 //! let grid = schedule.grid(50, Spacing::Leading { offset: 0 })?;
 //!
-//! // Start from pure noise at the first level and sample.
-//! let mut rng = StdRng::seed_from_u64(0);
-//! let x: Array2<f32> = standard_normal((256, 2), &mut rng);
-//! let samples = Ddim::new().clip_sample(None).sample(&mut model, x, &grid, &mut rng)?;
+//! // Start from noise at the grid's first level (in the model's own scaling) and sample.
+//! let mut noise = SeededNoise::new(0);
+//! let x: Array2<f32> = grid.initial_sample((256, 2), &mut noise)?;
+//! let samples = Ddim::new().sample(&mut model, x, &grid, &mut noise)?;
 //!
 //! let right = samples.column(0).iter().filter(|&&v| v > 0.0).count();
 //! assert!((80..=176).contains(&right)); // about half in each mode
@@ -50,9 +49,9 @@
 //! | [`grid`] | [`Grid`], [`Spacing`] (leading, trailing, linspace, DPM linspace, Karras, exponential, Beta, LCM), [`FinalLevel`], [`ScheduleFamily`] |
 //! | [`forward`] | [`ForwardProcess`]: noising, posteriors, training targets and loss weights |
 //! | [`denoiser`] | [`Denoiser`], [`Prediction`] and conversions, [`FnDenoiser`] |
-//! | [`guidance`] | classifier-free guidance: [`Guidance`], [`BatchedGuidance`] |
+//! | [`guidance`] | classifier-free guidance: [`Guidance`] (two models), [`SharedGuidance`] (one network, both [`Branch`]es), [`BatchedGuidance`] (one doubled-batch call) |
 //! | [`noise`] | [`NoiseSource`] (any `rand` RNG), [`ReplayNoise`], [`SeededNoise`] (fast, keyed by seed / step / block) |
-//! | [`sampler`] | [`Sampler`], the step-by-step [`Run`], progress callbacks ([`Sampler::sample_with`], [`Progress`]), [`AnySampler`], and the samplers below |
+//! | [`sampler`] | [`Sampler`], the step-by-step [`Run`] (owns its noise; storable), progress callbacks ([`Sampler::sample_with`], [`Progress`]), [`AnySampler`], [`Expecting`] (a sampler that refuses models of another prediction type), and the samplers below |
 //! | [`Preset`] | sampler names of the popular UIs (`"dpmpp_2m_karras"`, `"Euler a"`) → sampler + grid |
 //! | `config` | (feature `serde`) diffusers' `scheduler_config.json` → schedule, grid and sampler, as diffusers builds them |
 //! | [`edit`] | img2img / SDEdit, inpainting, DDIM inversion |
@@ -64,8 +63,14 @@
 //! [`DpmPp2sAncestral`], [`UniPc`], [`Lcm`]. Measured convergence orders and an error-vs-NFE
 //! table are in `docs/samplers.md`.
 //!
-//! Errors are one typed enum, [`Error`]; bad input is reported, never a panic, and errors inside
-//! a run name the step and the level.
+//! Start a run from [`Grid::initial_sample`]: the starting noise at the grid's first level in
+//! the model's own scaling, for every schedule family. On schedules whose last training level is
+//! not pure noise (Stable Diffusion's: `alpha_T = 0.068`), deterministic samplers started from
+//! pure noise miss the data mean by about `alpha_T` of it (for unit-variance data); schedules
+//! with [zero terminal SNR](NoiseSchedule::with_zero_terminal_snr) do not.
+//!
+//! Errors are one typed enum, [`Error`]; bad input is reported, never a panic (step counts are
+//! bounded by [`MAX_STEPS`]), and errors inside a run name the step, the level and the cause.
 //!
 //! ## Features
 //!
@@ -104,16 +109,28 @@ pub mod schedule;
 mod special;
 mod text;
 
+// Inlined, so that the crate root lists every struct, enum, trait and function it offers.
+#[doc(inline)]
 pub use denoiser::{Denoiser, FnDenoiser, Linear, Prediction};
+#[doc(inline)]
 pub use error::{BoxError, Error, MAX_STEPS, Result};
+#[doc(inline)]
 pub use float::Float;
+#[doc(inline)]
 pub use forward::{ForwardProcess, LossWeighting};
+#[doc(inline)]
 pub use grid::{FinalLevel, Grid, ScheduleFamily, Spacing, exponential_sigmas, karras_sigmas};
+#[doc(inline)]
 pub use guidance::{BatchedGuidance, Branch, BranchDenoiser, Guidance, SharedGuidance};
+#[doc(inline)]
 pub use level::NoiseLevel;
+#[doc(inline)]
 pub use noise::{NoiseSource, ReplayNoise, SeededNoise};
+#[doc(inline)]
 pub use preset::{PRESETS, Preset};
+#[doc(inline)]
 pub use sampler::*;
+#[doc(inline)]
 pub use schedule::{FlowSchedule, FlowShift, NoiseSchedule};
 
 /// Everything a typical user needs, in one `use diffusion_samplers::prelude::*`: the traits,

@@ -26,7 +26,7 @@ use crate::schedule::NoiseSchedule;
 /// assert_eq!(sampler.kind(), "DpmSolver");
 /// assert_eq!(grid.steps(), 20);
 /// let mut model = GaussianMixture::gaussian(vec![0.0, 0.0], vec![1.0, 1.0])?;
-/// let x: ndarray::Array2<f64> = standard_normal((4, 2), &mut SeededNoise::new(0)) * grid.levels()[0].sigma;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((4, 2), &mut SeededNoise::new(0))?;
 /// let out = sampler.sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
 /// assert!(out.iter().all(|v| v.is_finite()));
 /// # Ok::<(), diffusion_samplers::Error>(())
@@ -121,8 +121,8 @@ impl Preset {
             "dpmpp_2m" => DpmSolver::new().into(),
             "dpmpp_2m_sde" => DpmSolver::new().sde(true).into(),
             "dpmpp_3m_sde" => DpmSolver::new().order(3).sde(true).into(),
-            "ddim" => Ddim::new().clip_sample(None).into(),
-            "ddpm" => Ddpm::new().clip_sample(None).into(),
+            "ddim" => Ddim::new().into(),
+            "ddpm" => Ddpm::new().into(),
             "uni_pc" => UniPc::new().order(3).variant(UniPcVariant::Bh1).into(),
             "uni_pc_bh2" => UniPc::new().order(3).into(),
             "deis" => Deis::new().order(3).into(),

@@ -338,7 +338,7 @@ fn ddim_and_ddpm_new_do_not_clip() {
     let s = NoiseSchedule::linear(1000, 1e-4, 0.02).unwrap();
     let grid = s.grid(50, Spacing::Leading { offset: 0 }).unwrap();
     for sampler in [AnySampler::from(Ddim::new()), Ddpm::new().into()] {
-        let x: Array2<f64> = grid.initial_sample((512, 1), &mut SeededNoise::new(3));
+        let x: Array2<f64> = grid.initial_sample((512, 1), &mut SeededNoise::new(3)).unwrap();
         let out = sampler
             .sample(&mut model, x, &grid, &mut SeededNoise::new(4))
             .unwrap();
@@ -370,7 +370,7 @@ fn config_prediction_must_match_the_model() {
     )
     .unwrap();
     let (sampler, grid) = cfg.build(10).unwrap();
-    let x: Array2<f64> = grid.initial_sample((2, 1), &mut SeededNoise::new(0));
+    let x: Array2<f64> = grid.initial_sample((2, 1), &mut SeededNoise::new(0)).unwrap();
     let mut eps = GaussianMixture::gaussian(vec![0.0], vec![1.0]).unwrap();
     let r = sampler.sample(&mut eps, x.clone(), &grid, &mut SeededNoise::new(1));
     assert!(matches!(
@@ -399,13 +399,15 @@ fn initial_samples_are_in_the_models_scaling() {
         .grid(20, Spacing::Linspace)
         .unwrap();
     for (grid, want_var) in [(&vp, 0.9954), (&ve, 6400.0), (&flow, 1.0)] {
-        let x: Array2<f32> = grid.initial_sample((20_000, 1), &mut SeededNoise::new(1));
+        let x: Array2<f32> = grid
+            .initial_sample((20_000, 1), &mut SeededNoise::new(1))
+            .unwrap();
         let var = x.mapv(|v| f64::from(v) * f64::from(v)).mean().unwrap();
         assert!((var / want_var - 1.0).abs() < 0.05, "{var} vs {want_var}");
     }
     // Keyed apart from step 0's noise.
     let mut noise = SeededNoise::new(9);
-    let x: Array2<f64> = vp.initial_sample((4, 4), &mut noise);
+    let x: Array2<f64> = vp.initial_sample((4, 4), &mut noise).unwrap();
     let z: Array2<f64> = standard_normal((4, 4), &mut noise);
     assert!((&x / vp.initial_scale() - &z).iter().any(|d| d.abs() > 1e-3));
     // The config's grid carries diffusers' init_noise_sigma convention.

@@ -31,7 +31,10 @@ fn runs_in_a_vec_advanced_round_robin_equal_one_call_sampling() {
         DpmPp2sAncestral::new().into(),
         Ddpm::new().into(),
     ];
-    let start = |i: usize| grid.initial_sample::<f64, _, _, _>((5, 2), &mut SeededNoise::new(100 + i as u64));
+    let start = |i: usize| {
+        grid.initial_sample::<f64, _, _, _>((5, 2), &mut SeededNoise::new(100 + i as u64))
+            .unwrap()
+    };
     let mut jobs: Vec<Job> = samplers
         .iter()
         .enumerate()

@@ -197,7 +197,7 @@ impl DiffusersConfig {
     /// let cfg = DiffusersConfig::from_json(r#"{"_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}"#)?;
     /// let (sampler, grid) = cfg.build(10)?;
     /// let mut eps_model = GaussianMixture::gaussian(vec![0.0], vec![1.0])?; // predicts epsilon
-    /// let x = grid.initial_sample((1, 1), &mut SeededNoise::new(0));
+    /// let x = grid.initial_sample::<f64, _, _, _>((1, 1), &mut SeededNoise::new(0))?;
     /// let r = sampler.sample(&mut eps_model, x, &grid, &mut SeededNoise::new(1));
     /// assert!(matches!(r, Err(Error::PredictionMismatch { expected: Prediction::Velocity, got: Prediction::Epsilon })));
     /// # Ok::<(), diffusion_samplers::Error>(())

@@ -354,7 +354,12 @@ impl Grid {
         let lb = body[body.len() - 1];
         let (a, b) = (lb.sigma_ve(), last.sigma_ve());
         if b > 0.0 && s > b {
-            let w = (a.ln() - s.ln()) / (a.ln() - b.ln());
+            // From a pure-noise level (a = inf) every finite sigma is at the far end.
+            let w = if a.is_finite() {
+                (a.ln() - s.ln()) / (a.ln() - b.ln())
+            } else {
+                1.0
+            };
             lb.t + w * (last.t - lb.t)
         } else {
             lb.t
@@ -390,22 +395,27 @@ impl Grid {
     }
 
     /// The starting sample of a run over this grid: `initial_scale() * eps`, `eps ~ N(0, I)`
-    /// drawn from `noise` (with the key [`INITIAL_STEP`], so a
-    /// keyed source such as [`SeededNoise`](crate::SeededNoise) gives the run's own step-0
-    /// noise independently of it). This is the one way to start: it is in the model's own
-    /// scaling for every schedule family, and needs no casts for `f32` arrays.
+    /// drawn from `noise` (with the key [`INITIAL_STEP`], so a keyed source such as
+    /// [`SeededNoise`](crate::SeededNoise) gives the run's own step-0 noise independently of
+    /// it). This is the one way to start: it is in the model's own scaling for every schedule
+    /// family, and needs no casts for `f32` arrays.
     ///
     /// ```
     /// use diffusion_samplers::prelude::*;
     /// use ndarray::Array2;
     /// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
     /// let mut noise = SeededNoise::new(7);
-    /// let x: Array2<f32> = grid.initial_sample((4096, 2), &mut noise);
+    /// let x: Array2<f32> = grid.initial_sample((4096, 2), &mut noise)?;
     /// let var = x.mapv(|v| v * v).mean().unwrap();
     /// assert!((var - 0.996).abs() < 0.05); // about 1 for a VP schedule (sigma = 0.998)
     /// # Ok::<(), diffusion_samplers::Error>(())
     /// ```
-    pub fn initial_sample<F, Sh, D, N>(&self, shape: Sh, noise: &mut N) -> ndarray::Array<F, D>
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] if the draw is not finite: the noise source gave NaN (a
+    /// [`ReplayNoise`](crate::ReplayNoise) without a starting block) or the scale overflows the
+    /// float type (a VE grid with `sigma_max` beyond `f32`'s range).
+    pub fn initial_sample<F, Sh, D, N>(&self, shape: Sh, noise: &mut N) -> Result<ndarray::Array<F, D>>
     where
         F: Float,
         Sh: ndarray::ShapeBuilder<Dim = D>,
@@ -416,7 +426,15 @@ impl Grid {
         noise.fill(INITIAL_STEP, a.view_mut());
         let k = F::cast(self.initial_scale());
         a.mapv_inplace(|v| v * k);
-        a
+        if a.iter().all(|v| v.is_finite()) {
+            Ok(a)
+        } else {
+            Err(Error::NonFinite {
+                step: 0,
+                level: self.levels[0],
+                what: "starting sample (non-finite noise, or a scale beyond the float type's range)",
+            })
+        }
     }
 
     /// All levels: `steps() + 1` entries, the last the final level.
@@ -518,7 +536,12 @@ mod tests {
         let lb = body[body.len() - 1];
         let (a, b) = (lb.sigma_ve(), last.sigma_ve());
         if b > 0.0 && s > b {
-            lb.t + (a.ln() - s.ln()) / (a.ln() - b.ln()) * (last.t - lb.t)
+            let w = if a.is_finite() {
+                (a.ln() - s.ln()) / (a.ln() - b.ln())
+            } else {
+                1.0
+            };
+            lb.t + w * (last.t - lb.t)
         } else {
             lb.t
         }

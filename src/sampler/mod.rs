@@ -18,7 +18,7 @@
 //! let grid = schedule.grid(20, Spacing::Leading { offset: 0 })?;
 //! let mut model = GaussianMixture::gaussian(vec![1.0, -1.0], vec![0.1, 0.1])?;
 //! let mut noise = SeededNoise::new(0);
-//! let x: Array2<f32> = grid.initial_sample((4, 2), &mut noise);
+//! let x: Array2<f32> = grid.initial_sample((4, 2), &mut noise)?;
 //! // Step by step: the caller runs the model.
 //! let mut run = Ddim::new().start(x, &grid, Prediction::Epsilon, noise)?;
 //! while let Some(req) = run.request() {

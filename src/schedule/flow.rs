@@ -134,8 +134,8 @@ impl FlowSchedule {
     /// ```
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] when `max_seq_len == base_seq_len` (the line is undefined)
-    /// or a shift is not finite.
+    /// [`Error::InvalidParameter`] when `max_seq_len == base_seq_len` (the line is undefined),
+    /// a shift is not finite, or `mu` overflows.
     pub fn mu_for_seq_len(
         seq_len: usize,
         base_seq_len: usize,
@@ -161,7 +161,16 @@ impl FlowSchedule {
         }
         let m = (max_shift - base_shift) / (max_seq_len as f64 - base_seq_len as f64);
         let b = base_shift - m * base_seq_len as f64;
-        Ok(seq_len as f64 * m + b)
+        let mu = seq_len as f64 * m + b;
+        if mu.is_finite() {
+            Ok(mu)
+        } else {
+            Err(Error::InvalidParameter {
+                name: "max_shift",
+                value: max_shift,
+                reason: "the shifts are so far apart that mu overflows",
+            })
+        }
     }
 
     /// Number of training timesteps `T`.

@@ -226,7 +226,7 @@ fn main() -> Result<(), BoxError> {
     let x: Array4<f32> = standard_normal((4, 1, 16, 16), &mut SeededNoise::new(1));
     let mut worst = 0.0f32;
     for t in [999usize, 500, 20] {
-        let level = schedule.level_at(t);
+        let level = schedule.level_at(t)?;
         let a = model.denoise(x.view(), &level)?;
         let b = reference.denoise(x.view(), &level)?;
         worst = worst.max(max_diff(&a, &b));
@@ -242,10 +242,11 @@ fn main() -> Result<(), BoxError> {
         ),
         (
             "DDIM, 50 steps",
-            Ddim::new().clip_sample(None).into(),
+            Ddim::new().into(),
             schedule.grid(50, Spacing::Trailing)?,
         ),
     ] {
+        let x: Array4<f32> = grid.initial_sample((4, 1, 16, 16), &mut SeededNoise::new(1))?;
         let a = sampler.sample(&mut model, x.clone(), &grid, &mut SeededNoise::new(2))?;
         let b = sampler.sample(&mut reference, x.clone(), &grid, &mut SeededNoise::new(2))?;
         let d = max_diff(&a, &b);

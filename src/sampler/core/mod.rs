@@ -78,7 +78,7 @@ pub trait Sampler {
     /// use diffusion_samplers::prelude::*;
     /// let grid = NoiseSchedule::linear(1000, 1e-4, 0.02)?.grid(10, Spacing::Trailing)?;
     /// let mut eps_model = GaussianMixture::gaussian(vec![0.0], vec![1.0])?; // predicts epsilon
-    /// let x = grid.initial_sample::<f64, _, _, _>((2, 1), &mut SeededNoise::new(0));
+    /// let x = grid.initial_sample::<f64, _, _, _>((2, 1), &mut SeededNoise::new(0))?;
     /// let v_sampler = Ddim::new().expecting(Prediction::Velocity);
     /// let r = v_sampler.sample(&mut eps_model, x, &grid, &mut SeededNoise::new(1));
     /// assert!(matches!(r, Err(Error::PredictionMismatch { expected: Prediction::Velocity, got: Prediction::Epsilon })));
@@ -150,7 +150,7 @@ pub trait Sampler {
     /// use diffusion_samplers::prelude::*;
     /// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(8, Spacing::KARRAS)?;
     /// let mut model = GaussianMixture::gaussian(vec![1.0], vec![0.25])?;
-    /// let x = grid.initial_sample::<f64, _, _, _>((16, 1), &mut SeededNoise::new(0));
+    /// let x = grid.initial_sample::<f64, _, _, _>((16, 1), &mut SeededNoise::new(0))?;
     /// let mut seen = Vec::new();
     /// DpmSolver::new().sample_with(&mut model, x, &grid, &mut SeededNoise::new(1), |p| {
     ///     seen.push((p.call, p.total_calls, p.x0().unwrap().mean().unwrap()));

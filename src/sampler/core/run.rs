@@ -27,7 +27,7 @@ use crate::noise::NoiseSource;
 ///     .iter()
 ///     .enumerate()
 ///     .map(|(i, s)| {
-///         let x = grid.initial_sample((4, 1), &mut SeededNoise::new(i as u64));
+///         let x = grid.initial_sample((4, 1), &mut SeededNoise::new(i as u64))?;
 ///         s.start(x, &grid, Prediction::Epsilon, SeededNoise::new(10 + i as u64))
 ///     })
 ///     .collect::<Result<_, _>>()?;
