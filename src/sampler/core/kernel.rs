@@ -254,3 +254,77 @@ pub(crate) fn lin_step<F: Float, D: Dimension>(
         ),
     }
 }
+
+/// Coefficients of the last pass of a two-stage step whose second model call was on a working
+/// buffer `x2`: `x <- x * x + x2 * x2 + d * clamp(x0(x2, out)) + g * g_buf + z * noise`
+/// (`g_buf` an optional second working buffer, e.g. Heun's first derivative).
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub(crate) struct Finish {
+    pub x: f64,
+    pub x2: f64,
+    pub d: f64,
+    pub g: f64,
+    pub z: f64,
+}
+
+macro_rules! finish_kernel {
+    ($name:ident; $($g:ident)?; $($z:ident)?) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name<F: Float, D: Dimension>(
+            x: &mut Array<F, D>,
+            x2: &Array<F, D>,
+            o: &Array<F, D>,
+            $($g: &Array<F, D>,)?
+            $($z: &Array<F, D>,)?
+            (cx, co): (F, F),
+            c: Clamp<F>,
+            k: &Finish,
+        ) -> bool {
+            let (kg, kz) = (F::cast(k.g), F::cast(k.z));
+            let _ = (kg, kz);
+            // Without a clamp, d = cx x2 + co o folds into the coefficients (in f64); the new
+            // sample alone is probed (a non-finite output makes it non-finite).
+            let (a2, ao) = (k.x2 + k.d * cx.as_f64(), k.d * co.as_f64());
+            if c.is_none() && ao != 0.0 {
+                let (ax, a2, ao) = (F::cast(k.x), F::cast(a2), F::cast(ao));
+                return fold_finite!(Zip::from(x).and(x2).and(o)$(.and($g))?$(.and($z))?, |x, &x2, &o $(, &$g)? $(, &$z)?| {
+                    *x = ax * *x + a2 * x2 + ao * o $(+ kg * $g)? $(+ kz * $z)?;
+                    *x
+                });
+            }
+            let (ax, a2, ad) = (F::cast(k.x), F::cast(k.x2), F::cast(k.d));
+            // clamp() maps NaN to a bound: probe the raw estimate too.
+            fold_finite!(clamp = c; Zip::from(x).and(x2).and(o)$(.and($g))?$(.and($z))?, |x, &x2, &o $(, &$g)? $(, &$z)?| {
+                let raw = cx * x2 + co * o;
+                *x = ax * *x + a2 * x2 + ad * c.apply(raw) $(+ kg * $g)? $(+ kz * $z)?;
+                *x + raw * F::zero()
+            })
+        }
+    };
+}
+
+finish_kernel!(finish_plain;;);
+finish_kernel!(finish_g; g;);
+finish_kernel!(finish_z;; z);
+finish_kernel!(finish_gz; g; z);
+
+/// The last pass of a two-stage step (see [`Finish`]); returns whether it stayed finite.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish_step<F: Float, D: Dimension>(
+    x: &mut Array<F, D>,
+    x2: &Array<F, D>,
+    est: &Estimate<F, D>,
+    g: Option<&Array<F, D>>,
+    z: Option<&Array<F, D>>,
+    clamp: Clamp<F>,
+    k: &Finish,
+) -> bool {
+    let conv = (est.cx, est.co);
+    let o = &est.out;
+    match (g, z) {
+        (None, None) => finish_plain(x, x2, o, conv, clamp, k),
+        (Some(g), None) => finish_g(x, x2, o, g, conv, clamp, k),
+        (None, Some(z)) => finish_z(x, x2, o, z, conv, clamp, k),
+        (Some(g), Some(z)) => finish_gz(x, x2, o, g, z, conv, clamp, k),
+    }
+}

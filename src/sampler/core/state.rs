@@ -8,7 +8,7 @@ use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
 
 use super::coefs::{Coords, ancestral};
 use super::history::History;
-use super::kernel::{Affine, Clamps, Lin, Store, affine_step, lin_step};
+use super::kernel::{Affine, Clamps, Finish, Lin, Store, affine_step, finish_step, lin_step};
 use super::options::{Churn, Stochastic};
 use super::walk::Walk;
 use super::x0::{Clamp, X0Policy};
@@ -161,6 +161,9 @@ pub struct Core<F, D: Dimension> {
     /// Scratch space for thresholding quantiles.
     pub(crate) scratch: Vec<F>,
 }
+
+/// The working buffer of a two-stage step's predictor point.
+pub(crate) const X2: usize = 0;
 
 /// Buffer `slot`, allocated (once) like `like`.
 pub(crate) fn buf<'a, F: Float, D: Dimension>(
@@ -429,11 +432,6 @@ impl<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V> Step<'_, F, D, N, V>
         attribute(ok, self.est, None)
     }
 
-    /// As [`check`](Self::check) for a pass that also read the noise buffer (if `noisy`).
-    pub(crate) fn check_noisy(&self, ok: bool, noisy: bool) -> Result<()> {
-        attribute(ok, self.est, self.core.z.as_ref().filter(|_| noisy))
-    }
-
     /// `x <- clamped clamp(x0) + raw x0 + x x + z z` (see [`Affine`]) on the sample, with the
     /// x0 policy applied and noise for the step drawn if `k.z != 0`.
     pub(crate) fn affine(&mut self, policy: &X0Policy, k: Affine) -> Result<()> {
@@ -496,10 +494,44 @@ impl<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V> Step<'_, F, D, N, V>
         )
     }
 
-    /// The noise buffer filled for this step over `from -> to`.
-    pub(crate) fn noise(&mut self, from: &NoiseLevel, to: &NoiseLevel) -> &Array<F, D> {
-        let step = self.step();
-        fill_noise(&mut self.core.z, &self.core.x, step, (from, to), self.noise)
+    /// The predictor of a two-stage step: the Euler (DDIM) step from [`from`](Self::from) to
+    /// `level`, `x2 = alpha_l x0 + sigma_l eps`, into working buffer `X2`; then the request at
+    /// `level` on it.
+    pub(crate) fn predict(&mut self, policy: &X0Policy, level: NoiseLevel) -> Result<Outcome> {
+        let from = self.from();
+        let clamp = self.clamp(policy)?;
+        let (cx, co) = self.conv();
+        let r = level.sigma / from.sigma;
+        let (kx, kd) = (F::cast(r), F::cast(level.alpha - from.alpha * r));
+        let Core { x, bufs, .. } = &mut *self.core;
+        let x2 = buf(&mut bufs[X2], x);
+        let ok = fold_finite!(clamp = clamp; Zip::from(x2).and(&*x).and(&self.est.out), |x2, &x, &o| {
+            let raw = cx * x + co * o;
+            *x2 = kx * x + kd * clamp.apply(raw);
+            *x2 + raw * F::zero()
+        });
+        self.check(ok)?;
+        Ok(Outcome::stage(level, Input::Buf(X2)))
+    }
+
+    /// The last pass of a two-stage step whose call was on working buffer `X2` (see
+    /// [`Finish`]), with working buffer `g` if given and noise for the step if `k.z != 0`.
+    pub(crate) fn finish(&mut self, policy: &X0Policy, k: Finish, g: Option<usize>) -> Result<()> {
+        let clamp = self.clamp(policy)?;
+        let (step, from, to) = (self.step(), self.from(), self.to());
+        let core = &mut *self.core;
+        let z = if k.z != 0.0 {
+            Some(fill_noise(&mut core.z, &core.x, step, (&from, &to), self.noise))
+        } else {
+            None
+        };
+        let (x2, g) = match (&core.bufs[X2], g.map(|i| &core.bufs[i])) {
+            (Some(x2), None) => (x2, None),
+            (Some(x2), Some(Some(g))) => (x2, Some(g)),
+            _ => return Err(Error::Finished),
+        };
+        let ok = finish_step(&mut core.x, x2, self.est, g, z, clamp, &k);
+        attribute(ok, self.est, z)
     }
 }
 

@@ -1,45 +1,18 @@
 //! DPM-Solver-2 as k-diffusion writes it (midpoint in log sigma), and its ancestral variant.
 
-use ndarray::{Dimension, Zip};
+use ndarray::Dimension;
 
 use super::two_stage_calls;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::float::Float;
 use crate::grid::Grid;
-use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::{Coords, ancestral};
+use crate::sampler::core::kernel::Finish;
 use crate::sampler::core::options::{Churn, Stochastic, churn_builders, noise_builders, x0_builders};
-use crate::sampler::core::state::buf;
 use crate::sampler::core::walk::Walk;
 use crate::sampler::core::x0::X0Policy;
-use crate::sampler::{Core, Input, Method, Outcome, Step};
-
-/// The predictor's point at the midpoint.
-const X2: usize = 0;
-
-/// The predictor to the midpoint: `x2 = alpha_m x0 + sigma_m eps` (an Euler / DDIM step from
-/// `from` to `mid`), written into buffer `X2`; then the request at `mid`.
-fn predict<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
-    s: &mut Step<'_, F, D, N, ()>,
-    policy: &X0Policy,
-    mid: NoiseLevel,
-) -> Result<Outcome> {
-    let from = s.from();
-    let clamp = s.clamp(policy)?;
-    let (cx, co) = s.conv();
-    let r = mid.sigma / from.sigma;
-    let (kx, kd) = (F::cast(r), F::cast(mid.alpha - from.alpha * r));
-    let Core { x, bufs, .. } = &mut *s.core;
-    let x2 = buf(&mut bufs[X2], x);
-    let ok = fold_finite!(clamp = clamp; Zip::from(x2).and(&*x).and(&s.est.out), |x2, &x, &o| {
-        let raw = cx * x + co * o;
-        *x2 = kx * x + kd * clamp.apply(raw);
-        *x2 + raw * F::zero()
-    });
-    s.check(ok)?;
-    Ok(Outcome::stage(mid, Input::Buf(X2)))
-}
+use crate::sampler::{Method, Outcome, Step};
 
 /// DPM-Solver-2 (Lu et al. 2022, in k-diffusion's form): an Euler half-step to the midpoint
 /// `tau_mid = sqrt(tau tau')` (geometric mean of the sigmas), then the full step with the
@@ -113,24 +86,19 @@ impl Method for Dpm2 {
             // The midpoint: the geometric mean of tau and tau'.
             let tau_mid = ((c.tau(&from).ln() + c.tau(&to).ln()) * 0.5).exp();
             let mid = s.walk().level_at_sigma_ve(c.sigma_ve_of_tau(tau_mid));
-            return predict(s, &self.policy, mid);
+            return s.predict(&self.policy, mid);
         }
-        // y' = y + (tau' - tau) g(y2, tau_mid)
+        // y' = y + (tau' - tau) g(y2, tau_mid), in the model's scaling.
         let mid = s.level();
-        let clamp = s.clamp(&self.policy)?;
-        let (cx, co) = s.conv();
         let (gx, gd) = c.g(&mid);
-        let (gx, gd) = (F::cast(gx), F::cast(gd));
-        let kx = F::cast(c.c(&to) / c.c(&from));
-        let kg = F::cast(c.c(&to) * (c.tau(&to) - c.tau(&from)));
-        let Core { x, bufs, .. } = &mut *s.core;
-        let x2 = bufs[X2].as_ref().ok_or(Error::Finished)?;
-        let ok = fold_finite!(clamp = clamp; Zip::from(x).and(x2).and(&s.est.out), |x, &x2, &o| {
-            let raw = cx * x2 + co * o;
-            *x = kx * *x + kg * (gx * x2 + gd * clamp.apply(raw));
-            *x + raw * F::zero()
-        });
-        s.check(ok)?;
+        let kg = c.c(&to) * (c.tau(&to) - c.tau(&from));
+        let k = Finish {
+            x: c.c(&to) / c.c(&from),
+            x2: kg * gx,
+            d: kg * gd,
+            ..Finish::default()
+        };
+        s.finish(&self.policy, k, None)?;
         Ok(Outcome::done())
     }
 }
@@ -217,37 +185,19 @@ impl Method for Dpm2Ancestral {
             // The midpoint between sigma and k-diffusion's sigma_down = ce / alpha'.
             let tau_mid = ((from.sigma_ve().ln() + (ce / to.alpha).ln()) * 0.5).exp();
             let mid = s.walk().level_at_sigma_ve(tau_mid);
-            return predict(s, &self.policy, mid);
+            return s.predict(&self.policy, mid);
         }
-        // x' = alpha' (x / alpha + (s_down - s) eps2) + std z
+        // x' = alpha' (x / alpha + (s_down - s) eps2) + std z, eps2 from (x2, mid).
         let mid = s.level();
-        let clamp = s.clamp(&self.policy)?;
-        let (cx, co) = s.conv();
-        let kx = F::cast(to.alpha / from.alpha);
-        let ke = F::cast(ce - to.alpha * from.sigma_ve());
-        let (ex, ed) = (F::cast(1.0 / mid.sigma), F::cast(-mid.alpha / mid.sigma));
-        let noisy = std * self.noise.s_noise != 0.0;
-        let kz = F::cast(std * self.noise.s_noise);
-        if noisy {
-            s.noise(&from, &to);
-        }
-        let Core { x, bufs, z, .. } = &mut *s.core;
-        let x2 = bufs[X2].as_ref().ok_or(Error::Finished)?;
-        let ok = match z.as_ref().filter(|_| noisy) {
-            Some(z) => {
-                fold_finite!(clamp = clamp; Zip::from(x).and(x2).and(&s.est.out).and(z), |x, &x2, &o, &z| {
-                    let raw = cx * x2 + co * o;
-                    *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw)) + kz * z;
-                    *x + raw * F::zero()
-                })
-            }
-            None => fold_finite!(clamp = clamp; Zip::from(x).and(x2).and(&s.est.out), |x, &x2, &o| {
-                let raw = cx * x2 + co * o;
-                *x = kx * *x + ke * (ex * x2 + ed * clamp.apply(raw));
-                *x + raw * F::zero()
-            }),
+        let ke = ce - to.alpha * from.sigma_ve();
+        let k = Finish {
+            x: to.alpha / from.alpha,
+            x2: ke / mid.sigma,
+            d: -ke * mid.alpha / mid.sigma,
+            g: 0.0,
+            z: std * self.noise.s_noise,
         };
-        s.check_noisy(ok, noisy)?;
+        s.finish(&self.policy, k, None)?;
         Ok(Outcome::done())
     }
 }

@@ -1,17 +1,17 @@
 //! DPM-Solver++(2S) ancestral (k-diffusion's `sample_dpmpp_2s_ancestral`).
 
-use ndarray::{Dimension, Zip};
+use ndarray::Dimension;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::float::Float;
 use crate::grid::Grid;
 use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::ancestral;
+use crate::sampler::core::kernel::Finish;
 use crate::sampler::core::options::{Stochastic, noise_builders, x0_builders};
-use crate::sampler::core::state::buf;
 use crate::sampler::core::walk::Walk;
 use crate::sampler::core::x0::X0Policy;
-use crate::sampler::{Core, Input, Method, Outcome, Step};
+use crate::sampler::{Method, Outcome, Step};
 
 /// DPM-Solver++(2S) ancestral: a single-step second-order DPM-Solver++ step down to
 /// k-diffusion's `sigma_down`, then fresh noise `sigma_up` (see
@@ -67,9 +67,6 @@ impl DpmPp2sAncestral {
     x0_builders!();
 }
 
-/// The midpoint sample.
-const X2: usize = 0;
-
 impl Method for DpmPp2sAncestral {
     type Vars = ();
 
@@ -99,47 +96,19 @@ impl Method for DpmPp2sAncestral {
             return Ok(Outcome::done());
         }
         let h = from.sigma_ve().ln() - (ce / to.alpha).ln();
-        let clamp = s.clamp(&self.policy)?;
-        let (cx, co) = s.conv();
-        let f = F::cast;
         if s.stage() == 0 {
-            // DPM-Solver++(1) to the midpoint lambda + h / 2.
+            // DPM-Solver++(1) (= DDIM) to the midpoint lambda + h / 2.
             let mid = s.walk().level_at_sigma_ve(from.sigma_ve() * (-0.5 * h).exp());
-            let (kx, kd) = (f(mid.sigma / from.sigma), f(mid.alpha * -(-0.5 * h).exp_m1()));
-            let Core { x, bufs, .. } = &mut *s.core;
-            let x2 = buf(&mut bufs[X2], x);
-            let ok = fold_finite!(clamp = clamp; Zip::from(x2).and(&*x).and(&s.est.out), |x2, &x, &o| {
-                let raw = cx * x + co * o;
-                *x2 = kx * x + kd * clamp.apply(raw);
-                *x2 + raw * F::zero()
-            });
-            s.check(ok)?;
-            return Ok(Outcome::stage(mid, Input::Buf(X2)));
+            return s.predict(&self.policy, mid);
         }
         // x' = alpha' [(s_down / s) x / alpha + (1 - e^{-h}) x0(x_mid)] + s_noise std z
-        let (kx, kd) = (f(ce / from.sigma), f(to.alpha * -(-h).exp_m1()));
-        let noisy = std * self.noise.s_noise != 0.0;
-        let kz = f(std * self.noise.s_noise);
-        if noisy {
-            s.noise(&from, &to);
-        }
-        let Core { x, bufs, z, .. } = &mut *s.core;
-        let x2 = bufs[X2].as_ref().ok_or(Error::Finished)?;
-        let ok = match z.as_ref().filter(|_| noisy) {
-            Some(z) => {
-                fold_finite!(clamp = clamp; Zip::from(x).and(x2).and(&s.est.out).and(z), |x, &x2, &o, &z| {
-                    let raw = cx * x2 + co * o;
-                    *x = kx * *x + kd * clamp.apply(raw) + kz * z;
-                    *x + raw * F::zero()
-                })
-            }
-            None => fold_finite!(clamp = clamp; Zip::from(x).and(x2).and(&s.est.out), |x, &x2, &o| {
-                let raw = cx * x2 + co * o;
-                *x = kx * *x + kd * clamp.apply(raw);
-                *x + raw * F::zero()
-            }),
+        let k = Finish {
+            x: ce / from.sigma,
+            d: to.alpha * -(-h).exp_m1(),
+            z: std * self.noise.s_noise,
+            ..Finish::default()
         };
-        s.check_noisy(ok, noisy)?;
+        s.finish(&self.policy, k, None)?;
         Ok(Outcome::done())
     }
 }

@@ -2,13 +2,14 @@
 
 use ndarray::{Dimension, Zip};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::float::Float;
 use crate::grid::Grid;
 use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::Coords;
+use crate::sampler::core::kernel::Finish;
 use crate::sampler::core::options::{Churn, churn_builders, x0_builders};
-use crate::sampler::core::state::buf;
+use crate::sampler::core::state::{X2, buf};
 use crate::sampler::core::walk::Walk;
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Core, Input, Method, Outcome, Step};
@@ -80,8 +81,7 @@ pub(crate) fn two_stage_calls(grid: &Grid) -> usize {
         .sum()
 }
 
-/// The predictor's point (`y2`, in the model's scaling) and the first derivative.
-const X2: usize = 0;
+/// The first derivative (the predictor's point `y2` is the shared working buffer `X2`).
 const G1: usize = 1;
 
 impl Method for Heun {
@@ -113,11 +113,11 @@ impl Method for Heun {
             s.euler(&self.policy)?; // Euler (= DDIM) step
             return Ok(Outcome::done());
         }
-        let clamp = s.clamp(&self.policy)?;
-        let (cx, co) = s.conv();
-        let f = F::cast;
-        let Core { x, bufs, .. } = &mut *s.core;
         if stage == 0 {
+            let clamp = s.clamp(&self.policy)?;
+            let (cx, co) = s.conv();
+            let f = F::cast;
+            let Core { x, bufs, .. } = &mut *s.core;
             // Predictor: g1 into the output buffer (kept as G1), y2 (as x2) into X2.
             let (gx, gd) = c.g(&from);
             let x2 = buf(&mut bufs[X2], x);
@@ -148,32 +148,16 @@ impl Method for Heun {
             return Ok(Outcome::stage(to, Input::Buf(X2)).keep_buf(G1));
         }
         // Corrector: y' = y + (tau' - tau) (g1 + g2) / 2, with g2 at (x2, tau').
-        let (x2, g1) = match (&bufs[X2], &bufs[G1]) {
-            (Some(x2), Some(g1)) => (x2, g1),
-            _ => return Err(Error::Finished),
-        };
         let (gx, gd) = c.g(&to);
-        let kx = f(c.c(&to) / c.c(&from));
         let kg = c.c(&to) * (c.tau(&to) - c.tau(&from)) / 2.0;
-        let (k2x, k2o) = (kg * (gx + gd * cx.as_f64()), kg * gd * co.as_f64());
-        let kg = f(kg);
-        let ok = if clamp.is_none() && k2o != 0.0 {
-            // Without a clamp, g2 = gx x2 + gd (cx x2 + co o) folds into the coefficients.
-            let (k2x, k2o) = (f(k2x), f(k2o));
-            fold_finite!(Zip::from(x).and(g1).and(x2).and(&s.est.out), |x, &g1, &x2, &o| {
-                *x = kx * *x + kg * g1 + k2x * x2 + k2o * o;
-                *x
-            })
-        } else {
-            let (gx, gd) = (f(gx), f(gd));
-            fold_finite!(clamp = clamp; Zip::from(x).and(g1).and(x2).and(&s.est.out), |x, &g1, &x2, &o| {
-                let raw = cx * x2 + co * o;
-                let d = clamp.apply(raw);
-                *x = kx * *x + kg * (g1 + gx * x2 + gd * d);
-                *x + raw * F::zero()
-            })
+        let k = Finish {
+            x: c.c(&to) / c.c(&from),
+            x2: kg * gx,
+            d: kg * gd,
+            g: kg,
+            z: 0.0,
         };
-        s.check(ok)?;
+        s.finish(&self.policy, k, Some(G1))?;
         Ok(Outcome::done())
     }
 }
