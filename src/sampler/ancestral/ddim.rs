@@ -7,7 +7,7 @@ use crate::float::Float;
 use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::ancestral;
 use crate::sampler::core::kernel::Affine;
-use crate::sampler::core::options::{Stochastic, noise_builders, x0_builders};
+use crate::sampler::core::options::{Stochastic, noise_builders, setters, x0_builders};
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Method, Outcome, Step};
 
@@ -92,10 +92,9 @@ impl Ddim {
     noise_builders!();
     x0_builders!();
 
-    /// Re-derive `eps` from the clipped x0 (GLIDE); diffusers' `use_clipped_model_output`.
-    pub fn use_clipped_model_output(mut self, yes: bool) -> Self {
-        self.use_clipped_model_output = yes;
-        self
+    setters! {
+        /// Re-derive `eps` from the clipped x0 (GLIDE); diffusers' `use_clipped_model_output`.
+        use_clipped_model_output: bool,
     }
 
     /// The configured `eta`.

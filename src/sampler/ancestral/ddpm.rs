@@ -7,7 +7,7 @@ use crate::float::Float;
 use crate::forward::{posterior, transition};
 use crate::noise::NoiseSource;
 use crate::sampler::core::kernel::Affine;
-use crate::sampler::core::options::x0_builders;
+use crate::sampler::core::options::{setters, x0_builders};
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Method, Outcome, Step};
 
@@ -82,10 +82,9 @@ impl Ddpm {
         Self::default()
     }
 
-    /// The reverse-step variance.
-    pub fn variance(mut self, v: DdpmVariance) -> Self {
-        self.variance = v;
-        self
+    setters! {
+        /// The reverse-step variance.
+        variance: DdpmVariance,
     }
 
     x0_builders!();

@@ -158,7 +158,19 @@ macro_rules! noise_builders {
     };
 }
 
-pub(crate) use {churn_builders, noise_builders, x0_builders};
+/// Plain builder methods `name(self, v) -> Self` that set the field of the same name, each with
+/// its doc comment.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, v: $ty) -> Self {
+            self.$name = v;
+            self
+        }
+    )*};
+}
+
+pub(crate) use {churn_builders, noise_builders, setters, x0_builders};
 
 #[cfg(test)]
 #[allow(clippy::float_cmp, reason = "exact values by construction")]

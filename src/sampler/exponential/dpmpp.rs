@@ -8,7 +8,7 @@ use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
 use crate::sampler::core::history::History;
 use crate::sampler::core::kernel::{Lin, Store};
-use crate::sampler::core::options::{Stochastic, x0_builders};
+use crate::sampler::core::options::{Stochastic, noise_builders, setters, x0_builders};
 use crate::sampler::core::walk::Walk;
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Method, Outcome, Step};
@@ -128,16 +128,17 @@ impl DpmSolver {
         Self::default()
     }
 
-    /// Solver order, 1 to 3.
-    pub fn order(mut self, order: usize) -> Self {
-        self.order = order;
-        self
-    }
-
-    /// Midpoint or Heun form of the second-order term.
-    pub fn solver_type(mut self, t: SolverType) -> Self {
-        self.solver_type = t;
-        self
+    setters! {
+        /// Solver order, 1 to 3.
+        order: usize,
+        /// Midpoint or Heun form of the second-order term.
+        solver_type: SolverType,
+        /// Lower orders on the last steps of short grids (< 15 steps).
+        lower_order_final: bool,
+        /// First-order last step, whatever the grid.
+        euler_at_final: bool,
+        /// Reference or corrected third-order update.
+        third_order: ThirdOrder,
     }
 
     /// The SDE variant (`sde-dpmsolver++`, `eta = 1`) or the ODE (`eta = 0`).
@@ -146,36 +147,7 @@ impl DpmSolver {
         self
     }
 
-    /// k-diffusion's `eta` of the SDE samplers (0 = ODE, 1 = `sde-dpmsolver++`).
-    pub fn eta(mut self, eta: f64) -> Self {
-        self.noise.eta = eta;
-        self
-    }
-
-    /// Multiplies the SDE noise.
-    pub fn s_noise(mut self, v: f64) -> Self {
-        self.noise.s_noise = v;
-        self
-    }
-
-    /// Lower orders on the last steps of short grids (< 15 steps).
-    pub fn lower_order_final(mut self, yes: bool) -> Self {
-        self.lower_order_final = yes;
-        self
-    }
-
-    /// First-order last step, whatever the grid.
-    pub fn euler_at_final(mut self, yes: bool) -> Self {
-        self.euler_at_final = yes;
-        self
-    }
-
-    /// Reference or corrected third-order update.
-    pub fn third_order(mut self, t: ThirdOrder) -> Self {
-        self.third_order = t;
-        self
-    }
-
+    noise_builders!();
     x0_builders!();
 
     /// The order a step uses, diffusers' rule, before the zero-SNR guard.

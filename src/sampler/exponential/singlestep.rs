@@ -6,7 +6,7 @@ use super::dpmpp::SolverType;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::noise::NoiseSource;
-use crate::sampler::core::options::x0_builders;
+use crate::sampler::core::options::{setters, x0_builders};
 use crate::sampler::core::state::buf;
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Core, Method, Outcome, Step};
@@ -74,22 +74,13 @@ impl DpmSolverSinglestep {
         Self::default()
     }
 
-    /// The order, 1 to 3.
-    pub fn order(mut self, order: usize) -> Self {
-        self.order = order;
-        self
-    }
-
-    /// Midpoint or Heun form.
-    pub fn solver_type(mut self, t: SolverType) -> Self {
-        self.solver_type = t;
-        self
-    }
-
-    /// diffusers' `lower_order_final` pattern of orders.
-    pub fn lower_order_final(mut self, yes: bool) -> Self {
-        self.lower_order_final = yes;
-        self
+    setters! {
+        /// The order, 1 to 3.
+        order: usize,
+        /// Midpoint or Heun form.
+        solver_type: SolverType,
+        /// diffusers' `lower_order_final` pattern of orders.
+        lower_order_final: bool,
     }
 
     x0_builders!();

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
-use crate::sampler::core::options::x0_builders;
+use crate::sampler::core::options::{setters, x0_builders};
 use crate::sampler::core::state::buf;
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Core, Method, Outcome, Step};
@@ -96,22 +96,13 @@ impl UniPc {
         Self::default()
     }
 
-    /// Predictor order, 1 to 3.
-    pub fn order(mut self, order: usize) -> Self {
-        self.order = order;
-        self
-    }
-
-    /// `B(h)`.
-    pub fn variant(mut self, v: UniPcVariant) -> Self {
-        self.variant = v;
-        self
-    }
-
-    /// Turns the corrector on or off (off: UniP alone, a multistep exponential integrator).
-    pub fn corrector(mut self, on: bool) -> Self {
-        self.corrector = on;
-        self
+    setters! {
+        /// Predictor order, 1 to 3.
+        order: usize,
+        /// `B(h)`.
+        variant: UniPcVariant,
+        /// Turns the corrector on or off (off: UniP alone, a multistep exponential integrator).
+        corrector: bool,
     }
 
     /// Steps whose model output is not used to correct them (diffusers' `disable_corrector`;
@@ -121,10 +112,9 @@ impl UniPc {
         self
     }
 
-    /// Lower the order on the last steps (`min(order, steps left)`).
-    pub fn lower_order_final(mut self, yes: bool) -> Self {
-        self.lower_order_final = yes;
-        self
+    setters! {
+        /// Lower the order on the last steps (`min(order, steps left)`).
+        lower_order_final: bool,
     }
 
     x0_builders!();

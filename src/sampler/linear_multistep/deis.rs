@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::Coords;
-use crate::sampler::core::options::x0_builders;
+use crate::sampler::core::options::{setters, x0_builders};
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Outcome, Step};
 
@@ -122,16 +122,11 @@ impl Deis {
         Self::default()
     }
 
-    /// The order, 1 to 3.
-    pub fn order(mut self, order: usize) -> Self {
-        self.order = order;
-        self
-    }
-
-    /// Lower orders on the last two steps of grids shorter than 15 steps (diffusers).
-    pub fn lower_order_final(mut self, yes: bool) -> Self {
-        self.lower_order_final = yes;
-        self
+    setters! {
+        /// The order, 1 to 3.
+        order: usize,
+        /// Lower orders on the last two steps of grids shorter than 15 steps (diffusers).
+        lower_order_final: bool,
     }
 
     x0_builders!();

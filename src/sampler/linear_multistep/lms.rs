@@ -8,7 +8,7 @@ use crate::float::Float;
 use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::Coords;
 use crate::sampler::core::kernel::{Lin, Store};
-use crate::sampler::core::options::x0_builders;
+use crate::sampler::core::options::{setters, x0_builders};
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Outcome, Step};
 
@@ -103,10 +103,9 @@ impl Lms {
         Self::default()
     }
 
-    /// The order, 1 to 4.
-    pub fn order(mut self, order: usize) -> Self {
-        self.order = order;
-        self
+    setters! {
+        /// The order, 1 to 4.
+        order: usize,
     }
 
     x0_builders!();

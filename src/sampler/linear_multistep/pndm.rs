@@ -9,6 +9,7 @@ use crate::grid::Grid;
 use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
 use crate::sampler::core::kernel::{Lin, Store};
+use crate::sampler::core::options::setters;
 use crate::sampler::core::state::buf;
 use crate::sampler::core::walk::Walk;
 use crate::sampler::core::x0::X0Policy;
@@ -79,10 +80,9 @@ impl Pndm {
         Self::default()
     }
 
-    /// PLMS: skip the Runge–Kutta warm-up.
-    pub fn skip_prk_steps(mut self, yes: bool) -> Self {
-        self.skip_prk_steps = yes;
-        self
+    setters! {
+        /// PLMS: skip the Runge–Kutta warm-up.
+        skip_prk_steps: bool,
     }
 
     fn warmup(&self) -> Warmup {
@@ -131,10 +131,9 @@ impl Ipndm {
         Self::default()
     }
 
-    /// The maximum order, 1 to 4.
-    pub fn order(mut self, order: usize) -> Self {
-        self.order = order;
-        self
+    setters! {
+        /// The maximum order, 1 to 4.
+        order: usize,
     }
 }
 

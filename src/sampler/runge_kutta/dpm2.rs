@@ -124,7 +124,7 @@ impl Method for Dpm2 {
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] for a negative `eta` or `s_noise`.
+/// [`Error::InvalidParameter`](crate::Error::InvalidParameter) for a negative `eta` or `s_noise`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dpm2Ancestral {
     noise: Stochastic,

@@ -41,7 +41,7 @@ use crate::sampler::{Method, Outcome, Step};
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] for a negative `eta` or `s_noise`.
+/// [`Error::InvalidParameter`](crate::Error::InvalidParameter) for a negative `eta` or `s_noise`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DpmPp2sAncestral {
     noise: Stochastic,
