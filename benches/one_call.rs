@@ -23,7 +23,13 @@ use diffusion_samplers::prelude::*;
 use diffusion_samplers::{BoxError, FnDenoiser, UniPc};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 
-fn whole_runs<S: Sampler>(sampler: &S, grid: &Grid, x0: &Array4<f32>, iters: u64, in_place: bool) -> Duration {
+fn whole_runs<S: Sampler>(
+    sampler: &S,
+    grid: &Grid,
+    x0: &Array4<f32>,
+    iters: u64,
+    in_place: bool,
+) -> Duration {
     let calls = sampler.model_calls(grid) as u64;
     let runs = iters.div_ceil(calls);
     let mut model = FnDenoiser::new(Prediction::Sample, |x: ArrayView4<'_, f32>, _: &NoiseLevel| {
@@ -87,11 +93,16 @@ fn bench_long_grids(c: &mut Criterion) {
         let euler = Euler::new().s_churn(1.0);
         group.bench_function(BenchmarkId::new("euler_churn", n), |b| {
             b.iter(|| {
-                let mut model = FnDenoiser::new(Prediction::Sample, |x: ArrayView1<'_, f64>, _: &NoiseLevel| {
-                    Ok::<_, BoxError>(x.mapv(|v| 0.5 * v))
-                });
+                let mut model =
+                    FnDenoiser::new(Prediction::Sample, |x: ArrayView1<'_, f64>, _: &NoiseLevel| {
+                        Ok::<_, BoxError>(x.mapv(|v| 0.5 * v))
+                    });
                 let x = Array1::from_elem(1, 40.0);
-                black_box(euler.sample(&mut model, x, &grid, &mut SeededNoise::new(1)).unwrap())
+                black_box(
+                    euler
+                        .sample(&mut model, x, &grid, &mut SeededNoise::new(1))
+                        .unwrap(),
+                )
             })
         });
     }

@@ -297,7 +297,7 @@ macro_rules! finish_kernel {
             fold_finite!(clamp = c; Zip::from(x).and(x2).and(o)$(.and($g))?$(.and($z))?, |x, &x2, &o $(, &$g)? $(, &$z)?| {
                 let raw = cx * x2 + co * o;
                 *x = ax * *x + a2 * x2 + ad * c.apply(raw) $(+ kg * $g)? $(+ kz * $z)?;
-                *x + raw * F::zero()
+                c.keep(*x, raw)
             })
         }
     };

@@ -186,6 +186,32 @@ pub(crate) fn fill_noise<'a, F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>
     z
 }
 
+/// What a pass writes and reads: the sample, this step's noise (if drawn), the working buffers
+/// and the history.
+struct Parts<'a, F, D: Dimension> {
+    x: &'a mut Array<F, D>,
+    z: Option<&'a Array<F, D>>,
+    bufs: &'a [Option<Array<F, D>>; 3],
+    hist: &'a History<F, D>,
+}
+
+/// The run's parts, with the noise of the current step over `from -> to` drawn if `wanted`.
+fn step_noise<'a, F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+    core: &'a mut Core<F, D>,
+    wanted: bool,
+    interval: (&NoiseLevel, &NoiseLevel),
+    noise: &mut N,
+) -> Parts<'a, F, D> {
+    let step = core.walk.step();
+    let Core { x, z, bufs, hist, .. } = core;
+    let z = if wanted {
+        Some(fill_noise(z, x, step, interval, noise))
+    } else {
+        None
+    };
+    Parts { x, z, bufs, hist }
+}
+
 impl<F: Float, D: Dimension> Core<F, D> {
     fn new(x: Array<F, D>, grid: &Grid, history: usize) -> Result<Self> {
         let first = grid.levels()[0];
@@ -436,30 +462,20 @@ impl<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V> Step<'_, F, D, N, V>
     /// x0 policy applied and noise for the step drawn if `k.z != 0`.
     pub(crate) fn affine(&mut self, policy: &X0Policy, k: Affine) -> Result<()> {
         let clamps = Clamps::for_policy(self.est, &self.core.x, policy, &mut self.core.scratch)?;
-        let (step, from, to) = (self.step(), self.from(), self.to());
-        let core = &mut *self.core;
-        let z = if k.z != 0.0 {
-            Some(fill_noise(&mut core.z, &core.x, step, (&from, &to), self.noise))
-        } else {
-            None
-        };
-        let ok = affine_step(&mut core.x, self.est, &clamps, k, z);
-        attribute(ok, self.est, z)
+        let (from, to) = (self.from(), self.to());
+        let p = step_noise(self.core, k.z != 0.0, (&from, &to), self.noise);
+        let ok = affine_step(p.x, self.est, &clamps, k, p.z);
+        attribute(ok, self.est, p.z)
     }
 
     /// A multistep pass (see [`Lin`]) over the newest `n` history entries, storing `store` into
     /// the output buffer; noise drawn if `k.z != 0`.
     pub(crate) fn lin(&mut self, policy: &X0Policy, k: Lin, store: Store, n: usize) -> Result<()> {
         let clamp = self.clamp(policy)?;
-        let (step, from, to) = (self.step(), self.from(), self.to());
-        let core = &mut *self.core;
-        let z = if k.z != 0.0 {
-            Some(fill_noise(&mut core.z, &core.x, step, (&from, &to), self.noise))
-        } else {
-            None
-        };
-        let ok = lin_step(&mut core.x, self.est, clamp, store, &core.hist, n, z, &k);
-        attribute(ok, self.est, z)
+        let (from, to) = (self.from(), self.to());
+        let p = step_noise(self.core, k.z != 0.0, (&from, &to), self.noise);
+        let ok = lin_step(p.x, self.est, clamp, store, p.hist, n, p.z, &k);
+        attribute(ok, self.est, p.z)
     }
 
     /// The Euler step (= DDIM with `eta = 0`) from [`from`](Self::from) to [`to`](Self::to):
@@ -508,7 +524,7 @@ impl<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V> Step<'_, F, D, N, V>
         let ok = fold_finite!(clamp = clamp; Zip::from(x2).and(&*x).and(&self.est.out), |x2, &x, &o| {
             let raw = cx * x + co * o;
             *x2 = kx * x + kd * clamp.apply(raw);
-            *x2 + raw * F::zero()
+            clamp.keep(*x2, raw)
         });
         self.check(ok)?;
         Ok(Outcome::stage(level, Input::Buf(X2)))
@@ -518,20 +534,15 @@ impl<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V> Step<'_, F, D, N, V>
     /// [`Finish`]), with working buffer `g` if given and noise for the step if `k.z != 0`.
     pub(crate) fn finish(&mut self, policy: &X0Policy, k: Finish, g: Option<usize>) -> Result<()> {
         let clamp = self.clamp(policy)?;
-        let (step, from, to) = (self.step(), self.from(), self.to());
-        let core = &mut *self.core;
-        let z = if k.z != 0.0 {
-            Some(fill_noise(&mut core.z, &core.x, step, (&from, &to), self.noise))
-        } else {
-            None
-        };
-        let (x2, g) = match (&core.bufs[X2], g.map(|i| &core.bufs[i])) {
+        let (from, to) = (self.from(), self.to());
+        let p = step_noise(self.core, k.z != 0.0, (&from, &to), self.noise);
+        let (x2, g) = match (&p.bufs[X2], g.map(|i| &p.bufs[i])) {
             (Some(x2), None) => (x2, None),
             (Some(x2), Some(Some(g))) => (x2, Some(g)),
             _ => return Err(Error::Finished),
         };
-        let ok = finish_step(&mut core.x, x2, self.est, g, z, clamp, &k);
-        attribute(ok, self.est, z)
+        let ok = finish_step(p.x, x2, self.est, g, p.z, clamp, &k);
+        attribute(ok, self.est, p.z)
     }
 }
 

@@ -212,7 +212,7 @@ impl Method for DpmSolverSinglestep {
                 let d = clamp.apply(raw);
                 *o = clamp.keep(d, raw);
                 *x = ks * st + k_new * d;
-                *x + raw * F::zero()
+                clamp.keep(*x, raw)
             }),
             2 => {
                 fold_finite!(clamp = clamp; Zip::from(x).and(o).and(start).and(hist.array(0)), |x, o, &st, &h0| {
@@ -220,7 +220,7 @@ impl Method for DpmSolverSinglestep {
                     let d = clamp.apply(raw);
                     *o = clamp.keep(d, raw);
                     *x = ks * st + k_new * d + k_h0 * h0;
-                    *x + raw * F::zero()
+                    clamp.keep(*x, raw)
                 })
             }
             _ => fold_finite!(clamp = clamp;
@@ -230,7 +230,7 @@ impl Method for DpmSolverSinglestep {
                     let d = clamp.apply(raw);
                     *o = clamp.keep(d, raw);
                     *x = ks * st + k_new * d + k_h0 * h0 + k_h1 * h1;
-                    *x + raw * F::zero()
+                    clamp.keep(*x, raw)
                 }
             ),
         };

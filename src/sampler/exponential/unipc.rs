@@ -256,7 +256,7 @@ macro_rules! unipc_pass {
                 let hs = [$(*$h,)* F::zero(), F::zero()];
                 *x = k.p_x * xc + k.p_d * d + k.p_h[0] * hs[0] + k.p_h[1] * hs[1];
                 // clamp() maps an infinite raw output to a bound: probe it too.
-                *x + raw * F::zero()
+                clamp.keep(*x, raw)
             })
         } else {
             fold_finite!(clamp = clamp; $mode; Zip::from($x).and($last).and($o)$(.and($h))*, |x, last, o, $($h),*| {
@@ -266,7 +266,7 @@ macro_rules! unipc_pass {
                 *last = *x;
                 let hs = [$(*$h,)* F::zero(), F::zero()];
                 *x = k.p_x * *x + k.p_d * d + k.p_h[0] * hs[0] + k.p_h[1] * hs[1];
-                *x + raw * F::zero()
+                clamp.keep(*x, raw)
             })
         }
     }};

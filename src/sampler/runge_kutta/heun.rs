@@ -141,7 +141,7 @@ impl Method for Heun {
                     let d = clamp.apply(raw);
                     *o = clamp.keep(gx * x + gd * d, raw);
                     *x2 = ka * d + ks * (ex * x + ed * d);
-                    *x2 + raw * F::zero()
+                    clamp.keep(*x2, raw)
                 })
             };
             s.check(ok)?;
