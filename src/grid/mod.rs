@@ -8,6 +8,7 @@
 //! discrete schedules in `spacing.rs`, sigma lists (Karras, exponential, Beta) in `sigmas.rs`,
 //! and the grids of [`FlowSchedule`](crate::FlowSchedule)s in `flow.rs`.
 
+mod comfy;
 mod flow;
 mod sigmas;
 mod spacing;
@@ -20,6 +21,7 @@ use crate::level::NoiseLevel;
 use crate::noise::{INITIAL_STEP, NoiseSource};
 use crate::schedule::NoiseSchedule;
 
+pub use comfy::{ComfyScheduler, ModelSampling};
 pub(crate) use sigmas::check_sigma_list;
 pub use sigmas::{beta_sigmas, exponential_sigmas, karras_sigmas};
 pub use spacing::Spacing;
@@ -76,6 +78,8 @@ pub(crate) enum LevelMap {
     Flow { t_max: f64 },
     /// `t` interpolated in log-sigma between the grid's own levels.
     Interpolated(ScheduleFamily),
+    /// ComfyUI's discrete model sampling: `t` is the nearest training timestep.
+    Nearest(Arc<ModelSampling>),
 }
 
 /// Where a grid ends.
@@ -231,7 +235,7 @@ impl Grid {
     /// The family of the grid's levels (see [`ScheduleFamily`]).
     pub fn family(&self) -> ScheduleFamily {
         match &self.map {
-            LevelMap::Schedule(_) => ScheduleFamily::Vp,
+            LevelMap::Schedule(_) | LevelMap::Nearest(_) => ScheduleFamily::Vp,
             LevelMap::Flow { .. } => ScheduleFamily::Flow,
             LevelMap::Interpolated(f) => *f,
         }
@@ -270,6 +274,7 @@ impl Grid {
     pub(crate) fn level_of_sigma_ve(&self, sigma_ve: f64) -> NoiseLevel {
         match &self.map {
             LevelMap::Schedule(s) => s.level_of_sigma_ve(sigma_ve),
+            LevelMap::Nearest(ms) => ms.level(sigma_ve),
             LevelMap::Flow { t_max } => {
                 let l = ScheduleFamily::Flow.level(0.0, sigma_ve);
                 NoiseLevel {
@@ -304,6 +309,7 @@ impl Grid {
     pub(crate) fn level_of_t(&self, t: f64) -> NoiseLevel {
         match &self.map {
             LevelMap::Schedule(s) => s.level(t),
+            LevelMap::Nearest(ms) => NoiseLevel::from_sigma_ve(t, ms.sigma(t)),
             LevelMap::Flow { t_max } => {
                 let s = (t / t_max).clamp(0.0, 1.0);
                 NoiseLevel::new(s * t_max, 1.0 - s, s)

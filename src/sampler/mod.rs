@@ -53,6 +53,7 @@ mod exponential;
 mod linear_multistep;
 mod runge_kutta;
 
+pub use self::core::coefs::AncestralSplit;
 pub use self::core::x0::Thresholding;
 #[doc(hidden)]
 pub use self::core::{Core, Input, Method, Outcome, Step};

@@ -183,6 +183,11 @@ impl FlowSchedule {
         self.shift
     }
 
+    /// The terminal sigma the shifted sigmas are stretched to, if set.
+    pub fn shift_terminal(&self) -> Option<f64> {
+        self.shift_terminal
+    }
+
     /// The level at timestep `t` (`s = t / T`, clamped to [0, 1], so `t` is clamped to
     /// `[0, T]`; a NaN `t` gives a NaN level, which grids reject).
     pub fn level(&self, t: f64) -> NoiseLevel {

@@ -5,7 +5,8 @@ use ndarray::Dimension;
 use crate::error::Result;
 use crate::float::Float;
 use crate::noise::NoiseSource;
-use crate::sampler::core::options::{Churn, Stochastic, churn_builders, noise_builders, x0_builders};
+use crate::sampler::core::coefs::AncestralSplit;
+use crate::sampler::core::options::{Churn, Stochastic, churn_builders, noise_builders, setters, x0_builders};
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Method, Outcome, Step};
 
@@ -99,6 +100,13 @@ impl Method for Euler {
 /// which is DDIM with the same `eta` (an identity the tests check). `eta = 1` (the default)
 /// samples the DDPM posterior.
 ///
+/// On flow grids the default [`split`](Self::split) is ComfyUI's rectified-flow formula
+/// (`sample_euler_ancestral_RF`, which ComfyUI runs for every flow model): the step goes down to
+/// the flow sigma `s_d = s' (1 + (s'/s - 1) eta)` and renoises to `s'`, `x' = (alpha' /
+/// alpha_d) x_d + sqrt(s'^2 - s_d^2 alpha'^2 / alpha_d^2) z`. [`AncestralSplit::KDiffusion`]
+/// keeps the posterior split above there too; [`AncestralSplit::SigmaSpace`] is ComfyUI's
+/// `ddpm` step (k-diffusion's formula on the flow sigmas, see its docs).
+///
 /// # Example
 /// ```
 /// use diffusion_samplers::prelude::*;
@@ -119,6 +127,7 @@ impl Method for Euler {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EulerAncestral {
     noise: Stochastic,
+    split: AncestralSplit,
     policy: X0Policy,
 }
 
@@ -126,6 +135,7 @@ impl Default for EulerAncestral {
     fn default() -> Self {
         EulerAncestral {
             noise: Stochastic::new(1.0),
+            split: AncestralSplit::Auto,
             policy: X0Policy::default(),
         }
     }
@@ -135,6 +145,12 @@ impl EulerAncestral {
     /// Euler ancestral with `eta = 1`, `s_noise = 1` (diffusers / k-diffusion defaults).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    setters! {
+        /// How the next level's noise is split (default [`AncestralSplit::Auto`]: k-diffusion's
+        /// on VP and VE grids, ComfyUI's rectified-flow split on flow grids).
+        split: AncestralSplit,
     }
 
     noise_builders!();
@@ -153,7 +169,7 @@ impl Method for EulerAncestral {
         &self,
         s: &mut Step<'_, F, D, N, ()>,
     ) -> Result<Outcome> {
-        s.euler_ancestral(&self.policy, self.noise)?;
+        s.euler_ancestral(&self.policy, self.noise, self.split)?;
         Ok(Outcome::done())
     }
 }

@@ -6,7 +6,8 @@
 //! A sampler is its options plus a [`Method`]: the update of one model call in `(alpha,
 //! sigma)` form (see `state.rs`). Everything else comes from here.
 
-pub(crate) mod coefs;
+pub mod coefs;
+pub(crate) mod combo;
 mod expect;
 pub(crate) mod history;
 pub(crate) mod kernel;

@@ -6,7 +6,8 @@ use std::fmt::Debug;
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
 
-use super::coefs::{Coords, ancestral};
+use super::coefs::{AncestralSplit, Coords, ancestral_split, sigma_space_ancestral};
+use super::combo::{Combo, Keep as ComboKeep, combo_pass};
 use super::history::History;
 use super::kernel::{Affine, Clamps, Finish, Lin, Store, affine_step, finish_step, lin_step};
 use super::options::{Churn, Stochastic};
@@ -15,7 +16,7 @@ use super::x0::{Clamp, X0Policy};
 use super::{Estimate, Request, SamplerState, attribute};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::grid::Grid;
+use crate::grid::{Grid, ScheduleFamily};
 use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
 
@@ -494,11 +495,23 @@ impl<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V> Step<'_, F, D, N, V>
         )
     }
 
-    /// The Euler-ancestral step with `noise` (`eta`, `s_noise`): `x' = alpha' x0 + ce eps + std
-    /// s_noise z` (see [`ancestral`]).
-    pub(crate) fn euler_ancestral(&mut self, policy: &X0Policy, noise: Stochastic) -> Result<()> {
-        let (from, to) = (self.from(), self.to());
-        let (std, ce) = ancestral(&from, &to, noise.eta);
+    /// The Euler-ancestral step with `noise` (`eta`, `s_noise`) and `split`: `x' = alpha' x0 + ce
+    /// eps + std s_noise z` (see [`ancestral_split`]), or the sigma-space step.
+    pub(crate) fn euler_ancestral(&mut self, policy: &X0Policy, noise: Stochastic, split: AncestralSplit) -> Result<()> {
+        let (from, to, family) = (self.from(), self.to(), self.core.walk.family());
+        if split == AncestralSplit::SigmaSpace && family == ScheduleFamily::Flow {
+            let (kx, kd, kz) = sigma_space_ancestral(&from, &to, noise.eta, family);
+            return self.affine(
+                policy,
+                Affine {
+                    clamped: kd,
+                    raw: 0.0,
+                    x: kx,
+                    z: kz * noise.s_noise,
+                },
+            );
+        }
+        let (std, ce) = ancestral_split(&from, &to, noise.eta, split, family);
         self.affine(
             policy,
             Affine {
@@ -528,6 +541,35 @@ impl<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V> Step<'_, F, D, N, V>
         });
         self.check(ok)?;
         Ok(Outcome::stage(level, Input::Buf(X2)))
+    }
+
+    /// The general fused pass (see [`Combo`]), after drawing this step's noise over `interval`
+    /// when given (terms on [`Slot::Noise`](super::combo::Slot::Noise) read it). After a pass
+    /// that keeps the x0 estimate in the output buffer, later passes of the same call read it
+    /// from there.
+    pub(crate) fn combo(&mut self, c: &Combo<'_>, interval: Option<(NoiseLevel, NoiseLevel)>) -> Result<()> {
+        if let super::combo::Slot::Buf(i) = c.into {
+            let Core { x, bufs, .. } = &mut *self.core;
+            buf(&mut bufs[i], x);
+        }
+        if let Some((a, b)) = interval {
+            let step = self.core.walk.step();
+            let Core { x, z, .. } = &mut *self.core;
+            fill_noise(z, x, step, (&a, &b), self.noise);
+        }
+        let ok = combo_pass(self.core, self.est, c)?;
+        if c.keep == ComboKeep::X0 {
+            self.est.cx = F::zero();
+            self.est.co = F::one();
+        }
+        attribute(ok, self.est, interval.and(self.core.z.as_ref()))
+    }
+
+    /// Moves the noise just drawn into working buffer `i` (whose old array becomes the next
+    /// noise buffer): for samplers that reuse a draw later in the step.
+    pub(crate) fn stash_noise(&mut self, i: usize) {
+        let Core { z, bufs, .. } = &mut *self.core;
+        std::mem::swap(z, &mut bufs[i]);
     }
 
     /// The last pass of a two-stage step whose call was on working buffer `X2` (see

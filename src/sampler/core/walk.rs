@@ -74,6 +74,17 @@ impl Walk {
         self.grid.levels()[self.step + 1]
     }
 
+    /// Level `step + k` of the grid, if it exists (look-ahead for methods whose stages visit
+    /// the next grid levels).
+    pub(crate) fn ahead(&self, k: usize) -> Option<NoiseLevel> {
+        self.grid.levels().get(self.step + k).copied()
+    }
+
+    /// Level `i` of the grid (`i <= steps`).
+    pub(crate) fn level(&self, i: usize) -> NoiseLevel {
+        self.grid.levels()[i]
+    }
+
     /// The level the sample is at now: the start of the next step, or the final level.
     pub(crate) fn current(&self) -> NoiseLevel {
         let levels = self.grid.levels();

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
+use crate::sampler::core::coefs::{rescale, sigma_space};
 use crate::sampler::core::history::History;
 use crate::sampler::core::kernel::{Lin, Store};
 use crate::sampler::core::options::{Stochastic, noise_builders, setters, x0_builders};
@@ -105,6 +106,7 @@ pub struct DpmSolver {
     lower_order_final: bool,
     euler_at_final: bool,
     third_order: ThirdOrder,
+    sigma_space: bool,
     policy: X0Policy,
 }
 
@@ -117,6 +119,7 @@ impl Default for DpmSolver {
             lower_order_final: true,
             euler_at_final: false,
             third_order: ThirdOrder::Reference,
+            sigma_space: false,
             policy: X0Policy::default(),
         }
     }
@@ -139,6 +142,12 @@ impl DpmSolver {
         euler_at_final: bool,
         /// Reference or corrected third-order update.
         third_order: ThirdOrder,
+        /// On flow grids, step in the sigma-space coordinates (`y = x`, `tau = sigma`) with the
+        /// variance-exploding formulas, `lambda = -ln(tau)`, as ComfyUI's `dpmpp_2m` does for flow
+        /// models (k-diffusion's formulas applied to flow sigmas). No effect on VP and VE grids,
+        /// where the two coincide. Off by default: the level's own `lambda` is the
+        /// DPM-Solver++ of the flow.
+        sigma_space: bool,
     }
 
     /// The SDE variant (`sde-dpmsolver++`, `eta = 1`) or the ODE (`eta = 0`).
@@ -274,15 +283,23 @@ impl Method for DpmSolver {
         let hist = &s.core.hist;
         let order = usable_order(&s0, hist, self.step_order(s.walk(), s.core.steps_done));
         let prev = [0, 1].map(|i| if hist.len() > i { hist.level(i) } else { s0 });
+        let family = if self.sigma_space {
+            s.walk().family()
+        } else {
+            crate::grid::ScheduleFamily::Vp
+        };
+        let ((vs, ks), (vt, kt)) = (sigma_space(&s0, family), sigma_space(&t, family));
+        let prev = prev.map(|l| sigma_space(&l, family).0);
         let mut k = dpmpp_coefs(
-            &s0,
-            &t,
+            &vs,
+            &vt,
             &prev,
             order,
             self.noise.eta,
             self.solver_type,
             self.third_order,
         );
+        rescale(&mut k, ks, kt);
         k.z *= self.noise.s_noise;
         s.lin(&self.policy, k, Store::X0, order - 1)?;
         Ok(Outcome::done().keep_history(s0))

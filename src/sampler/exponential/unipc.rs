@@ -5,6 +5,7 @@ use ndarray::{Dimension, Zip};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::level::NoiseLevel;
+use crate::sampler::core::coefs::sigma_space;
 use crate::noise::NoiseSource;
 use crate::sampler::core::options::{setters, x0_builders};
 use crate::sampler::core::state::buf;
@@ -74,6 +75,7 @@ pub struct UniPc {
     corrector: bool,
     disabled: Vec<usize>,
     lower_order_final: bool,
+    sigma_space: bool,
     policy: X0Policy,
 }
 
@@ -85,6 +87,7 @@ impl Default for UniPc {
             corrector: true,
             disabled: Vec::new(),
             lower_order_final: true,
+            sigma_space: false,
             policy: X0Policy::default(),
         }
     }
@@ -115,6 +118,11 @@ impl UniPc {
     setters! {
         /// Lower the order on the last steps (`min(order, steps left)`).
         lower_order_final: bool,
+        /// On flow grids, compute the steps in the sigma-space coordinates (`y = x`, `tau =
+        /// sigma`) as variance-exploding levels, as ComfyUI's `uni_pc` does for flow models (it
+        /// converts every sigma to a VP level with `alpha = 1 / sqrt(1 + sigma^2)`). No effect
+        /// on VP and VE grids. Off by default.
+        sigma_space: bool,
     }
 
     x0_builders!();
@@ -297,9 +305,16 @@ impl Method for UniPc {
         &self,
         s: &mut Step<'_, F, D, N, ()>,
     ) -> Result<Outcome> {
-        let (step, sl, t) = (s.step(), s.from(), s.to());
+        let family = if self.sigma_space {
+            s.walk().family()
+        } else {
+            crate::grid::ScheduleFamily::Vp
+        };
+        let v = |l: &NoiseLevel| sigma_space(l, family);
+        let (step, (sl, k_sl), (t, k_t)) = (s.step(), v(&s.from()), v(&s.to()));
         let end = s.walk().step() + s.walk().remaining();
         let hist = &s.core.hist;
+        let hl = |i: usize| v(&hist.level(i));
         let f = F::cast;
         let mut pc = Pc {
             correct: false,
@@ -314,34 +329,34 @@ impl Method for UniPc {
         // from the pure-noise level (lambda = -inf) the bh2 corrector has a finite limit; bh1's
         // B(h) = h does not, so that correction is skipped.
         let mut needed = 0;
-        let finite = hist.len() > 0 && (hist.level(0).alpha > 0.0 || self.variant == UniPcVariant::Bh2);
+        let finite = hist.len() > 0 && (hl(0).0.alpha > 0.0 || self.variant == UniPcVariant::Bh2);
         if self.corrector && step > 0 && !self.disabled.contains(&(step - 1)) && finite {
-            let s0 = hist.level(0);
+            let (s0, k_s0) = hl(0);
             let mut order = self.predictor_order(step - 1, end).min(hist.len());
-            while order > 1 && hist.level(order - 1).alpha == 0.0 {
+            while order > 1 && hl(order - 1).0.alpha == 0.0 {
                 order -= 1;
             }
-            let prev = [1, 2].map(|i| hist.level(i.min(hist.len() - 1)));
+            let prev = [1, 2].map(|i| hl(i.min(hist.len() - 1)).0);
             let (kx, k0, kh, knew) = unipc_coefs(&s0, &sl, &prev, order, self.variant, true);
             needed = order;
             pc.correct = true;
-            pc.c_last = f(kx);
-            pc.c_d = f(knew);
-            pc.c_h = [f(k0), f(kh[0]), f(kh[1])];
+            pc.c_last = f(kx * k_sl / k_s0);
+            pc.c_d = f(knew * k_sl);
+            pc.c_h = [f(k0 * k_sl), f(kh[0] * k_sl), f(kh[1] * k_sl)];
         }
         // The predictor for this step.
         let mut order = self.predictor_order(step, end);
         if t.is_clean() || sl.alpha == 0.0 {
             order = 1;
         }
-        while order > 1 && hist.level(order - 2).alpha == 0.0 {
+        while order > 1 && hl(order - 2).0.alpha == 0.0 {
             order -= 1;
         }
-        let prev = [0, 1].map(|i| if hist.len() > i { hist.level(i) } else { sl });
+        let prev = [0, 1].map(|i| if hist.len() > i { hl(i).0 } else { sl });
         let (kx, k0, kh, _) = unipc_coefs(&sl, &t, &prev, order, self.variant, false);
-        pc.p_x = f(kx);
-        pc.p_d = f(k0);
-        pc.p_h = [f(kh[0]), f(kh[1])];
+        pc.p_x = f(kx * k_t / k_sl);
+        pc.p_d = f(k0 * k_t);
+        pc.p_h = [f(kh[0] * k_t), f(kh[1] * k_t)];
         let n = needed.max(order - 1).min(hist.len());
 
         let clamp = s.clamp(&self.policy)?;
@@ -365,7 +380,7 @@ impl Method for UniPc {
             }
         };
         s.check(ok)?;
-        Ok(Outcome::done().keep_history(sl))
+        Ok(Outcome::done().keep_history(s.from()))
     }
 }
 

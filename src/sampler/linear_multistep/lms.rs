@@ -85,6 +85,7 @@ pub(crate) fn lagrange_integrals(t: &[f64], a: f64, b: f64) -> [f64; 4] {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Lms {
     order: usize,
+    x0_at_clean: bool,
     policy: X0Policy,
 }
 
@@ -92,6 +93,7 @@ impl Default for Lms {
     fn default() -> Self {
         Lms {
             order: 4,
+            x0_at_clean: false,
             policy: X0Policy::default(),
         }
     }
@@ -106,6 +108,9 @@ impl Lms {
     setters! {
         /// The order, 1 to 4.
         order: usize,
+        /// A step to the clean level returns the x0 estimate (ComfyUI's `lms`, whose last step
+        /// is `x = denoised`) instead of the multistep integral (k-diffusion, diffusers).
+        x0_at_clean: bool,
     }
 
     x0_builders!();
@@ -191,6 +196,10 @@ impl crate::sampler::Method for Lms {
         s: &mut Step<'_, F, D, N, ()>,
     ) -> Result<Outcome> {
         let c = s.coords();
+        if self.x0_at_clean && s.to().is_clean() {
+            s.euler(&self.policy)?;
+            return Ok(Outcome::done());
+        }
         adams(s, &self.policy, self.order, (c, false, false))
     }
 }

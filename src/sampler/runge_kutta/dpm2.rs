@@ -7,9 +7,10 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::grid::Grid;
 use crate::noise::NoiseSource;
-use crate::sampler::core::coefs::{Coords, ancestral};
+use crate::grid::ScheduleFamily;
+use crate::sampler::core::coefs::{AncestralSplit, Coords, ancestral_split};
 use crate::sampler::core::kernel::Finish;
-use crate::sampler::core::options::{Churn, Stochastic, churn_builders, noise_builders, x0_builders};
+use crate::sampler::core::options::{Churn, Stochastic, churn_builders, noise_builders, setters, x0_builders};
 use crate::sampler::core::walk::Walk;
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Method, Outcome, Step};
@@ -128,6 +129,7 @@ impl Method for Dpm2 {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dpm2Ancestral {
     noise: Stochastic,
+    split: AncestralSplit,
     policy: X0Policy,
 }
 
@@ -135,6 +137,7 @@ impl Default for Dpm2Ancestral {
     fn default() -> Self {
         Dpm2Ancestral {
             noise: Stochastic::new(1.0),
+            split: AncestralSplit::Auto,
             policy: X0Policy::default(),
         }
     }
@@ -146,12 +149,27 @@ impl Dpm2Ancestral {
         Self::default()
     }
 
+    setters! {
+        /// How the next level's noise is split (see [`EulerAncestral`](crate::EulerAncestral)):
+        /// by default k-diffusion's on VP and VE grids, ComfyUI's rectified-flow split on flow
+        /// grids (`sample_dpm_2_ancestral_RF`, whose DPM-2 step is in flow sigmas).
+        split: AncestralSplit,
+    }
+
     noise_builders!();
     x0_builders!();
-}
 
-/// k-diffusion's coordinates `x / alpha`, `sigma / alpha`, whatever the grid's family.
-const VE: Coords = Coords { kappa: 0.0 };
+    /// The split and the coordinates of the DPM-2 step: k-diffusion's `x / alpha`,
+    /// `sigma / alpha` for its split, the grid's own for the rectified-flow split.
+    fn resolve(&self, family: ScheduleFamily) -> (AncestralSplit, Coords) {
+        match (self.split, family) {
+            (AncestralSplit::Auto, ScheduleFamily::Flow) | (AncestralSplit::RectifiedFlow, _) => {
+                (AncestralSplit::RectifiedFlow, Coords::of(family))
+            }
+            _ => (AncestralSplit::KDiffusion, Coords { kappa: 0.0 }),
+        }
+    }
+}
 
 impl Method for Dpm2Ancestral {
     type Vars = ();
@@ -163,10 +181,11 @@ impl Method for Dpm2Ancestral {
 
     fn calls(&self, grid: &Grid) -> usize {
         let l = grid.levels();
+        let (split, c) = self.resolve(grid.family());
         (0..Walk::effective_steps(grid))
             .map(|i| {
-                let (_, ce) = ancestral(&l[i], &l[i + 1], self.noise.eta);
-                if ce == 0.0 || VE.degenerate(&l[i]) { 1 } else { 2 }
+                let (_, ce) = ancestral_split(&l[i], &l[i + 1], self.noise.eta, split, grid.family());
+                if ce == 0.0 || c.degenerate(&l[i]) { 1 } else { 2 }
             })
             .sum()
     }
@@ -175,25 +194,29 @@ impl Method for Dpm2Ancestral {
         &self,
         s: &mut Step<'_, F, D, N, ()>,
     ) -> Result<Outcome> {
-        let (from, to) = (s.from(), s.to());
-        let (std, ce) = ancestral(&from, &to, self.noise.eta);
+        let (from, to, family) = (s.from(), s.to(), s.walk().family());
+        let (split, c) = self.resolve(family);
+        let (std, ce) = ancestral_split(&from, &to, self.noise.eta, split, family);
         if s.stage() == 0 {
-            if ce == 0.0 || VE.degenerate(&from) {
-                s.euler_ancestral(&self.policy, self.noise)?;
+            if ce == 0.0 || c.degenerate(&from) {
+                s.euler_ancestral(&self.policy, self.noise, split)?;
                 return Ok(Outcome::done());
             }
-            // The midpoint between sigma and k-diffusion's sigma_down = ce / alpha'.
-            let tau_mid = ((from.sigma_ve().ln() + (ce / to.alpha).ln()) * 0.5).exp();
-            let mid = s.walk().level_at_sigma_ve(tau_mid);
+            // The midpoint between tau and tau_down (the level with k-diffusion sigma ce / alpha').
+            let down = s.walk().level_at_sigma_ve(ce / to.alpha);
+            let tau_mid = ((c.tau(&from).ln() + c.tau(&down).ln()) * 0.5).exp();
+            let mid = s.walk().level_at_sigma_ve(c.sigma_ve_of_tau(tau_mid));
             return s.predict(&self.policy, mid);
         }
-        // x' = alpha' (x / alpha + (s_down - s) eps2) + std z, eps2 from (x2, mid).
-        let mid = s.level();
-        let ke = ce - to.alpha * from.sigma_ve();
+        // y_d = y + (tau_d - tau) g(y2, tau_mid), x' = (alpha' / alpha_d) c_d y_d + std z.
+        let (mid, down) = (s.level(), s.walk().level_at_sigma_ve(ce / to.alpha));
+        let (gx, gd) = c.g(&mid);
+        let big_k = to.alpha * c.c(&down) / down.alpha;
+        let kg = big_k * (c.tau(&down) - c.tau(&from));
         let k = Finish {
-            x: to.alpha / from.alpha,
-            x2: ke / mid.sigma,
-            d: -ke * mid.alpha / mid.sigma,
+            x: big_k / c.c(&from),
+            x2: kg * gx,
+            d: kg * gd,
             g: 0.0,
             z: std * self.noise.s_noise,
         };

@@ -6,9 +6,11 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::grid::Grid;
 use crate::noise::NoiseSource;
-use crate::sampler::core::coefs::ancestral;
+use crate::grid::ScheduleFamily;
+use crate::level::NoiseLevel;
+use crate::sampler::core::coefs::{AncestralSplit, ancestral_split};
 use crate::sampler::core::kernel::Finish;
-use crate::sampler::core::options::{Stochastic, noise_builders, x0_builders};
+use crate::sampler::core::options::{Stochastic, noise_builders, setters, x0_builders};
 use crate::sampler::core::walk::Walk;
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Method, Outcome, Step};
@@ -45,6 +47,7 @@ use crate::sampler::{Method, Outcome, Step};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DpmPp2sAncestral {
     noise: Stochastic,
+    split: AncestralSplit,
     policy: X0Policy,
 }
 
@@ -52,6 +55,7 @@ impl Default for DpmPp2sAncestral {
     fn default() -> Self {
         DpmPp2sAncestral {
             noise: Stochastic::new(1.0),
+            split: AncestralSplit::Auto,
             policy: X0Policy::default(),
         }
     }
@@ -63,8 +67,30 @@ impl DpmPp2sAncestral {
         Self::default()
     }
 
+    setters! {
+        /// How the next level's noise is split (see [`EulerAncestral`](crate::EulerAncestral)):
+        /// by default k-diffusion's on VP and VE grids, ComfyUI's rectified-flow split on flow
+        /// grids (`sample_dpmpp_2s_ancestral_RF`).
+        split: AncestralSplit,
+    }
+
     noise_builders!();
     x0_builders!();
+
+    fn resolve(&self, family: ScheduleFamily) -> AncestralSplit {
+        match (self.split, family) {
+            (AncestralSplit::Auto, ScheduleFamily::Flow) | (AncestralSplit::RectifiedFlow, _) => {
+                AncestralSplit::RectifiedFlow
+            }
+            _ => AncestralSplit::KDiffusion,
+        }
+    }
+
+    /// One model call for a step: to the clean level (`ce = 0`), or from pure noise with
+    /// k-diffusion's split (ComfyUI's flow split evaluates its midpoint at flow sigma 0.9999).
+    fn single(&self, from: &NoiseLevel, ce: f64, split: AncestralSplit) -> bool {
+        ce == 0.0 || (from.alpha == 0.0 && split != AncestralSplit::RectifiedFlow)
+    }
 }
 
 impl Method for DpmPp2sAncestral {
@@ -77,10 +103,11 @@ impl Method for DpmPp2sAncestral {
 
     fn calls(&self, grid: &Grid) -> usize {
         let l = grid.levels();
+        let split = self.resolve(grid.family());
         (0..Walk::effective_steps(grid))
             .map(|i| {
-                let (_, ce) = ancestral(&l[i], &l[i + 1], self.noise.eta);
-                if ce == 0.0 || l[i].alpha == 0.0 { 1 } else { 2 }
+                let (_, ce) = ancestral_split(&l[i], &l[i + 1], self.noise.eta, split, grid.family());
+                if self.single(&l[i], ce, split) { 1 } else { 2 }
             })
             .sum()
     }
@@ -89,16 +116,22 @@ impl Method for DpmPp2sAncestral {
         &self,
         s: &mut Step<'_, F, D, N, ()>,
     ) -> Result<Outcome> {
-        let (from, to) = (s.from(), s.to());
-        let (std, ce) = ancestral(&from, &to, self.noise.eta);
-        if s.stage() == 0 && (ce == 0.0 || from.alpha == 0.0) {
-            s.euler_ancestral(&self.policy, self.noise)?;
+        let (from, to, family) = (s.from(), s.to(), s.walk().family());
+        let split = self.resolve(family);
+        let (std, ce) = ancestral_split(&from, &to, self.noise.eta, split, family);
+        if s.stage() == 0 && self.single(&from, ce, split) {
+            s.euler_ancestral(&self.policy, self.noise, split)?;
             return Ok(Outcome::done());
         }
         let h = from.sigma_ve().ln() - (ce / to.alpha).ln();
         if s.stage() == 0 {
-            // DPM-Solver++(1) (= DDIM) to the midpoint lambda + h / 2.
-            let mid = s.walk().level_at_sigma_ve(from.sigma_ve() * (-0.5 * h).exp());
+            // DPM-Solver++(1) (= DDIM) to the midpoint lambda + h / 2 (from pure noise, where
+            // lambda is -inf, ComfyUI's flow sigma 0.9999).
+            let mid = if from.alpha == 0.0 {
+                s.walk().level_at_sigma_ve(0.9999 / (1.0 - 0.9999))
+            } else {
+                s.walk().level_at_sigma_ve(from.sigma_ve() * (-0.5 * h).exp())
+            };
             return s.predict(&self.policy, mid);
         }
         // x' = alpha' [(s_down / s) x / alpha + (1 - e^{-h}) x0(x_mid)] + s_noise std z
