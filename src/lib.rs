@@ -119,7 +119,10 @@ pub use float::Float;
 #[doc(inline)]
 pub use forward::{ForwardProcess, LossWeighting};
 #[doc(inline)]
-pub use grid::{ComfyScheduler, FinalLevel, Grid, ModelSampling, ScheduleFamily, Spacing, exponential_sigmas, karras_sigmas};
+pub use grid::{
+    ComfyScheduler, FinalLevel, Grid, ModelSampling, ScheduleFamily, Spacing, exponential_sigmas,
+    karras_sigmas,
+};
 #[doc(inline)]
 pub use guidance::{BatchedGuidance, Branch, BranchDenoiser, Guidance, SharedGuidance};
 #[doc(inline)]

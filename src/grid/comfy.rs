@@ -127,7 +127,9 @@ impl ModelSampling {
             });
         }
         let shift = schedule.shift();
-        let sigmas: Vec<f64> = (1..=entries).map(|k| shift.apply(k as f64 / entries as f64)).collect();
+        let sigmas: Vec<f64> = (1..=entries)
+            .map(|k| shift.apply(k as f64 / entries as f64))
+            .collect();
         Ok(ModelSampling {
             kind: Kind::Flow {
                 schedule: schedule.clone(),
@@ -236,7 +238,11 @@ impl ModelSampling {
 
     /// The ComfyUI sigma of a level: `sigma / alpha` for discrete models, `sigma` for flow.
     pub fn sigma_of(&self, level: &NoiseLevel) -> f64 {
-        if self.is_flow() { level.sigma } else { level.sigma_ve() }
+        if self.is_flow() {
+            level.sigma
+        } else {
+            level.sigma_ve()
+        }
     }
 
     /// The grid ComfyUI samples for a list of its sigmas (descending; a trailing 0 is the clean
@@ -338,7 +344,10 @@ impl ModelSampling {
 
 fn check_steps(steps: usize) -> Result<()> {
     if steps == 0 || steps > MAX_STEPS {
-        Err(Error::InvalidSteps { steps, max: MAX_STEPS })
+        Err(Error::InvalidSteps {
+            steps,
+            max: MAX_STEPS,
+        })
     } else {
         Ok(())
     }
@@ -455,7 +464,10 @@ impl ComfyScheduler {
                 let (start, end) = (ms.timestep(smax), ms.timestep(smin));
                 let ends_clean = ms.sigma(end).abs() <= 1e-5;
                 let n = if ends_clean { steps + 1 } else { steps };
-                let s: Vec<f64> = torch_linspace(start, end, n).into_iter().map(|t| ms.sigma(t)).collect();
+                let s: Vec<f64> = torch_linspace(start, end, n)
+                    .into_iter()
+                    .map(|t| ms.sigma(t))
+                    .collect();
                 if ends_clean {
                     return Ok(s);
                 }
@@ -503,15 +515,12 @@ impl ComfyScheduler {
                 }
                 return Ok(s);
             }
+            ComfyScheduler::KlOptimal if steps == 1 => vec![smax],
             ComfyScheduler::KlOptimal => {
                 let (a, b) = (smin.atan(), smax.atan());
                 (0..steps)
                     .map(|i| {
-                        let adj = if steps == 1 {
-                            0.0
-                        } else {
-                            i as f64 / (steps - 1) as f64
-                        };
+                        let adj = i as f64 / (steps - 1) as f64;
                         (adj * a + (1.0 - adj) * b).tan()
                     })
                     .collect()
@@ -592,7 +601,8 @@ mod tests {
 
     #[test]
     fn timestep_is_the_nearest_index() {
-        let ms = ModelSampling::discrete(&NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap()).unwrap();
+        let ms =
+            ModelSampling::discrete(&NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap()).unwrap();
         for (i, &s) in ms.sigmas().iter().enumerate().step_by(37) {
             assert_eq!(ms.timestep(s), i as f64);
             assert_eq!(ms.timestep(s * 1.0001), i as f64);

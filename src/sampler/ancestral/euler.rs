@@ -6,7 +6,9 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::AncestralSplit;
-use crate::sampler::core::options::{Churn, Stochastic, churn_builders, noise_builders, setters, x0_builders};
+use crate::sampler::core::options::{
+    Churn, Stochastic, churn_builders, noise_builders, setters, x0_builders,
+};
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Method, Outcome, Step};
 

@@ -68,7 +68,10 @@ pub(crate) fn get_ancestral_step(from: f64, to: f64, eta: f64) -> (f64, f64) {
         return (to, 0.0);
     }
     let up = if from.is_finite() {
-        (eta * (to * to * (from * from - to * to) / (from * from)).max(0.0).sqrt()).min(to)
+        (eta * (to * to * (from * from - to * to) / (from * from))
+            .max(0.0)
+            .sqrt())
+        .min(to)
     } else {
         (eta * to).min(to)
     };

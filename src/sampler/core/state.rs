@@ -497,7 +497,12 @@ impl<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V> Step<'_, F, D, N, V>
 
     /// The Euler-ancestral step with `noise` (`eta`, `s_noise`) and `split`: `x' = alpha' x0 + ce
     /// eps + std s_noise z` (see [`ancestral_split`]), or the sigma-space step.
-    pub(crate) fn euler_ancestral(&mut self, policy: &X0Policy, noise: Stochastic, split: AncestralSplit) -> Result<()> {
+    pub(crate) fn euler_ancestral(
+        &mut self,
+        policy: &X0Policy,
+        noise: Stochastic,
+        split: AncestralSplit,
+    ) -> Result<()> {
         let (from, to, family) = (self.from(), self.to(), self.core.walk.family());
         if split == AncestralSplit::SigmaSpace && family == ScheduleFamily::Flow {
             let (kx, kd, kz) = sigma_space_ancestral(&from, &to, noise.eta, family);

@@ -6,11 +6,13 @@ use super::two_stage_calls;
 use crate::error::Result;
 use crate::float::Float;
 use crate::grid::Grid;
-use crate::noise::NoiseSource;
 use crate::grid::ScheduleFamily;
+use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::{AncestralSplit, Coords, ancestral_split};
 use crate::sampler::core::kernel::Finish;
-use crate::sampler::core::options::{Churn, Stochastic, churn_builders, noise_builders, setters, x0_builders};
+use crate::sampler::core::options::{
+    Churn, Stochastic, churn_builders, noise_builders, setters, x0_builders,
+};
 use crate::sampler::core::walk::Walk;
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Method, Outcome, Step};

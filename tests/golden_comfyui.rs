@@ -1,0 +1,172 @@
+//! ComfyUI's model samplings, schedulers and KSampler conventions against ComfyUI's own code
+//! (tests/fixtures/gen_comfyui.py at the pinned commit; tests/fixtures/comfyui.json).
+
+mod common;
+
+use common::{f64s, fixture, str_of};
+use diffusion_samplers::grid::{ComfyScheduler, ModelSampling};
+use diffusion_samplers::{FlowSchedule, FlowShift, NoiseSchedule};
+use serde_json::Value;
+
+/// Our model sampling for a fixture name.
+fn model_sampling(name: &str) -> ModelSampling {
+    let sd15 = || NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+    match name {
+        "sd15" => ModelSampling::discrete(&sd15()),
+        "sd15_zsnr" => ModelSampling::discrete(&sd15().with_zero_terminal_snr().unwrap()),
+        "sd3" => ModelSampling::flow(
+            &FlowSchedule::new(1000)
+                .unwrap()
+                .with_shift(FlowShift::Static(3.0))
+                .unwrap(),
+        ),
+        "flux" => ModelSampling::flux(
+            &FlowSchedule::new(1000)
+                .unwrap()
+                .with_shift(FlowShift::Exponential { mu: 1.15 })
+                .unwrap(),
+        ),
+        other => panic!("unknown model sampling {other}"),
+    }
+    .unwrap()
+}
+
+/// ComfyUI stores sigma tables in f32 and computes most schedulers in f32: relative 2e-6 covers
+/// that rounding (f32 epsilon 6e-8 through a handful of operations), while neighbouring table
+/// entries differ by at least 5e-5 (flux's 10 000-entry table at the top; 1e-3 for SD 1.5), so
+/// an index off by one fails.
+const REL: f64 = 2e-6;
+
+/// The worst `|a - b| / (rel |b| + 1e-12)` over two lists of equal length.
+fn worst(ours: &[f64], theirs: &[f64], rel: f64) -> f64 {
+    assert_eq!(ours.len(), theirs.len(), "lengths differ: {ours:?} vs {theirs:?}");
+    ours.iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs() / (rel * b.abs() + 1e-12))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn sigma_tables_timesteps_and_percent_to_sigma_match_comfyui() {
+    let fx = fixture("comfyui.json");
+    for (name, m) in fx["model_samplings"].as_object().unwrap() {
+        let ms = model_sampling(name);
+        let table = f64s(&m["sigmas"]);
+        let w = worst(ms.sigmas(), &table, REL);
+        assert!(w <= 1.0, "{name}: sigma table off by {w} tolerances");
+        for probe in m["timestep"].as_array().unwrap() {
+            let (sigma, t) = (probe[0].as_f64().unwrap(), probe[1].as_f64().unwrap());
+            let ours = ms.timestep(sigma);
+            if ms.is_flow() {
+                assert!(
+                    (ours - t).abs() <= 1e-5 * t.abs().max(1.0),
+                    "{name}: timestep({sigma}) = {ours}, ComfyUI {t}"
+                );
+            } else if ours != t {
+                // A probe at the geometric midpoint of two entries is a tie that f32 and f64
+                // logs break differently: either neighbour is right there.
+                let (a, b) = (table[ours as usize].ln(), table[t as usize].ln());
+                let tie = (ours - t).abs() == 1.0 && (sigma.ln() - (a + b) / 2.0).abs() < 1e-6;
+                assert!(tie, "{name}: timestep({sigma}) = {ours}, ComfyUI {t}");
+            }
+        }
+        // sigma(t) interpolates at f32 timesteps: the tolerance of `normal` (see scheduler_rel).
+        for probe in m["sigma"].as_array().unwrap() {
+            let (t, sigma) = (probe[0].as_f64().unwrap(), probe[1].as_f64().unwrap());
+            let w = worst(&[ms.sigma(t)], &[sigma], INTERP);
+            assert!(w <= 1.0, "{name}: sigma({t}) = {} vs {sigma}", ms.sigma(t));
+        }
+        for probe in m["percent_to_sigma"].as_array().unwrap() {
+            let (p, sigma) = (probe[0].as_f64().unwrap(), probe[1].as_f64().unwrap());
+            let w = worst(&[ms.percent_to_sigma(p)], &[sigma], INTERP);
+            assert!(
+                w <= 1.0,
+                "{name}: percent_to_sigma({p}) = {} vs {sigma}",
+                ms.percent_to_sigma(p)
+            );
+        }
+    }
+}
+
+/// The tolerance of a scheduler's sigmas. `normal` and `sgm_uniform` interpolate the f32
+/// log-sigma table at f32 timesteps near 1000, whose rounding (6e-5) moves the interpolation
+/// weight: up to 3e-5 relative at SD 1.5's low end (where log-sigma changes 0.35 per timestep),
+/// still 30 times below a shift of one timestep.
+fn scheduler_rel(s: ComfyScheduler) -> f64 {
+    match s {
+        ComfyScheduler::Normal | ComfyScheduler::SgmUniform => INTERP,
+        _ => REL,
+    }
+}
+
+/// Interpolation in the f32 table at an f32 timestep (see [`scheduler_rel`]).
+const INTERP: f64 = 3e-5;
+
+/// `kl_optimal` takes `tan` of an f32 angle near pi/2 for large sigmas: the f32 rounding of the
+/// angle is amplified by `(1 + sigma^2) / sigma`, about `1e-7 sigma` relative (4e-4 for the
+/// zero-terminal-SNR top sigma 4519).
+fn kl_tol(ours: &[f64], theirs: &[f64]) -> f64 {
+    assert_eq!(ours.len(), theirs.len());
+    ours.iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs() / ((REL + 1.5e-7 * b) * b.abs() + 1e-12))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn every_scheduler_gives_comfyuis_sigmas() {
+    let fx = fixture("comfyui.json");
+    let mut checked = 0;
+    for case in fx["schedulers"].as_array().unwrap() {
+        let ms = model_sampling(str_of(case, "model"));
+        let sched = ComfyScheduler::from_name(str_of(case, "scheduler")).unwrap();
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let ours = sched.sigmas(&ms, steps).unwrap();
+        let theirs = f64s(&case["sigmas"]);
+        if sched == ComfyScheduler::KlOptimal && steps == 1 {
+            // Deliberate difference: ComfyUI's 0/0 gives NaN; one step is [sigma_max, 0].
+            assert!(theirs[0].is_nan());
+            assert_eq!(ours, vec![ms.sigma_max(), 0.0]);
+            continue;
+        }
+        let w = if sched == ComfyScheduler::KlOptimal {
+            kl_tol(&ours, &theirs)
+        } else {
+            worst(&ours, &theirs, scheduler_rel(sched))
+        };
+        assert!(w <= 1.0, "{case}: {w} tolerances\nours   {ours:?}");
+        // Every list builds a grid (ComfyUI's sigmas decrease strictly).
+        assert!(ms.grid(&ours).is_ok(), "{case}");
+        checked += 1;
+    }
+    assert!(checked > 480, "{checked} scheduler cases");
+}
+
+#[test]
+fn ksampler_conventions_match_comfyui() {
+    let fx = fixture("comfyui.json");
+    for case in fx["ksampler_sigmas"].as_array().unwrap() {
+        let ms = model_sampling(str_of(case, "model"));
+        let sched = ComfyScheduler::from_name(str_of(case, "scheduler")).unwrap();
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let denoise = case["denoise"].as_f64().unwrap();
+        let discard = matches!(
+            str_of(case, "sampler"),
+            "dpm_2" | "dpm_2_ancestral" | "uni_pc" | "uni_pc_bh2"
+        );
+        let ours = ms.ksampler_sigmas(sched, steps, denoise, discard).unwrap();
+        let theirs = f64s(&case["sigmas"]);
+        let w = if sched == ComfyScheduler::KlOptimal {
+            kl_tol(&ours, &theirs)
+        } else {
+            worst(&ours, &theirs, scheduler_rel(sched))
+        };
+        assert!(w <= 1.0, "{case}: {w} tolerances\nours   {ours:?}");
+    }
+}
+
+/// The fixture's cases as a list (for the trajectory tests).
+#[allow(dead_code)]
+fn cases<'a>(fx: &'a Value, key: &str) -> &'a Vec<Value> {
+    fx[key].as_array().unwrap()
+}
