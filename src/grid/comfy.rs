@@ -62,7 +62,7 @@ pub struct ModelSampling {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Kind {
-    Discrete,
+    Discrete(Arc<NoiseSchedule>),
     /// `sigma(t) = shift(t / multiplier)`, `timestep(sigma) = sigma multiplier`; the grid's
     /// model timestep is `sigma * t_max` (the flow schedule's own convention).
     Flow {
@@ -91,7 +91,7 @@ impl ModelSampling {
         }
         let log_sigmas = sigmas.iter().map(|s| s.ln()).collect();
         Ok(ModelSampling {
-            kind: Kind::Discrete,
+            kind: Kind::Discrete(Arc::new(schedule.clone())),
             sigmas,
             log_sigmas,
         })
@@ -140,6 +140,22 @@ impl ModelSampling {
         })
     }
 
+    /// The discrete schedule of a [`discrete`](Self::discrete) sampling.
+    pub fn discrete_schedule(&self) -> Option<&NoiseSchedule> {
+        match &self.kind {
+            Kind::Discrete(s) => Some(s),
+            Kind::Flow { .. } => None,
+        }
+    }
+
+    /// The flow schedule of a [`flow`](Self::flow) or [`flux`](Self::flux) sampling.
+    pub fn flow_schedule(&self) -> Option<&FlowSchedule> {
+        match &self.kind {
+            Kind::Discrete(_) => None,
+            Kind::Flow { schedule, .. } => Some(schedule),
+        }
+    }
+
     /// `true` for the flow samplings (ComfyUI's `CONST` models).
     pub fn is_flow(&self) -> bool {
         matches!(self.kind, Kind::Flow { .. })
@@ -174,7 +190,7 @@ impl ModelSampling {
     pub fn timestep(&self, sigma: f64) -> f64 {
         match &self.kind {
             Kind::Flow { multiplier, .. } => sigma * multiplier,
-            Kind::Discrete => {
+            Kind::Discrete(_) => {
                 if !(sigma > 0.0 && sigma.is_finite()) {
                     return 0.0;
                 }
@@ -202,7 +218,7 @@ impl ModelSampling {
     pub fn sigma(&self, t: f64) -> f64 {
         match &self.kind {
             Kind::Flow { schedule, multiplier } => schedule.shift().apply(t / multiplier),
-            Kind::Discrete => {
+            Kind::Discrete(_) => {
                 let t = t.clamp(0.0, (self.sigmas.len() - 1) as f64);
                 let (lo, hi) = (t.floor() as usize, t.ceil() as usize);
                 let w = t - t.floor();
@@ -220,8 +236,8 @@ impl ModelSampling {
             return 0.0;
         }
         match &self.kind {
-            Kind::Discrete if p <= 0.0 => 999_999_999.9,
-            Kind::Discrete => self.sigma((1.0 - p) * 999.0),
+            Kind::Discrete(_) if p <= 0.0 => 999_999_999.9,
+            Kind::Discrete(_) => self.sigma((1.0 - p) * 999.0),
             Kind::Flow { .. } if p <= 0.0 => 1.0,
             Kind::Flow { schedule, .. } => schedule.shift().apply(1.0 - p),
         }
@@ -231,7 +247,7 @@ impl ModelSampling {
     /// discrete models, a flow sigma in `[0, 1]` for flow models).
     pub fn level(&self, sigma: f64) -> NoiseLevel {
         match &self.kind {
-            Kind::Discrete => NoiseLevel::from_sigma_ve(self.timestep(sigma), sigma),
+            Kind::Discrete(_) => NoiseLevel::from_sigma_ve(self.timestep(sigma), sigma),
             Kind::Flow { schedule, .. } => schedule.level_from_sigma(sigma),
         }
     }
@@ -245,9 +261,10 @@ impl ModelSampling {
         }
     }
 
-    /// The grid ComfyUI samples for a list of its sigmas (descending; a trailing 0 is the clean
-    /// final level and is optional): each level at ComfyUI's model timestep, levels between
-    /// grid points (churn, midpoints) too. The starting sample's scale follows ComfyUI's
+    /// The grid ComfyUI samples for a list of its sigmas (descending): each level at ComfyUI's
+    /// model timestep, levels between grid points (churn, midpoints) too. A trailing 0 is the
+    /// clean final level; a list without one ends at its last sigma, as ComfyUI's samplers do
+    /// on such lists (the first part of a split schedule). The starting sample's scale follows ComfyUI's
     /// `noise_scaling`: for a discrete model whose first sigma is its `sigma_max` (ComfyUI's
     /// `max_denoise`), the noise is scaled to `sqrt(1 + sigma^2)` in ComfyUI's scaling, which
     /// is 1 in the model's; otherwise `sigma` (the level's own noise scale).
@@ -258,6 +275,13 @@ impl ModelSampling {
     /// zero-length steps; this crate's grids do not allow them), or exceed 1 on a flow model.
     pub fn grid(&self, sigmas: &[f64]) -> Result<Grid> {
         let body = super::check_sigma_list(sigmas, false)?;
+        let to_clean = sigmas.last() == Some(&0.0);
+        if !to_clean && body.len() < 2 {
+            return Err(Error::InvalidSteps {
+                steps: 0,
+                max: MAX_STEPS,
+            });
+        }
         if self.is_flow()
             && let Some((index, &value)) = body.iter().enumerate().find(|(_, s)| **s > 1.0)
         {
@@ -269,9 +293,11 @@ impl ModelSampling {
             });
         }
         let mut levels: Vec<NoiseLevel> = body.iter().map(|&s| self.level(s)).collect();
-        levels.push(NoiseLevel::CLEAN);
+        if to_clean {
+            levels.push(NoiseLevel::CLEAN);
+        }
         let (map, first) = match &self.kind {
-            Kind::Discrete => (
+            Kind::Discrete(_) => (
                 LevelMap::Nearest(Arc::new(self.clone())),
                 Some(NoiseLevel::from_sigma_ve(0.0, self.sigmas[0])),
             ),
@@ -580,6 +606,7 @@ fn linear_quadratic(steps: usize, threshold: f64) -> Vec<f64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "integer timesteps by construction")]
 mod tests {
     use super::*;
 

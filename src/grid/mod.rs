@@ -21,6 +21,7 @@ use crate::level::NoiseLevel;
 use crate::noise::{INITIAL_STEP, NoiseSource};
 use crate::schedule::NoiseSchedule;
 
+pub(crate) use comfy::torch_linspace;
 pub use comfy::{ComfyScheduler, ModelSampling};
 pub(crate) use sigmas::check_sigma_list;
 pub use sigmas::{beta_sigmas, exponential_sigmas, karras_sigmas};
@@ -493,6 +494,25 @@ impl Grid {
             l.t = l.t.round_ties_even();
         }
         self
+    }
+
+    /// A grid of other levels on the same schedule (its level map, first timestep and starting
+    /// scale kept): for samplers that pick their own levels between a grid's ends.
+    pub(crate) fn with_levels(&self, levels: Vec<NoiseLevel>) -> Result<Self> {
+        let mut g = Self::checked(levels, self.first_timestep, self.map.clone())?;
+        g.initial_scale = self.initial_scale;
+        Ok(g)
+    }
+
+    /// The last level with noise: the final level, or the one before it if the final level is
+    /// clean.
+    pub fn last_noisy(&self) -> NoiseLevel {
+        let n = self.levels.len();
+        if self.levels[n - 1].is_clean() {
+            self.levels[n - 2]
+        } else {
+            self.levels[n - 1]
+        }
     }
 
     /// The grid from level `start` on (img2img: drop the first `start` steps).

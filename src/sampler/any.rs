@@ -3,12 +3,7 @@
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
 
-use super::{
-    Ddim, DdimState, Ddpm, DdpmState, Deis, DeisState, Dpm2, Dpm2Ancestral, Dpm2AncestralState, Dpm2State,
-    DpmPp2sAncestral, DpmPp2sAncestralState, DpmSolver, DpmSolverSinglestep, DpmSolverState, Estimate, Euler,
-    EulerAncestral, EulerAncestralState, EulerState, Heun, HeunState, Ipndm, IpndmState, Lcm, LcmState, Lms,
-    LmsState, Pndm, PndmState, Request, Sampler, SamplerState, SinglestepState, UniPc, UniPcState,
-};
+use super::*;
 use crate::error::Result;
 use crate::float::Float;
 use crate::grid::Grid;
@@ -159,4 +154,15 @@ any_sampler! {
     Pndm(Pndm) => PndmState,
     Ipndm(Ipndm) => IpndmState,
     Lcm(Lcm) => LcmState,
+    EdmIpndm(EdmIpndm) => EdmIpndmState,
+    EdmDeis(EdmDeis) => EdmDeisState,
+    GradientEstimation(GradientEstimation) => GradientEstimationState,
+    HeunPp2(HeunPp2) => HeunPp2State,
+    ResMultistep(ResMultistep) => ResMultistepState,
+    DpmPpSde(DpmPpSde) => DpmPpSdeState,
+    Seeds2(Seeds2) => Seeds2State,
+    Seeds3(Seeds3) => Seeds3State,
+    ErSde(ErSde) => ErSdeState,
+    SaSolver(SaSolver) => SaSolverState,
+    DpmFast(DpmFast) => DpmFastState,
 }

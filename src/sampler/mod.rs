@@ -39,7 +39,7 @@
 //! | `ancestral` (first order, with or without noise) | [`Ddpm`], [`Ddim`], [`Euler`], [`EulerAncestral`] |
 //! | `runge_kutta` (two model calls per step) | [`Heun`], [`Dpm2`], [`Dpm2Ancestral`], [`DpmPp2sAncestral`] |
 //! | `exponential` (exponential integrators in log-SNR) | [`DpmSolver`], [`DpmSolverSinglestep`], [`UniPc`] |
-//! | `linear_multistep` (Adams methods) | [`Lms`], [`Deis`], [`Pndm`], [`Ipndm`] |
+//! | `linear_multistep` (Adams methods) | [`Lms`], [`Deis`], [`Pndm`], [`Ipndm`], [`EdmIpndm`], [`EdmDeis`], [`GradientEstimation`] |
 //! | `consistency` | [`Lcm`] |
 
 #[macro_use]
@@ -61,9 +61,12 @@ pub use self::core::{Estimate, Expecting, Progress, Request, Run, Sampler, Sampl
 pub use ancestral::{Ddim, Ddpm, DdpmVariance, Euler, EulerAncestral};
 pub use any::{AnySampler, AnyState};
 pub use consistency::Lcm;
-pub use exponential::{DpmSolver, DpmSolverSinglestep, SolverType, ThirdOrder, UniPc, UniPcVariant};
-pub use linear_multistep::{Deis, Ipndm, Lms, Pndm};
-pub use runge_kutta::{Dpm2, Dpm2Ancestral, DpmPp2sAncestral, Heun};
+pub use exponential::{
+    DpmFast, DpmPpSde, DpmSolver, DpmSolverSinglestep, ErSde, ErSdeScaler, FastVars, ResMultistep, SaSolver,
+    SaVars, Seeds2, Seeds3, SeedsSolver, SolverType, ThirdOrder, UniPc, UniPcVariant,
+};
+pub use linear_multistep::{Deis, EdmDeis, EdmIpndm, GradientEstimation, Ipndm, Lms, Pndm};
+pub use runge_kutta::{Dpm2, Dpm2Ancestral, DpmPp2sAncestral, Heun, HeunPp2};
 
 use self::core::state::impl_sampler;
 
@@ -84,6 +87,16 @@ impl_sampler!(
     Pndm,
     Ipndm,
     Lcm,
+    EdmIpndm,
+    EdmDeis,
+    GradientEstimation,
+    HeunPp2,
+    ResMultistep,
+    DpmPpSde,
+    Seeds2,
+    Seeds3,
+    ErSde,
+    SaSolver,
 );
 
 /// The state of a run of each sampler (the generic [`State`] of its method).
@@ -111,4 +124,15 @@ state_aliases!(
     PndmState = Pndm,
     IpndmState = Ipndm,
     LcmState = Lcm,
+    EdmIpndmState = EdmIpndm,
+    EdmDeisState = EdmDeis,
+    GradientEstimationState = GradientEstimation,
+    HeunPp2State = HeunPp2,
+    ResMultistepState = ResMultistep,
+    DpmPpSdeState = DpmPpSde,
+    Seeds2State = Seeds2,
+    Seeds3State = Seeds3,
+    ErSdeState = ErSde,
+    SaSolverState = SaSolver,
+    DpmFastState = DpmFast,
 );

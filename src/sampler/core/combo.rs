@@ -99,20 +99,27 @@ pub(crate) fn combo_pass<F: Float, D: Dimension>(
     // Every array must share the target's memory layout for the slice path.
     let strides = target.strides().to_vec();
     let same = |a: &Array<F, D>| a.strides() == strides.as_slice() && a.as_slice_memory_order().is_some();
+    // Terms with a zero coefficient are dropped (their arrays need not exist).
     let mut arrays: [Option<&Array<F, D>>; MAX_TERMS] = [None; MAX_TERMS];
+    let mut slots = [Slot::X0; MAX_TERMS];
     let mut coefs = [F::zero(); MAX_TERMS];
     let mut fast = target.as_slice_memory_order().is_some() && same(out) && inp.is_none_or(same);
-    for (k, &(slot, coef)) in c.terms.iter().enumerate() {
-        coefs[k] = F::cast(coef);
-        if slot != Slot::X0 {
-            arrays[k] = array_of(slot)?;
-            fast &= arrays[k].is_none_or(same);
+    let mut n = 0;
+    for &(slot, coef) in c.terms {
+        if coef == 0.0 {
+            continue;
         }
+        slots[n] = slot;
+        coefs[n] = F::cast(coef);
+        if slot != Slot::X0 {
+            arrays[n] = array_of(slot)?;
+            fast &= arrays[n].is_none_or(same);
+        }
+        n += 1;
     }
-    let n = c.terms.len();
     if fast {
-        let srcs: [Src<'_, F>; MAX_TERMS] = std::array::from_fn(|k| match (c.terms.get(k), arrays[k]) {
-            (Some((Slot::X0, _)), _) => Src::X0,
+        let srcs: [Src<'_, F>; MAX_TERMS] = std::array::from_fn(|k| match (slots[k], arrays[k]) {
+            (Slot::X0, _) => Src::X0,
             (_, Some(a)) => Src::Slice(a.as_slice_memory_order().unwrap_or(&[])),
             _ => Src::Old,
         });
@@ -124,7 +131,14 @@ pub(crate) fn combo_pass<F: Float, D: Dimension>(
         let o = out.as_slice_memory_order_mut().ok_or(Error::Finished)?;
         return Ok(slices(t, o, inp_src, (cx, co), &srcs[..n], &coefs[..n], c.keep));
     }
-    Ok(logical(target, out, inp, (cx, co), c, &arrays, &coefs))
+    Ok(logical(
+        target,
+        out,
+        inp,
+        (cx, co),
+        c.keep,
+        (&slots[..n], &arrays[..n], &coefs[..n]),
+    ))
 }
 
 /// The slice path, chunk by chunk.
@@ -165,7 +179,7 @@ fn slices<F: Float>(
                 Src::X0 => &d[..len],
             };
             for (a, &v) in acc[..len].iter_mut().zip(s) {
-                *a = *a + k * v;
+                *a += k * v;
             }
         }
         for (tv, &a) in tc.iter_mut().zip(&acc[..len]) {
@@ -192,23 +206,23 @@ fn slices<F: Float>(
 }
 
 /// The element-by-element path in logical order, for arrays of different layouts.
+#[allow(clippy::type_complexity)]
 fn logical<F: Float, D: Dimension>(
     target: &mut Array<F, D>,
     out: &mut Array<F, D>,
     inp: Option<&Array<F, D>>,
     (cx, co): (F, F),
-    c: &Combo<'_>,
-    arrays: &[Option<&Array<F, D>>; MAX_TERMS],
-    coefs: &[F; MAX_TERMS],
+    keep: Keep,
+    (slots, arrays, coefs): (&[Slot], &[Option<&Array<F, D>>], &[F]),
 ) -> bool {
-    let (ex, ed) = match c.keep {
+    let (ex, ed) = match keep {
         Keep::Lin { ex, ed } => (F::cast(ex), F::cast(ed)),
         _ => (F::zero(), F::one()),
     };
-    let n = c.terms.len();
+    let n = slots.len();
     let mut its: [Option<ndarray::iter::Iter<'_, F, D>>; MAX_TERMS] = std::array::from_fn(|_| None);
-    for (k, it) in its.iter_mut().enumerate().take(n) {
-        *it = arrays[k].map(|a| a.iter());
+    for (it, a) in its.iter_mut().zip(arrays) {
+        *it = a.map(|a| a.iter());
     }
     let mut inp_it = inp.map(|a| a.iter());
     let mut bad = F::Bits::default();
@@ -218,16 +232,16 @@ fn logical<F: Float, D: Dimension>(
         let d = cx * i + co * *ov;
         let mut acc = F::zero();
         for k in 0..n {
-            let v = match (&c.terms[k].0, its[k].as_mut()) {
+            let v = match (slots[k], its[k].as_mut()) {
                 (Slot::X0, _) => d,
                 (_, Some(it)) => it.next().copied().unwrap_or(F::zero()),
                 _ => old,
             };
-            acc = acc + coefs[k] * v;
+            acc += coefs[k] * v;
         }
         *tv = acc;
         bad = bad | acc.nonfinite_bits();
-        match c.keep {
+        match keep {
             Keep::Raw => {}
             Keep::X0 => {
                 *ov = d;

@@ -6,7 +6,7 @@
 //! A sampler is its options plus a [`Method`]: the update of one model call in `(alpha,
 //! sigma)` form (see `state.rs`). Everything else comes from here.
 
-pub mod coefs;
+pub(crate) mod coefs;
 pub(crate) mod combo;
 mod expect;
 pub(crate) mod history;

@@ -2,9 +2,11 @@
 //! PLMS and iPNDM.
 
 mod deis;
+mod edm;
 mod lms;
 mod pndm;
 
 pub use deis::Deis;
+pub use edm::{EdmDeis, EdmIpndm, GradientEstimation};
 pub use lms::Lms;
 pub use pndm::{Ipndm, Pndm};

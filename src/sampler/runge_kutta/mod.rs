@@ -4,8 +4,10 @@
 mod dpm2;
 mod dpmpp_2s;
 mod heun;
+mod heunpp;
 
 pub use dpm2::{Dpm2, Dpm2Ancestral};
 pub use dpmpp_2s::DpmPp2sAncestral;
 pub use heun::Heun;
 pub(crate) use heun::two_stage_calls;
+pub use heunpp::HeunPp2;
