@@ -3,33 +3,9 @@
 
 mod common;
 
-use common::{f64s, fixture, str_of};
+use common::{f64s, fixture, model_sampling, str_of};
 use diffusion_samplers::grid::{ComfyScheduler, ModelSampling};
-use diffusion_samplers::{FlowSchedule, FlowShift, NoiseSchedule};
 use serde_json::Value;
-
-/// Our model sampling for a fixture name.
-fn model_sampling(name: &str) -> ModelSampling {
-    let sd15 = || NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
-    match name {
-        "sd15" => ModelSampling::discrete(&sd15()),
-        "sd15_zsnr" => ModelSampling::discrete(&sd15().with_zero_terminal_snr().unwrap()),
-        "sd3" => ModelSampling::flow(
-            &FlowSchedule::new(1000)
-                .unwrap()
-                .with_shift(FlowShift::Static(3.0))
-                .unwrap(),
-        ),
-        "flux" => ModelSampling::flux(
-            &FlowSchedule::new(1000)
-                .unwrap()
-                .with_shift(FlowShift::Exponential { mu: 1.15 })
-                .unwrap(),
-        ),
-        other => panic!("unknown model sampling {other}"),
-    }
-    .unwrap()
-}
 
 /// ComfyUI stores sigma tables in f32 and computes most schedulers in f32: relative 2e-6 covers
 /// that rounding (f32 epsilon 6e-8 through a handful of operations), while neighbouring table
@@ -163,10 +139,4 @@ fn ksampler_conventions_match_comfyui() {
         };
         assert!(w <= 1.0, "{case}: {w} tolerances\nours   {ours:?}");
     }
-}
-
-/// The fixture's cases as a list (for the trajectory tests).
-#[allow(dead_code)]
-fn cases<'a>(fx: &'a Value, key: &str) -> &'a Vec<Value> {
-    fx[key].as_array().unwrap()
 }

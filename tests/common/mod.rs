@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use diffusion_samplers::analytic::GaussianMixture;
-use diffusion_samplers::{NoiseSchedule, Prediction};
+use diffusion_samplers::grid::ModelSampling;
+use diffusion_samplers::{FlowSchedule, FlowShift, NoiseSchedule, Prediction};
 use serde_json::Value;
 
 /// Parses `tests/fixtures/<name>`.
@@ -128,4 +129,27 @@ pub fn tol_ratio_by(a: &[f64], b: &[f64], tol: impl Fn(f64) -> f64) -> (f64, usi
 pub fn f32_sigma_tol(sigma: f64) -> f64 {
     let one_minus_abar = sigma * sigma / (1.0 + sigma * sigma);
     sigma * (1e-5 + 1e-7 / one_minus_abar)
+}
+
+/// Our model sampling for a fixture name.
+pub fn model_sampling(name: &str) -> ModelSampling {
+    let sd15 = || NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+    match name {
+        "sd15" => ModelSampling::discrete(&sd15()),
+        "sd15_zsnr" => ModelSampling::discrete(&sd15().with_zero_terminal_snr().unwrap()),
+        "sd3" => ModelSampling::flow(
+            &FlowSchedule::new(1000)
+                .unwrap()
+                .with_shift(FlowShift::Static(3.0))
+                .unwrap(),
+        ),
+        "flux" => ModelSampling::flux(
+            &FlowSchedule::new(1000)
+                .unwrap()
+                .with_shift(FlowShift::Exponential { mu: 1.15 })
+                .unwrap(),
+        ),
+        other => panic!("unknown model sampling {other}"),
+    }
+    .unwrap()
 }

@@ -281,13 +281,19 @@ impl Method for DpmSolver {
     ) -> Result<Outcome> {
         let (s0, t) = (s.from(), s.to());
         let hist = &s.core.hist;
-        let order = usable_order(&s0, hist, self.step_order(s.walk(), s.core.steps_done));
-        let prev = [0, 1].map(|i| if hist.len() > i { hist.level(i) } else { s0 });
         let family = if self.sigma_space {
             s.walk().family()
         } else {
             crate::grid::ScheduleFamily::Vp
         };
+        let want = self.step_order(s.walk(), s.core.steps_done);
+        // In sigma space every level of a flow grid has a finite log-SNR (sigma 1 included).
+        let order = if family == crate::grid::ScheduleFamily::Flow {
+            want.min(hist.len() + 1)
+        } else {
+            usable_order(&s0, hist, want)
+        };
+        let prev = [0, 1].map(|i| if hist.len() > i { hist.level(i) } else { s0 });
         let ((vs, ks), (vt, kt)) = (sigma_space(&s0, family), sigma_space(&t, family));
         let prev = prev.map(|l| sigma_space(&l, family).0);
         let mut k = dpmpp_coefs(
