@@ -10,9 +10,12 @@ mod common;
 
 use common::{f64s, fixture, gmm, model_sampling, str_of};
 use diffusion_samplers::grid::ModelSampling;
-use diffusion_samplers::noise::NoiseSource;
+use diffusion_samplers::noise::{ByRef, NoiseSource};
 use diffusion_samplers::prelude::*;
-use diffusion_samplers::{BoxError, Denoiser, NoiseLevel};
+use diffusion_samplers::{
+    AnySampler, AnyState, BoxError, Denoiser, DpmAdaptive, DpmFast, DpmPpSde, NoiseLevel, Sampler,
+    SamplerState,
+};
 use ndarray::{Array3, ArrayView3, ArrayViewMut, Dimension};
 use serde_json::Value;
 
@@ -29,7 +32,8 @@ struct Draw {
 /// multiplies by zero (res_multistep at eta 0, heunpp2's `randn_like`, dpm_fast's eta-0 noise,
 /// zero-length intervals).
 struct Replay {
-    ms: ModelSampling,
+    /// The model sampling whose sigmas the draws are over (`None`: VE levels, sigma itself).
+    ms: Option<ModelSampling>,
     draws: Vec<Draw>,
     next: usize,
     errors: Vec<String>,
@@ -53,7 +57,11 @@ impl NoiseSource<f64> for Replay {
         to: &NoiseLevel,
         mut out: ArrayViewMut<'_, f64, D>,
     ) {
-        let (a, b) = (self.ms.sigma_of(from), self.ms.sigma_of(to));
+        let sigma = |l: &NoiseLevel| match &self.ms {
+            Some(ms) => ms.sigma_of(l),
+            None => l.sigma,
+        };
+        let (a, b) = (sigma(from), sigma(to));
         let found = (self.next..self.draws.len()).find(|&j| {
             let d = &self.draws[j];
             matches!((d.from, d.to), (Some(f), Some(t)) if close(f, a) && close(t, b))
@@ -87,6 +95,19 @@ impl<M: Denoiser<f64, ndarray::Ix3>> Denoiser<f64, ndarray::Ix3> for Recording<M
         self.calls.push((*level, x.iter().copied().collect()));
         self.model.denoise(x, level)
     }
+}
+
+fn draws(case: &Value) -> Vec<Draw> {
+    case["draws"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| Draw {
+            from: d["from"].as_f64(),
+            to: d["to"].as_f64(),
+            z: f64s(&d["z"]),
+        })
+        .collect()
 }
 
 fn array(v: &Value, shape: (usize, usize, usize)) -> Array3<f64> {
@@ -135,18 +156,9 @@ fn run(case: &Value, meta: &Value) -> Result<f64, String> {
         model: gmm(meta).with_prediction(prediction),
         calls: Vec::new(),
     };
-    let draws = case["draws"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| Draw {
-            from: d["from"].as_f64(),
-            to: d["to"].as_f64(),
-            z: f64s(&d["z"]),
-        })
-        .collect();
+    let draws = draws(case);
     let mut noise = Replay {
-        ms: ms.clone(),
+        ms: Some(ms.clone()),
         draws,
         next: 0,
         errors: Vec::new(),
@@ -244,4 +256,97 @@ fn every_sampler_reproduces_comfyuis_runs() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// k-diffusion 0.1.1.post1's own `sample_dpm_fast`, `sample_dpm_adaptive` (orders 2 and 3,
+/// with and without noise, two tolerances: the calls, accepted and rejected steps) and
+/// `sample_dpmpp_sde` (Brownian-tree increments replayed) on a VE grid, in float64: 1e-9
+/// absolute on the result (samples of size up to 30 at the start), where a one-step shift of
+/// the grid or a changed controller decision moves it by more than 1e-3.
+#[test]
+fn dpm_fast_adaptive_and_sde_match_k_diffusion() {
+    let fx = fixture("comfyui.json");
+    let meta = &fx["meta"];
+    let mut checked = 0;
+    for case in fx["kdiffusion"].as_array().unwrap() {
+        let o = &case["options"];
+        let name = str_of(case, "sampler");
+        let opt = |k: &str| o[k].as_f64().unwrap();
+        let (sampler, sigmas): (AnySampler, Vec<f64>) = match name {
+            "dpm_fast" => {
+                // Only the ends and the number of steps (= calls) matter.
+                let n = o["n"].as_u64().unwrap() as usize;
+                let (lo, hi) = (opt("sigma_min"), opt("sigma_max"));
+                let s = (0..n)
+                    .map(|i| hi * (lo / hi).powf(i as f64 / (n - 1) as f64))
+                    .collect();
+                (DpmFast::new().eta(opt("eta")).into(), s)
+            }
+            "dpm_adaptive" => (
+                DpmAdaptive::new()
+                    .order(o["order"].as_u64().unwrap() as usize)
+                    .eta(opt("eta"))
+                    .rtol(opt("rtol"))
+                    .atol(opt("atol"))
+                    .into(),
+                vec![opt("sigma_max"), opt("sigma_min")],
+            ),
+            "dpmpp_sde" => {
+                // The grid: the sigma of every other call (k-diffusion computed its Karras
+                // sigmas in f32; these are those values).
+                let calls = case["calls"].as_array().unwrap();
+                let s = calls
+                    .iter()
+                    .step_by(2)
+                    .map(|c| c["sigma"].as_f64().unwrap())
+                    .collect();
+                (DpmPpSde::new().into(), s)
+            }
+            other => panic!("unknown k-diffusion case {other}"),
+        };
+        let grid = Grid::ve(&sigmas).unwrap();
+        let x = array(&case["x_init"], (2, 1, 4));
+        let mut model = Recording {
+            model: gmm(meta),
+            calls: Vec::new(),
+        };
+        let mut noise = Replay {
+            ms: None,
+            draws: draws(case),
+            next: 0,
+            errors: Vec::new(),
+        };
+        let label = format!("{name} {o}");
+        let mut run = sampler
+            .start(x, &grid, Prediction::Epsilon, ByRef(&mut noise))
+            .unwrap();
+        while let Some(req) = run.request() {
+            let out = model.denoise(req.x.view(), &req.level).unwrap();
+            run.respond(out).unwrap_or_else(|e| panic!("{label}: {e}"));
+        }
+        if let (Some(info), AnyState::DpmAdaptive(st)) = (case.get("info"), run.state()) {
+            let i = st.info();
+            let want = |k: &str| info[k].as_u64().unwrap() as usize;
+            assert_eq!(
+                (i.steps, i.nfe, i.n_accept, i.n_reject),
+                (want("steps"), want("nfe"), want("n_accept"), want("n_reject")),
+                "{label}"
+            );
+        }
+        let out = run.into_sample();
+        assert!(noise.errors.is_empty(), "{label}: {:?}", noise.errors);
+        assert_eq!(
+            model.calls.len(),
+            case["calls"].as_array().unwrap().len(),
+            "{label}"
+        );
+        let err = out
+            .iter()
+            .zip(f64s(&case["out"]))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-9, "{label}: result differs by {err:.3e}");
+        checked += 1;
+    }
+    assert_eq!(checked, 18);
 }

@@ -4,8 +4,7 @@
 mod common;
 
 use common::{f64s, fixture, model_sampling, str_of};
-use diffusion_samplers::grid::{ComfyScheduler, ModelSampling};
-use serde_json::Value;
+use diffusion_samplers::grid::ComfyScheduler;
 
 /// ComfyUI stores sigma tables in f32 and computes most schedulers in f32: relative 2e-6 covers
 /// that rounding (f32 epsilon 6e-8 through a handful of operations), while neighbouring table

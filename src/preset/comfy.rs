@@ -2,14 +2,14 @@
 
 use crate::grid::ModelSampling;
 use crate::sampler::{
-    AncestralSplit, AnySampler, Dpm2, Dpm2Ancestral, DpmFast, DpmPp2sAncestral, DpmPpSde, DpmSolver, EdmDeis,
-    EdmIpndm, ErSde, Euler, EulerAncestral, GradientEstimation, Heun, HeunPp2, Lcm, Lms, ResMultistep,
-    SaSolver, Seeds2, Seeds3, SolverType, UniPc, UniPcVariant,
+    AncestralSplit, AnySampler, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde,
+    DpmSolver, EdmDeis, EdmIpndm, ErSde, Euler, EulerAncestral, GradientEstimation, Heun, HeunPp2, Lcm, Lms,
+    ResMultistep, SaSolver, Seeds2, Seeds3, SolverType, UniPc, UniPcVariant,
 };
 
 /// ComfyUI's sampler names (`comfy/samplers.py`, `SAMPLER_NAMES` without the CFG++ ones, which
 /// need both guidance branches), in ComfyUI's order.
-pub const PRESETS: [&str; 36] = [
+pub const PRESETS: [&str; 37] = [
     "euler",
     "euler_ancestral",
     "heun",
@@ -20,6 +20,7 @@ pub const PRESETS: [&str; 36] = [
     "dpm_2_ancestral",
     "lms",
     "dpm_fast",
+    "dpm_adaptive",
     "dpmpp_2s_ancestral",
     "dpmpp_sde",
     "dpmpp_sde_gpu",
@@ -61,6 +62,7 @@ pub(crate) fn sampler(name: &str, ms: &ModelSampling) -> Option<AnySampler> {
         "dpm_2_ancestral" => Dpm2Ancestral::new().into(),
         "lms" => Lms::new().x0_at_clean(true).into(),
         "dpm_fast" => DpmFast::new().into(),
+        "dpm_adaptive" => DpmAdaptive::new().into(),
         "dpmpp_2s_ancestral" => DpmPp2sAncestral::new().into(),
         "dpmpp_sde" | "dpmpp_sde_gpu" => DpmPpSde::new().into(),
         "dpmpp_2m" => DpmSolver::new().sigma_space(true).into(),

@@ -85,6 +85,12 @@ macro_rules! any_sampler {
                     $(AnySampler::$variant(s) => s.model_calls(grid),)*
                 }
             }
+
+            fn exact_model_calls(&self, grid: &Grid) -> Option<usize> {
+                match self {
+                    $(AnySampler::$variant(s) => s.exact_model_calls(grid),)*
+                }
+            }
         }
 
         impl<F: Float, D: Dimension> SamplerState<F, D> for AnyState<F, D> {
@@ -165,4 +171,5 @@ any_sampler! {
     ErSde(ErSde) => ErSdeState,
     SaSolver(SaSolver) => SaSolverState,
     DpmFast(DpmFast) => DpmFastState,
+    DpmAdaptive(DpmAdaptive) => DpmAdaptiveState,
 }

@@ -62,8 +62,9 @@ pub use ancestral::{Ddim, Ddpm, DdpmVariance, Euler, EulerAncestral};
 pub use any::{AnySampler, AnyState};
 pub use consistency::Lcm;
 pub use exponential::{
-    DpmFast, DpmPpSde, DpmSolver, DpmSolverSinglestep, ErSde, ErSdeScaler, FastVars, ResMultistep, SaSolver,
-    SaVars, Seeds2, Seeds3, SeedsSolver, SolverType, ThirdOrder, UniPc, UniPcVariant,
+    AdaptiveInfo, DpmAdaptive, DpmAdaptiveState, DpmFast, DpmPpSde, DpmSolver, DpmSolverSinglestep, ErSde,
+    ErSdeScaler, FastVars, ResMultistep, SaSolver, SaVars, Seeds2, Seeds3, SeedsSolver, SolverType,
+    ThirdOrder, UniPc, UniPcVariant,
 };
 pub use linear_multistep::{Deis, EdmDeis, EdmIpndm, GradientEstimation, Ipndm, Lms, Pndm};
 pub use runge_kutta::{Dpm2, Dpm2Ancestral, DpmPp2sAncestral, Heun, HeunPp2};

@@ -63,6 +63,10 @@ impl<S: Sampler> Sampler for Expecting<S> {
         self.sampler.model_calls(grid)
     }
 
+    fn exact_model_calls(&self, grid: &Grid) -> Option<usize> {
+        self.sampler.exact_model_calls(grid)
+    }
+
     fn expected_prediction(&self) -> Option<Prediction> {
         Some(self.prediction)
     }

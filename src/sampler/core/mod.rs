@@ -64,6 +64,14 @@ pub trait Sampler {
     /// How many model evaluations a run over `grid` costs (NFE).
     fn model_calls(&self, grid: &Grid) -> usize;
 
+    /// The number of model calls a run over `grid` makes, if it is known before the run:
+    /// `Some(model_calls(grid))` for every fixed-step sampler; `None` for adaptive ones
+    /// ([`DpmAdaptive`](crate::DpmAdaptive)), whose [`model_calls`](Self::model_calls) is an
+    /// estimate.
+    fn exact_model_calls(&self, grid: &Grid) -> Option<usize> {
+        Some(self.model_calls(grid))
+    }
+
     /// The prediction type this sampler was set up for, if any ([`expecting`](Self::expecting),
     /// a diffusers config's `prediction_type`): starting a run for a model of another type is
     /// an [`Error::PredictionMismatch`].
@@ -301,7 +309,8 @@ fn x0_estimate<F: Float, D: Dimension>(
 pub struct Progress<'a, F, D: Dimension> {
     /// Model calls made so far, this one included (1-based).
     pub call: usize,
-    /// Model calls the run makes in all ([`Sampler::model_calls`]).
+    /// Model calls the run makes in all ([`Sampler::model_calls`]; an estimate for adaptive
+    /// samplers, whose [`Sampler::exact_model_calls`] is `None`).
     pub total_calls: usize,
     /// Sampler step of this call (0 = first).
     pub step: usize,

@@ -1,6 +1,7 @@
 //! Exponential integrators in log-SNR (data prediction): DPM-Solver++ multistep and
 //! singlestep, UniPC.
 
+mod dpm_adaptive;
 mod dpm_fast;
 mod dpmpp;
 mod er_sde;
@@ -10,6 +11,7 @@ mod seeds;
 mod singlestep;
 mod unipc;
 
+pub use dpm_adaptive::{AdaptiveInfo, DpmAdaptive, DpmAdaptiveState};
 pub use dpm_fast::{DpmFast, FastVars};
 pub use dpmpp::{DpmSolver, SolverType, ThirdOrder};
 pub use er_sde::{ErSde, ErSdeScaler};
