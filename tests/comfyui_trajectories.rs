@@ -14,7 +14,6 @@ use diffusion_samplers::noise::{ByRef, NoiseSource};
 use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
     AnySampler, AnyState, BoxError, Denoiser, DpmAdaptive, DpmFast, DpmPpSde, NoiseLevel, Sampler,
-    SamplerState,
 };
 use ndarray::{Array3, ArrayView3, ArrayViewMut, Dimension};
 use serde_json::Value;
