@@ -2,11 +2,15 @@
 //!
 //! Any seeded `rand` generator is a [`NoiseSource`] (`sampler.sample(&mut model, x, &grid, &mut
 //! rng)`); [`SeededNoise`] is a fast keyed source; [`ReplayNoise`] feeds back stored noise, e.g.
-//! the exact draws a Python reference used. A [`Run`](crate::Run) owns its source: pass it by
+//! the exact draws a Python reference used; [`BrownianNoise`] gives increments of a Brownian
+//! motion over the noise level, so that refining a grid refines the same noise. A [`Run`](crate::Run) owns its source: pass it by
 //! value, or `&mut source` (every source here, and every `rand` generator, is a source through a
 //! mutable reference too; [`ByRef`] does the same for a generic `N`).
 
+mod brownian;
 mod ziggurat;
+
+pub use brownian::BrownianNoise;
 
 use ndarray::{Array, ArrayViewMut, Dimension, ShapeBuilder};
 use rand::RngCore;
