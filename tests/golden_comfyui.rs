@@ -5,6 +5,7 @@ mod common;
 
 use common::{f64s, fixture, model_sampling, str_of};
 use diffusion_samplers::grid::ComfyScheduler;
+use serde_json::Value;
 
 /// ComfyUI stores sigma tables in f32 and computes most schedulers in f32: relative 2e-6 covers
 /// that rounding (f32 epsilon 6e-8 through a handful of operations), while neighbouring table
@@ -77,6 +78,9 @@ fn scheduler_rel(s: ComfyScheduler) -> f64 {
 /// Interpolation in the f32 table at an f32 timestep (see [`scheduler_rel`]).
 const INTERP: f64 = 3e-5;
 
+/// Power-law sigma nodes computed in f32 (see [`every_sigma_node_gives_comfyuis_sigmas`]).
+const POW: f64 = 1e-5;
+
 /// `kl_optimal` takes `tan` of an f32 angle near pi/2 for large sigmas: the f32 rounding of the
 /// angle is amplified by `(1 + sigma^2) / sigma`, about `1e-7 sigma` relative (4e-4 for the
 /// zero-terminal-SNR top sigma 4519).
@@ -138,4 +142,80 @@ fn ksampler_conventions_match_comfyui() {
         };
         assert!(w <= 1.0, "{case}: {w} tolerances\nours   {ours:?}");
     }
+}
+
+/// ComfyUI's sigma-list nodes (AlignYourSteps, GITS, OptimalSteps, Polyexponential, VP, Laplace,
+/// SDTurbo, Karras, Exponential, BetaSampling, Basic) at 1 to 40 steps and several denoise
+/// values. The nodes return f32 tensors (and compute most lists in f32): relative 2e-6 (as for
+/// the schedulers), 3e-5 where the node interpolates the f32 table at f32 timesteps, 1e-5 for
+/// the power-law nodes (f32 `x^rho`, `exp` of an f32 ramp times a log range of 10.6 amplify the
+/// f32 rounding about tenfold); adjacent sigmas differ by more than 1e-2 relative.
+#[test]
+fn every_sigma_node_gives_comfyuis_sigmas() {
+    use diffusion_samplers::grid::{
+        AysModel, OptimalStepsModel, ays_sigmas, exponential_sigmas, gits_sigmas, karras_sigmas,
+        laplace_sigmas, optimal_steps_sigmas, polyexponential_sigmas, vp_sigmas,
+    };
+    let fx = fixture("comfyui.json");
+    let mut checked = 0;
+    for case in fx["nodes"].as_array().unwrap() {
+        let i = &case["inputs"];
+        let f = |k: &str| i[k].as_f64().unwrap();
+        let steps = i["steps"].as_u64().unwrap() as usize;
+        let denoise = i.get("denoise").and_then(Value::as_f64).unwrap_or(1.0);
+        let ms = || model_sampling(str_of(case, "model"));
+        let with_zero = |mut s: Vec<f64>| {
+            s.push(0.0);
+            s
+        };
+        let (ours, rel) = match str_of(case, "node") {
+            "AlignYourStepsScheduler" => {
+                let m = match i["model_type"].as_str().unwrap() {
+                    "SD1" => AysModel::Sd1,
+                    "SDXL" => AysModel::Sdxl,
+                    _ => AysModel::Svd,
+                };
+                (ays_sigmas(m, steps, denoise), REL)
+            }
+            "GITSScheduler" => (gits_sigmas(f("coeff"), steps, denoise), REL),
+            "OptimalStepsScheduler" => {
+                let m = match i["model_type"].as_str().unwrap() {
+                    "FLUX" => OptimalStepsModel::Flux,
+                    "Wan" => OptimalStepsModel::Wan,
+                    _ => OptimalStepsModel::Chroma,
+                };
+                (optimal_steps_sigmas(m, steps, denoise), REL)
+            }
+            "PolyexponentialScheduler" => (
+                polyexponential_sigmas(steps, f("sigma_min"), f("sigma_max"), f("rho")),
+                POW,
+            ),
+            "VPScheduler" => (vp_sigmas(steps, f("beta_d"), f("beta_min"), f("eps_s")), REL),
+            "LaplaceScheduler" => (
+                laplace_sigmas(steps, f("sigma_min"), f("sigma_max"), f("mu"), f("beta")),
+                POW,
+            ),
+            "KarrasScheduler" => (
+                karras_sigmas(steps, f("sigma_min"), f("sigma_max"), f("rho")).map(with_zero),
+                POW,
+            ),
+            "ExponentialScheduler" => (
+                exponential_sigmas(steps, f("sigma_min"), f("sigma_max")).map(with_zero),
+                POW,
+            ),
+            "SDTurboScheduler" => (ms().sd_turbo_sigmas(steps, denoise), INTERP),
+            "BetaSamplingScheduler" => (ms().beta_sigmas(steps, f("alpha"), f("beta")), REL),
+            "BasicScheduler" => {
+                let s = ComfyScheduler::from_name(i["scheduler"].as_str().unwrap()).unwrap();
+                (ms().ksampler_sigmas(s, steps, denoise, false), scheduler_rel(s))
+            }
+            other => panic!("unknown node {other}"),
+        };
+        let ours = ours.unwrap_or_else(|e| panic!("{case}: {e}"));
+        let theirs = f64s(&case["sigmas"]);
+        let w = worst(&ours, &theirs, rel);
+        assert!(w <= 1.0, "{case}: {w} tolerances\nours   {ours:?}");
+        checked += 1;
+    }
+    assert_eq!(checked, 316);
 }

@@ -518,22 +518,7 @@ impl ComfyScheduler {
                 s.reverse();
                 return Ok(s);
             }
-            ComfyScheduler::Beta => {
-                let total = (n_table - 1) as f64;
-                let mut out = Vec::with_capacity(steps + 1);
-                let mut last = f64::NAN;
-                for i in 0..steps {
-                    // numpy's linspace(0, 1, steps, endpoint=False): i * (1 / steps).
-                    let q = 1.0 - i as f64 * (1.0 / steps as f64);
-                    let t = (crate::special::beta_ppf(q, 0.6, 0.6) * total).round_ties_even();
-                    #[allow(clippy::float_cmp, reason = "integer-valued timesteps")]
-                    if t != last {
-                        out.push(ms.sigmas[t as usize]);
-                    }
-                    last = t;
-                }
-                out
-            }
+            ComfyScheduler::Beta => return ms.beta_sigmas(steps, 0.6, 0.6),
             ComfyScheduler::LinearQuadratic => {
                 let mut s = linear_quadratic(steps, 0.025);
                 for v in &mut s {

@@ -12,6 +12,7 @@ mod comfy;
 mod flow;
 mod sigmas;
 mod spacing;
+mod tables;
 
 use std::sync::Arc;
 
@@ -26,6 +27,10 @@ pub use comfy::{ComfyScheduler, ModelSampling};
 pub(crate) use sigmas::check_sigma_list;
 pub use sigmas::{beta_sigmas, exponential_sigmas, karras_sigmas};
 pub use spacing::Spacing;
+pub use tables::{
+    AysModel, OptimalStepsModel, ays_sigmas, gits_sigmas, laplace_sigmas, loglinear_interp,
+    optimal_steps_sigmas, polyexponential_sigmas, vp_sigmas,
+};
 
 /// The family a grid's levels belong to. It decides how levels between grid points are built
 /// (stochastic churn, midpoints) and which ODE coordinates the sigma-space samplers (Heun,
