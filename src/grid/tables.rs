@@ -49,7 +49,7 @@ pub enum OptimalStepsModel {
 /// [`Error::InvalidValue`] for a table with a non-positive or non-finite value;
 /// [`Error::InvalidSteps`] for `n < 2` or a table of fewer than two values.
 pub fn loglinear_interp(t: &[f64], n: usize) -> Result<Vec<f64>> {
-    if n < 2 || n > MAX_STEPS + 1 || t.len() < 2 {
+    if !(2..=MAX_STEPS + 1).contains(&n) || t.len() < 2 {
         return Err(Error::InvalidSteps {
             steps: n.saturating_sub(1),
             max: MAX_STEPS,
