@@ -130,7 +130,7 @@ pub use level::NoiseLevel;
 #[doc(inline)]
 pub use noise::{NoiseSource, ReplayNoise, SeededNoise};
 #[doc(inline)]
-pub use preset::{PRESETS, Preset, PresetSchedule};
+pub use preset::{PRESETS, Preset, PresetSchedule, PresetSigmas};
 #[doc(inline)]
 pub use sampler::*;
 #[doc(inline)]

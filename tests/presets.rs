@@ -4,7 +4,7 @@
 
 use diffusion_samplers::grid::{ComfyScheduler, ModelSampling};
 use diffusion_samplers::prelude::*;
-use diffusion_samplers::{AnySampler, FlowSchedule, FlowShift, PRESETS, UniPc, UniPcVariant};
+use diffusion_samplers::{AnySampler, FlowSchedule, FlowShift, PRESETS, PresetSigmas, UniPc, UniPcVariant};
 use ndarray::{Array2, Axis};
 
 #[test]
@@ -57,7 +57,7 @@ fn names_resolve_to_samplers_and_schedulers() {
         let p = Preset::get(name).unwrap();
         assert_eq!(p.name(), canonical, "{name}");
         assert_eq!(p.sampler(&sd15).unwrap(), sampler, "{name}");
-        assert_eq!(p.scheduler(), scheduler, "{name}");
+        assert_eq!(p.scheduler(), PresetSigmas::Scheduler(scheduler), "{name}");
     }
     for (a1111, comfy) in [
         ("DPM++ SDE Karras", "dpmpp_sde_karras"),
@@ -92,7 +92,10 @@ fn names_resolve_to_samplers_and_schedulers() {
     for base in PRESETS {
         for s in ComfyScheduler::ALL {
             let p = Preset::get(&format!("{base}_{}", s.name())).unwrap();
-            assert_eq!((p.sampler_name(), p.scheduler()), (base, s));
+            assert_eq!(
+                (p.sampler_name(), p.scheduler()),
+                (base, PresetSigmas::Scheduler(s))
+            );
             n += 1;
         }
     }

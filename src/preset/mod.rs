@@ -17,7 +17,7 @@ mod names;
 pub use comfy::PRESETS;
 
 use crate::error::{Error, Result};
-use crate::grid::{ComfyScheduler, Grid, ModelSampling};
+use crate::grid::{AysModel, ComfyScheduler, Grid, ModelSampling, ays_sigmas, gits_sigmas};
 use crate::sampler::AnySampler;
 use crate::schedule::{FlowSchedule, NoiseSchedule};
 
@@ -83,7 +83,65 @@ impl PresetSchedule for ModelSampling {
 pub struct Preset {
     name: String,
     sampler: &'static str,
-    scheduler: ComfyScheduler,
+    sigmas: PresetSigmas,
+}
+
+/// Where a [`Preset`]'s sigmas come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PresetSigmas {
+    /// One of ComfyUI's nine schedulers, through its `KSampler` (name suffix: the scheduler's).
+    Scheduler(ComfyScheduler),
+    /// The Align Your Steps table ([`ays_sigmas`]; suffixes `_ays` for SD 1.x, `_ays_sdxl`), as
+    /// ComfyUI's `AlignYourStepsScheduler` node feeds a `SamplerCustom`. Only for a model
+    /// sampling with SD 1.x / XL's sigma range.
+    Ays(AysModel),
+    /// The GITS table for coefficient 1.20 ([`gits_sigmas`], ComfyUI's default; suffix
+    /// `_gits`), as the `GITSScheduler` node. Only for SD 1.x / XL's sigma range.
+    Gits,
+}
+
+impl PresetSigmas {
+    /// The name suffix (`"karras"`, `"ays"`, `"ays_sdxl"`, `"gits"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PresetSigmas::Scheduler(s) => s.name(),
+            PresetSigmas::Ays(AysModel::Sdxl) => "ays_sdxl",
+            PresetSigmas::Ays(AysModel::Svd) => "ays_svd",
+            PresetSigmas::Ays(AysModel::Sd1) => "ays",
+            PresetSigmas::Gits => "gits",
+        }
+    }
+
+    /// Every suffix [`Preset::get`] knows: the nine schedulers, `ays`, `ays_sdxl`, `gits`.
+    pub const ALL: [PresetSigmas; 12] = [
+        PresetSigmas::Scheduler(ComfyScheduler::Simple),
+        PresetSigmas::Scheduler(ComfyScheduler::SgmUniform),
+        PresetSigmas::Scheduler(ComfyScheduler::Karras),
+        PresetSigmas::Scheduler(ComfyScheduler::Exponential),
+        PresetSigmas::Scheduler(ComfyScheduler::DdimUniform),
+        PresetSigmas::Scheduler(ComfyScheduler::Beta),
+        PresetSigmas::Scheduler(ComfyScheduler::Normal),
+        PresetSigmas::Scheduler(ComfyScheduler::LinearQuadratic),
+        PresetSigmas::Scheduler(ComfyScheduler::KlOptimal),
+        PresetSigmas::Ays(AysModel::Sd1),
+        PresetSigmas::Ays(AysModel::Sdxl),
+        PresetSigmas::Gits,
+    ];
+}
+
+/// SD 1.x / XL's sigma range, for which the AYS and GITS tables were made.
+fn check_table_range(ms: &ModelSampling) -> Result<()> {
+    let (lo, hi) = (0.029_167_158_2, 14.614_641_229_3);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-3 * b;
+    if ms.is_flow() || !close(ms.sigma_max(), hi) || !close(ms.sigma_min(), lo) {
+        return Err(Error::InvalidParameter {
+            name: "sigma_max",
+            value: ms.sigma_max(),
+            reason: "the AYS and GITS tables are for SD 1.x / XL's sigmas (14.61 to 0.029)",
+        });
+    }
+    Ok(())
 }
 
 impl Preset {
@@ -98,24 +156,24 @@ impl Preset {
             .ok_or_else(|| unknown(name, &lower))
     }
 
-    fn new(sampler: &'static str, scheduler: ComfyScheduler) -> Preset {
-        let name = match scheduler {
-            ComfyScheduler::Normal => sampler.to_string(),
+    fn new(sampler: &'static str, sigmas: PresetSigmas) -> Preset {
+        let name = match sigmas {
+            PresetSigmas::Scheduler(ComfyScheduler::Normal) => sampler.to_string(),
             s => format!("{sampler}_{}", s.name()),
         };
         Preset {
             name,
             sampler,
-            scheduler,
+            sigmas,
         }
     }
 
     fn parse_comfy(lower: &str) -> Option<Preset> {
         let sampler = |s: &str| PRESETS.iter().copied().find(|p| *p == s);
         if let Some(s) = sampler(lower) {
-            return Some(Self::new(s, ComfyScheduler::Normal));
+            return Some(Self::new(s, NORMAL));
         }
-        ComfyScheduler::ALL.into_iter().find_map(|sch| {
+        PresetSigmas::ALL.into_iter().find_map(|sch| {
             let base = lower.strip_suffix(sch.name())?.strip_suffix('_')?;
             Some(Self::new(sampler(base)?, sch))
         })
@@ -125,7 +183,7 @@ impl Preset {
         let words = lower.split_whitespace().collect::<Vec<_>>().join(" ");
         let base = |b: &str| names::A1111.iter().find(|(a, _)| *a == b).map(|(_, c)| *c);
         if let Some(c) = base(&words) {
-            return Some(Self::new(c, ComfyScheduler::Normal));
+            return Some(Self::new(c, NORMAL));
         }
         names::A1111_SCHEDULERS.iter().find_map(|(word, sch)| {
             let b = words.strip_suffix(word)?.strip_suffix(' ')?;
@@ -144,9 +202,9 @@ impl Preset {
         self.sampler
     }
 
-    /// ComfyUI's scheduler.
-    pub fn scheduler(&self) -> ComfyScheduler {
-        self.scheduler
+    /// Where the sigmas come from: ComfyUI's scheduler, or a table.
+    pub fn scheduler(&self) -> PresetSigmas {
+        self.sigmas
     }
 
     /// The sampler ComfyUI runs for this name on `schedule` (only `sa_solver` depends on the
@@ -164,23 +222,36 @@ impl Preset {
     }
 
     /// The sigmas ComfyUI's `KSampler` computes for `steps` steps at `denoise` (1 for
-    /// text-to-image), before the sampler's own adjustments (see [`on_sigmas`](Self::on_sigmas)).
+    /// text-to-image), before the sampler's own adjustments (see [`on_sigmas`](Self::on_sigmas));
+    /// for the tables, the table node's sigmas (its own `denoise`: the last
+    /// `round(steps × denoise)` steps).
     ///
     /// # Errors
-    /// As [`ModelSampling::ksampler_sigmas`].
+    /// As [`ModelSampling::ksampler_sigmas`], [`ays_sigmas`], [`gits_sigmas`];
+    /// [`Error::InvalidParameter`] for a table on a model sampling of another sigma range.
     pub fn sigmas<S: PresetSchedule + ?Sized>(
         &self,
         schedule: &S,
         steps: usize,
         denoise: f64,
     ) -> Result<Vec<f64>> {
-        let ms = schedule.model_sampling()?;
-        ms.ksampler_sigmas(
-            self.scheduler,
-            steps,
-            denoise,
-            comfy::discards_penultimate(self.sampler),
-        )
+        self.sigmas_on(&schedule.model_sampling()?, steps, denoise)
+    }
+
+    fn sigmas_on(&self, ms: &ModelSampling, steps: usize, denoise: f64) -> Result<Vec<f64>> {
+        match self.sigmas {
+            PresetSigmas::Scheduler(s) => {
+                ms.ksampler_sigmas(s, steps, denoise, comfy::discards_penultimate(self.sampler))
+            }
+            PresetSigmas::Ays(m) => {
+                check_table_range(ms)?;
+                ays_sigmas(m, steps, denoise)
+            }
+            PresetSigmas::Gits => {
+                check_table_range(ms)?;
+                gits_sigmas(1.2, steps, denoise)
+            }
+        }
     }
 
     /// The sampler and its `steps`-step grid on `schedule`, as ComfyUI's `KSampler` runs them
@@ -214,12 +285,7 @@ impl Preset {
         denoise: f64,
     ) -> Result<(AnySampler, Grid)> {
         let ms = schedule.model_sampling()?;
-        let sigmas = ms.ksampler_sigmas(
-            self.scheduler,
-            steps,
-            denoise,
-            comfy::discards_penultimate(self.sampler),
-        )?;
+        let sigmas = self.sigmas_on(&ms, steps, denoise)?;
         self.on_sigmas(&ms, &sigmas)
     }
 
@@ -258,17 +324,19 @@ impl Preset {
     }
 
     /// Every name [`get`](Self::get) resolves in ComfyUI's spelling: each of [`PRESETS`] alone
-    /// and with each scheduler (`37 × 10`).
+    /// and with each suffix of [`PresetSigmas::ALL`] (`37 × 13`).
     pub fn all_names() -> impl Iterator<Item = String> {
         PRESETS.into_iter().flat_map(|p| {
-            std::iter::once(p.to_string()).chain(ComfyScheduler::ALL.map(|s| format!("{p}_{}", s.name())))
+            std::iter::once(p.to_string()).chain(PresetSigmas::ALL.map(|s| format!("{p}_{}", s.name())))
         })
     }
 }
 
+const NORMAL: PresetSigmas = PresetSigmas::Scheduler(ComfyScheduler::Normal);
+
 fn unknown(name: &str, lower: &str) -> Error {
     // Suggest within the same scheduler when the name ends with one.
-    let (stem, suffix) = ComfyScheduler::ALL
+    let (stem, suffix) = PresetSigmas::ALL
         .into_iter()
         .find_map(|s| {
             lower
@@ -300,10 +368,10 @@ fn unknown(name: &str, lower: &str) -> Error {
         what: "sampler preset",
         name: name.to_string(),
         known: format!(
-            "{lead}ComfyUI samplers {}, each alone (scheduler normal) or followed by _ and a scheduler: {}; \
-             AUTOMATIC1111 names {}",
+            "{lead}ComfyUI samplers {}, each alone (scheduler normal) or followed by _ and a scheduler or \
+             table: {}; AUTOMATIC1111 names {}",
             PRESETS.join(", "),
-            ComfyScheduler::ALL.map(ComfyScheduler::name).join(", "),
+            PresetSigmas::ALL.map(PresetSigmas::name).join(", "),
             names::A1111.map(|(a, _)| a).join(", "),
         ),
     }
@@ -318,14 +386,36 @@ mod tests {
         let p = Preset::get("dpmpp_2m_sde_gpu_kl_optimal").unwrap();
         assert_eq!(
             (p.sampler_name(), p.scheduler()),
-            ("dpmpp_2m_sde_gpu", ComfyScheduler::KlOptimal)
+            (
+                "dpmpp_2m_sde_gpu",
+                PresetSigmas::Scheduler(ComfyScheduler::KlOptimal)
+            )
         );
+        assert_eq!(
+            Preset::get("euler_ays").unwrap().scheduler(),
+            PresetSigmas::Ays(AysModel::Sd1)
+        );
+        assert_eq!(
+            Preset::get("DPM++ 2M Align Your Steps GITS").unwrap().name(),
+            "dpmpp_2m_gits"
+        );
+        let sd15 = crate::NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+        let (_, grid) = Preset::get("dpmpp_2m_ays").unwrap().build(&sd15, 10).unwrap();
+        assert_eq!(grid.steps(), 10);
+        let flow = crate::FlowSchedule::new(1000).unwrap();
+        assert!(matches!(
+            Preset::get("euler_gits").unwrap().build(&flow, 10),
+            Err(Error::InvalidParameter {
+                name: "sigma_max",
+                ..
+            })
+        ));
         let p = Preset::get("DPM++  2M SDE Heun Exponential").unwrap();
         assert_eq!(p.name(), "dpmpp_2m_sde_heun_exponential");
         let p = Preset::get("ddim_ddim_uniform").unwrap();
         assert_eq!(p.name(), "ddim_ddim_uniform");
         assert_eq!(Preset::get("euler_normal").unwrap().name(), "euler");
-        assert_eq!(Preset::all_names().count(), PRESETS.len() * 10);
+        assert_eq!(Preset::all_names().count(), PRESETS.len() * 13);
         for n in Preset::all_names() {
             assert!(Preset::get(&n).unwrap().name().len() <= n.len(), "{n}");
         }

@@ -1,7 +1,8 @@
 //! Name parsing: ComfyUI's `{sampler}_{scheduler}`, AUTOMATIC1111's display names, and the
 //! suggestions for an unknown name.
 
-use crate::grid::ComfyScheduler;
+use super::PresetSigmas;
+use crate::grid::{AysModel, ComfyScheduler};
 
 /// AUTOMATIC1111's sampler names (lower-cased) and the ComfyUI names they run. A1111 runs
 /// k-diffusion's functions for all of these, which ComfyUI's fork keeps (ComfyUI's `lms` ends
@@ -28,17 +29,23 @@ pub(crate) const A1111: [(&str, &str); 17] = [
 ];
 
 /// AUTOMATIC1111's scheduler words (lower-cased) and ComfyUI's scheduler names.
-pub(crate) const A1111_SCHEDULERS: [(&str, ComfyScheduler); 10] = [
-    ("karras", ComfyScheduler::Karras),
-    ("exponential", ComfyScheduler::Exponential),
-    ("sgm uniform", ComfyScheduler::SgmUniform),
-    ("kl optimal", ComfyScheduler::KlOptimal),
-    ("simple", ComfyScheduler::Simple),
-    ("normal", ComfyScheduler::Normal),
-    ("beta", ComfyScheduler::Beta),
-    ("ddim", ComfyScheduler::DdimUniform),
-    ("uniform", ComfyScheduler::Normal),
-    ("automatic", ComfyScheduler::Normal),
+pub(crate) const A1111_SCHEDULERS: [(&str, PresetSigmas); 13] = [
+    ("karras", PresetSigmas::Scheduler(ComfyScheduler::Karras)),
+    (
+        "exponential",
+        PresetSigmas::Scheduler(ComfyScheduler::Exponential),
+    ),
+    ("sgm uniform", PresetSigmas::Scheduler(ComfyScheduler::SgmUniform)),
+    ("kl optimal", PresetSigmas::Scheduler(ComfyScheduler::KlOptimal)),
+    ("simple", PresetSigmas::Scheduler(ComfyScheduler::Simple)),
+    ("normal", PresetSigmas::Scheduler(ComfyScheduler::Normal)),
+    ("beta", PresetSigmas::Scheduler(ComfyScheduler::Beta)),
+    ("ddim", PresetSigmas::Scheduler(ComfyScheduler::DdimUniform)),
+    ("uniform", PresetSigmas::Scheduler(ComfyScheduler::Normal)),
+    ("automatic", PresetSigmas::Scheduler(ComfyScheduler::Normal)),
+    ("align your steps gits", PresetSigmas::Gits),
+    ("align your steps", PresetSigmas::Ays(AysModel::Sd1)),
+    ("align your steps sdxl", PresetSigmas::Ays(AysModel::Sdxl)),
 ];
 
 /// Levenshtein distance (for suggestions).
