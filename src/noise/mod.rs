@@ -54,6 +54,18 @@ pub trait NoiseSource<F> {
 /// keyed sources such as [`SeededNoise`] then draw it independently of step 0's noise.
 pub const INITIAL_STEP: usize = usize::MAX;
 
+/// The key of draw `k` of sampler step `step`: `step` itself for the first (so one-draw samplers
+/// see step keys), a key apart from every step's, [`INITIAL_STEP`]'s and the editing wrappers'
+/// for the later draws of multi-stage stochastic samplers (SEEDS, DPM++ SDE), so that keyed
+/// sources give them independent noise.
+pub fn draw_key(step: usize, k: usize) -> usize {
+    if k == 0 {
+        step
+    } else {
+        (INITIAL_STEP / 2).wrapping_sub(step.wrapping_mul(16).wrapping_add(k))
+    }
+}
+
 /// The step key of the noise an editing wrapper draws after step `step` (inpainting's renoised
 /// known region), distinct from every sampler step's key and from [`INITIAL_STEP`].
 pub(crate) fn aux_step(step: usize) -> usize {

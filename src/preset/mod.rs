@@ -202,6 +202,15 @@ impl Preset {
         self.sampler
     }
 
+    /// Whether ComfyUI draws this sampler's noise from a Brownian tree (`dpmpp_sde`,
+    /// `dpmpp_2m_sde`, `dpmpp_2m_sde_heun`, `dpmpp_3m_sde` and their `_gpu` names): pass a
+    /// [`BrownianNoise`](crate::noise::BrownianNoise) to get the same property (refining the grid
+    /// refines the same noise; the draws themselves differ from torchsde's). Any
+    /// [`NoiseSource`](crate::NoiseSource) works.
+    pub fn uses_brownian_noise(&self) -> bool {
+        self.sampler.starts_with("dpmpp_") && self.sampler.contains("sde")
+    }
+
     /// Where the sigmas come from: ComfyUI's scheduler, or a table.
     pub fn scheduler(&self) -> PresetSigmas {
         self.sigmas

@@ -159,6 +159,9 @@ pub struct Core<F, D: Dimension> {
     pub(crate) bufs: [Option<Array<F, D>>; 3],
     /// The noise buffer.
     pub(crate) z: Option<Array<F, D>>,
+    /// The step of the last noise draw and the draws made in it (later draws of a step get
+    /// their own keys, [`crate::noise::draw_key`]).
+    pub(crate) drawn: (usize, usize),
     /// Scratch space for thresholding quantiles.
     pub(crate) scratch: Vec<F>,
 }
@@ -175,15 +178,22 @@ pub(crate) fn buf<'a, F: Float, D: Dimension>(
 }
 
 /// The noise buffer, allocated once and filled for `step`, the interval `from -> to`.
+/// The `k`-th draw of a step gets key [`draw_key(step, k)`](crate::noise::draw_key).
 pub(crate) fn fill_noise<'a, F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
     slot: &'a mut Option<Array<F, D>>,
     like: &Array<F, D>,
+    drawn: &mut (usize, usize),
     step: usize,
     (from, to): (&NoiseLevel, &NoiseLevel),
     noise: &mut N,
 ) -> &'a Array<F, D> {
     let z = buf(slot, like);
-    noise.fill_interval(step, from, to, z.view_mut());
+    if drawn.0 != step {
+        *drawn = (step, 0);
+    }
+    let key = crate::noise::draw_key(step, drawn.1);
+    drawn.1 += 1;
+    noise.fill_interval(key, from, to, z.view_mut());
     z
 }
 
@@ -204,9 +214,16 @@ fn step_noise<'a, F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
     noise: &mut N,
 ) -> Parts<'a, F, D> {
     let step = core.walk.step();
-    let Core { x, z, bufs, hist, .. } = core;
+    let Core {
+        x,
+        z,
+        bufs,
+        hist,
+        drawn,
+        ..
+    } = core;
     let z = if wanted {
-        Some(fill_noise(z, x, step, interval, noise))
+        Some(fill_noise(z, x, drawn, step, interval, noise))
     } else {
         None
     };
@@ -235,6 +252,7 @@ impl<F: Float, D: Dimension> Core<F, D> {
             bufs: [None, None, None],
             z: None,
             scratch: Vec::new(),
+            drawn: (usize::MAX, 0),
         })
     }
 
@@ -265,7 +283,14 @@ impl<F: Float, D: Dimension> Core<F, D> {
         let hat = self.walk.level_at_sigma_ve(s_hat);
         let kx = F::cast(hat.alpha / level.alpha);
         let kz = F::cast(hat.alpha * (s_hat * s_hat - s * s).sqrt() * c.s_noise);
-        let z = fill_noise(&mut self.z, &self.x, self.walk.step(), (&level, &hat), noise);
+        let z = fill_noise(
+            &mut self.z,
+            &self.x,
+            &mut self.drawn,
+            self.walk.step(),
+            (&level, &hat),
+            noise,
+        );
         let ok = fold_finite!(Zip::from(&mut self.x).and(z), |x, &z| {
             *x = kx * *x + kz * z;
             *x
@@ -559,8 +584,8 @@ impl<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V> Step<'_, F, D, N, V>
         }
         if let Some((a, b)) = interval {
             let step = self.core.walk.step();
-            let Core { x, z, .. } = &mut *self.core;
-            fill_noise(z, x, step, (&a, &b), self.noise);
+            let Core { x, z, drawn, .. } = &mut *self.core;
+            fill_noise(z, x, drawn, step, (&a, &b), self.noise);
         }
         let ok = combo_pass(self.core, self.est, c)?;
         if c.keep == ComboKeep::X0 {
