@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
-    Deis, Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolverSinglestep, Heun, Ipndm, Lcm, Lms, Pndm, UniPc,
+    AncestralSplit, Deis, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde,
+    DpmSolverSinglestep, EdmDeis, EdmIpndm, ErSde, FlowSchedule, FlowShift, GradientEstimation, Heun,
+    HeunPp2, Ipndm, Lcm, Lms, Pndm, ResMultistep, SaSolver, Seeds2, Seeds3, UniPc,
 };
 use ndarray::{Array4, Zip};
 use rand::{SeedableRng, rngs::SmallRng};
@@ -118,4 +120,44 @@ fn steps_do_not_allocate() {
     check("Plms", &Pndm::new().skip_prk_steps(true), &grids);
     check("Ipndm", &Ipndm::new(), &grids);
     check("Lcm", &Lcm::new(), &grids);
+    // The ComfyUI / k-diffusion samplers.
+    check("EdmIpndm", &EdmIpndm::new(), &grids);
+    check("EdmIpndm variable", &EdmIpndm::new().variable_step(true), &grids);
+    check("EdmDeis", &EdmDeis::new(), &grids);
+    check("GradientEstimation", &GradientEstimation::new(), &grids);
+    check("HeunPp2", &HeunPp2::new(), &grids);
+    check("ResMultistep ancestral", &ResMultistep::ancestral(), &grids);
+    check("DpmPpSde", &DpmPpSde::new(), &grids);
+    check("Seeds2", &Seeds2::new(), &grids);
+    check("Seeds2 exp_heun sde", &Seeds2::exp_heun().eta(1.0), &grids);
+    check("Seeds3", &Seeds3::new(), &grids);
+    check("ErSde", &ErSde::new(), &grids);
+    check("SaSolver", &SaSolver::new(), &grids);
+    check("SaSolver pece", &SaSolver::new().pece(true), &grids);
+    // DPM-Solver-fast takes about a third as many steps as the grid has; the adaptive solver
+    // its own.
+    let long = [s.grid(30, Spacing::KARRAS).unwrap()];
+    check("DpmFast eta 1", &DpmFast::new().eta(1.0), &long);
+    check("DpmAdaptive eta 1", &DpmAdaptive::new().eta(1.0), &long);
+    check(
+        "Dpm2Ancestral rectified flow",
+        &Dpm2Ancestral::new().split(AncestralSplit::RectifiedFlow),
+        &grids,
+    );
+    let flow = FlowSchedule::new(1000)
+        .unwrap()
+        .with_shift(FlowShift::Static(3.0))
+        .unwrap();
+    let flow_grids = [flow.grid(12, Spacing::Linspace).unwrap()];
+    check("EulerAncestral on flow", &EulerAncestral::new(), &flow_grids);
+    check(
+        "DpmSolver sigma space on flow",
+        &DpmSolver::new().sigma_space(true),
+        &flow_grids,
+    );
+    check(
+        "UniPc sigma space on flow",
+        &UniPc::new().order(3).sigma_space(true),
+        &flow_grids,
+    );
 }

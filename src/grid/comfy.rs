@@ -552,20 +552,24 @@ impl std::str::FromStr for ComfyScheduler {
 
 /// `torch.linspace(start, end, n)` (the step from the nearer end, as torch computes it).
 pub(crate) fn torch_linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
-    if n == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (n - 1) as f64;
+    torch_linspace_iter(start, end, n).collect()
+}
+
+/// [`torch_linspace`] without the allocation.
+pub(crate) fn torch_linspace_iter(start: f64, end: f64, n: usize) -> impl Iterator<Item = f64> {
+    let step = if n > 1 {
+        (end - start) / (n - 1) as f64
+    } else {
+        0.0
+    };
     let half = n / 2;
-    (0..n)
-        .map(|i| {
-            if i < half {
-                start + step * i as f64
-            } else {
-                end - step * (n - 1 - i) as f64
-            }
-        })
-        .collect()
+    (0..n).map(move |i| {
+        if n == 1 || i < half {
+            start + step * i as f64
+        } else {
+            end - step * (n - 1 - i) as f64
+        }
+    })
 }
 
 /// Mochi's linear-quadratic schedule (`linear_quadratic_schedule`), as fractions of

@@ -22,8 +22,8 @@ use crate::level::NoiseLevel;
 use crate::noise::{INITIAL_STEP, NoiseSource};
 use crate::schedule::NoiseSchedule;
 
-pub(crate) use comfy::torch_linspace;
 pub use comfy::{ComfyScheduler, ModelSampling};
+pub(crate) use comfy::{torch_linspace, torch_linspace_iter};
 pub(crate) use sigmas::check_sigma_list;
 pub use sigmas::{beta_sigmas, exponential_sigmas, karras_sigmas};
 pub use spacing::Spacing;

@@ -97,13 +97,13 @@ pub(crate) fn combo_pass<F: Float, D: Dimension>(
     let (cx, co) = (est.cx, est.co);
     let out = &mut est.out;
     // Every array must share the target's memory layout for the slice path.
-    let strides = target.strides().to_vec();
-    let same = |a: &Array<F, D>| a.strides() == strides.as_slice() && a.as_slice_memory_order().is_some();
+    let target_ro: &Array<F, D> = target;
+    let same = |a: &Array<F, D>| a.strides() == target_ro.strides() && a.as_slice_memory_order().is_some();
     // Terms with a zero coefficient are dropped (their arrays need not exist).
     let mut arrays: [Option<&Array<F, D>>; MAX_TERMS] = [None; MAX_TERMS];
     let mut slots = [Slot::X0; MAX_TERMS];
     let mut coefs = [F::zero(); MAX_TERMS];
-    let mut fast = target.as_slice_memory_order().is_some() && same(out) && inp.is_none_or(same);
+    let mut fast = target_ro.as_slice_memory_order().is_some() && same(out) && inp.is_none_or(same);
     let mut n = 0;
     for &(slot, coef) in c.terms {
         if coef == 0.0 {

@@ -270,8 +270,7 @@ pub(crate) fn deis_tab_coefs(ts: &[f64], t_next: f64, points: usize, vp: (f64, f
     let m = ts.len();
     let mut out = [0.0; 4];
     let dtau = (t_next - ts[0]) / points as f64;
-    let grid = crate::grid::torch_linspace(ts[0], t_next, points);
-    for tau in grid {
+    for tau in crate::grid::torch_linspace_iter(ts[0], t_next, points) {
         let alpha = (-0.5 * tau * tau * beta_d - tau * beta_min).exp();
         let integrand = 0.5 * (tau * beta_d + beta_min) / (alpha * (1.0 - alpha)).sqrt();
         for (j, o) in out.iter_mut().enumerate().take(m) {
