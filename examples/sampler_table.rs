@@ -16,8 +16,9 @@
 
 use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
-    Deis, Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolverSinglestep, Heun, Ipndm, Lcm, Lms, Pndm,
-    ThirdOrder, UniPc,
+    Deis, Denoiser, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde,
+    DpmSolverSinglestep, EdmDeis, EdmIpndm, ErSde, GradientEstimation, Heun, HeunPp2, Ipndm, Lcm, Lms, Pndm,
+    ResMultistep, SaSolver, Sampler as _, Seeds2, Seeds3, ThirdOrder, UniPc,
 };
 use ndarray::{Array1, Array2, Axis};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -174,5 +175,87 @@ fn main() {
     );
     bench.row("Euler, churn 10", &Euler::new().s_churn(10.0), false, &reference);
     bench.row("LCM", &Lcm::new().boundary_condition(None), false, &reference);
+    // ComfyUI's and k-diffusion's own solvers.
+    bench.row("HeunPP2", &HeunPp2::new(), true, &reference);
+    bench.row("iPNDM (EDM, ComfyUI ipndm)", &EdmIpndm::new(), true, &reference);
+    bench.row(
+        "iPNDM-v (ComfyUI ipndm_v)",
+        &EdmIpndm::new().variable_step(true),
+        true,
+        &reference,
+    );
+    bench.row("DEIS-tAB 3 (ComfyUI deis)", &EdmDeis::new(), true, &reference);
+    bench.row(
+        "gradient estimation",
+        &GradientEstimation::new(),
+        true,
+        &reference,
+    );
+    bench.row("res_multistep", &ResMultistep::new(), true, &reference);
+    bench.row("exp_heun_2_x0", &Seeds2::exp_heun(), true, &reference);
+    bench.row(
+        "DPM-Solver-fast (ends at sigma_min)",
+        &DpmFast::new(),
+        true,
+        &reference,
+    );
+    bench.row(
+        "res_multistep ancestral",
+        &ResMultistep::ancestral(),
+        false,
+        &reference,
+    );
+    bench.row(
+        "exp_heun_2_x0_sde",
+        &Seeds2::exp_heun().eta(1.0),
+        false,
+        &reference,
+    );
+    bench.row(
+        "DPM++ SDE (independent noise)",
+        &DpmPpSde::new(),
+        false,
+        &reference,
+    );
+    bench.row("SEEDS-2", &Seeds2::new(), false, &reference);
+    bench.row("SEEDS-3", &Seeds3::new(), false, &reference);
+    bench.row("ER-SDE", &ErSde::new(), false, &reference);
+    bench.row("SA-Solver (tau 1)", &SaSolver::new(), false, &reference);
+    bench.row(
+        "SA-Solver PECE (tau 1)",
+        &SaSolver::new().pece(true),
+        false,
+        &reference,
+    );
     println!("\nSW2 floor (two independent data sets of {N} points): {floor:.3}");
+    // The adaptive solver chooses its own steps: its calls for a tolerance.
+    println!(
+        "\n| DPM adaptive (ends at sigma_min) | rtol 0.05, atol 0.0078 (default) | 1e-2 | 1e-3 | 1e-4 |"
+    );
+    println!("|---|---|---|---|---|");
+    let grid = bench.schedule.grid(10, Spacing::KARRAS).unwrap();
+    let cells: Vec<String> = [(0.05, 0.0078), (1e-2, 1e-2), (1e-3, 1e-3), (1e-4, 1e-4)]
+        .iter()
+        .map(|&(rtol, atol)| {
+            let sampler = DpmAdaptive::new().rtol(rtol).atol(atol);
+            let mut model = mixture();
+            let x = &bench.x * grid.initial_scale();
+            let mut run = sampler
+                .start(x, &grid, Prediction::Epsilon, StdRng::seed_from_u64(11))
+                .unwrap();
+            while let Some(req) = run.request() {
+                let out = model.denoise(req.x.view(), &req.level).unwrap();
+                run.respond(out).unwrap();
+            }
+            let nfe = run.state().info().nfe;
+            let out = run.into_sample();
+            let d = (&out - &reference)
+                .mapv(|v| v * v)
+                .sum_axis(Axis(1))
+                .mapv(f64::sqrt);
+            let sw2 = sliced_w2(&out, &bench.data, &mut StdRng::seed_from_u64(5));
+            format!("NFE {nfe}: {:.3} / {sw2:.3}", d.mean().unwrap())
+        })
+        .collect();
+    println!("| ODE / SW2 | {} |", cells.join(" | "));
 }
