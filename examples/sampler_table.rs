@@ -18,7 +18,7 @@ use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
     Deis, Denoiser, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde,
     DpmSolverSinglestep, EdmDeis, EdmIpndm, ErSde, GradientEstimation, Heun, HeunPp2, Ipndm, Lcm, Lms, Pndm,
-    ResMultistep, SaSolver, Sampler as _, Seeds2, Seeds3, ThirdOrder, UniPc,
+    ResMultistep, SaSolver, Seeds2, Seeds3, ThirdOrder, UniPc,
 };
 use ndarray::{Array1, Array2, Axis};
 use rand::{Rng, SeedableRng, rngs::StdRng};
