@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
-    Deis, Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolverSinglestep, Float, Heun, Ipndm, Lcm, Lms, Pndm,
-    SeededNoise, UniPc,
+    Deis, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde, DpmSolverSinglestep,
+    EdmDeis, EdmIpndm, ErSde, Float, GradientEstimation, Heun, HeunPp2, Ipndm, Lcm, Lms, Pndm, ResMultistep,
+    SaSolver, SeededNoise, Seeds2, Seeds3, UniPc,
 };
 use ndarray::{Array4, Zip};
 use rand::{SeedableRng, rngs::SmallRng};
@@ -201,6 +202,22 @@ fn bench_dtype<F: Float>(c: &mut Criterion, dtype: &str) {
         s!("plms", Pndm::new().skip_prk_steps(true));
         s!("ipndm", Ipndm::new());
         s!("lcm", Lcm::new());
+        // ComfyUI's / k-diffusion's own solvers (ComfyUI's names).
+        s!("heunpp2", HeunPp2::new());
+        s!("ipndm_edm", EdmIpndm::new());
+        s!("ipndm_v", EdmIpndm::new().variable_step(true));
+        s!("deis_tab_3", EdmDeis::new());
+        s!("gradient_estimation", GradientEstimation::new());
+        s!("res_multistep", ResMultistep::new());
+        s!("res_multistep_ancestral", ResMultistep::ancestral());
+        s!("exp_heun_2_x0", Seeds2::exp_heun());
+        s!("dpmpp_sde", DpmPpSde::new());
+        s!("seeds_2", Seeds2::new());
+        s!("seeds_3", Seeds3::new());
+        s!("er_sde", ErSde::new());
+        s!("sa_solver", SaSolver::new());
+        s!("dpm_fast", DpmFast::new());
+        s!("dpm_adaptive", DpmAdaptive::new());
         group.finish();
     }
 }
@@ -255,6 +272,18 @@ fn bench_noise(c: &mut Criterion) {
             step += 1;
             noise.fill(step, a64.view_mut());
             black_box(&a64);
+        })
+    });
+    let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)
+        .unwrap()
+        .grid(50, Spacing::KARRAS)
+        .unwrap();
+    let mut brownian = diffusion_samplers::noise::BrownianNoise::new(3, &grid).unwrap();
+    let (from, to) = (grid.levels()[10], grid.levels()[11]);
+    group.bench_function("brownian_interval_f32", |b| {
+        b.iter(|| {
+            brownian.fill_interval(0, &from, &to, a32.view_mut());
+            black_box(&a32);
         })
     });
     let mut rng = SmallRng::seed_from_u64(3);

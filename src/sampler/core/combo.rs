@@ -1,8 +1,8 @@
 //! The general fused update: `target <- sum_k c_k * source_k` over the run's arrays in one
 //! memory pass, for samplers whose steps combine more arrays than the fixed-arity kernels of
 //! `kernel.rs` take (multi-stage exponential integrators, predictor–corrector methods, stored
-//! noise). The pass is chunked: each chunk of a few hundred elements is accumulated term by
-//! term in a stack buffer (which vectorises for any number of terms) and written once, so the
+//! noise). The pass is one loop over the elements, monomorphised on the number of source arrays
+//! (terms on the target's old value and on the x0 estimate fold into two coefficients), so the
 //! traffic is one read of every source and one write of the target, as in a hand-fused loop.
 //! Arrays of different memory layouts (a caller's Fortran-order sample with C-order buffers)
 //! take a slower element-by-element path in logical order, with the same results.
@@ -47,16 +47,7 @@ pub(crate) struct Combo<'a> {
     pub keep: Keep,
 }
 
-const CHUNK: usize = 256;
 const MAX_TERMS: usize = 10;
-
-/// A resolved source: a slice of another array, the target's old value, or the x0 estimate.
-#[derive(Clone, Copy)]
-enum Src<'a, F> {
-    Slice(&'a [F]),
-    Old,
-    X0,
-}
 
 /// Runs the combination on `core`, with the x0 estimate from `est` (whose buffer is updated as
 /// `c.keep` asks). Returns whether every value written is finite.
@@ -118,18 +109,49 @@ pub(crate) fn combo_pass<F: Float, D: Dimension>(
         n += 1;
     }
     if fast {
-        let srcs: [Src<'_, F>; MAX_TERMS] = std::array::from_fn(|k| match (slots[k], arrays[k]) {
-            (Slot::X0, _) => Src::X0,
-            (_, Some(a)) => Src::Slice(a.as_slice_memory_order().unwrap_or(&[])),
-            _ => Src::Old,
-        });
-        let inp_src = match inp {
-            Some(a) => Src::Slice(a.as_slice_memory_order().unwrap_or(&[])),
-            None => Src::Old,
+        // Fold the terms on the target's old value and on the x0 estimate into two
+        // coefficients; the rest read other arrays' slices.
+        let (mut c_old, mut c_d) = (F::zero(), F::zero());
+        let mut sl: [&[F]; MAX_TERMS] = [&[]; MAX_TERMS];
+        let mut sc = [F::zero(); MAX_TERMS];
+        let mut m = 0;
+        for k in 0..n {
+            match (slots[k], arrays[k]) {
+                (Slot::X0, _) => c_d += coefs[k],
+                (_, Some(a)) => {
+                    sl[m] = a.as_slice_memory_order().ok_or(Error::Finished)?;
+                    sc[m] = coefs[k];
+                    m += 1;
+                }
+                _ => c_old += coefs[k],
+            }
+        }
+        let inp_s = match inp {
+            Some(a) => Some(a.as_slice_memory_order().ok_or(Error::Finished)?),
+            None => None,
         };
         let t = target.as_slice_memory_order_mut().ok_or(Error::Finished)?;
         let o = out.as_slice_memory_order_mut().ok_or(Error::Finished)?;
-        return Ok(slices(t, o, inp_src, (cx, co), &srcs[..n], &coefs[..n], c.keep));
+        let k = Pass {
+            cx,
+            co,
+            c_old,
+            c_d,
+            keep: c.keep,
+        };
+        return Ok(match m {
+            0 => pass::<F, 0>(t, o, inp_s, k, [], []),
+            1 => pass::<F, 1>(t, o, inp_s, k, [sl[0]], [sc[0]]),
+            2 => pass::<F, 2>(t, o, inp_s, k, [sl[0], sl[1]], [sc[0], sc[1]]),
+            3 => pass::<F, 3>(t, o, inp_s, k, [sl[0], sl[1], sl[2]], [sc[0], sc[1], sc[2]]),
+            4 => pass::<F, 4>(t, o, inp_s, k, first(&sl), first(&sc)),
+            5 => pass::<F, 5>(t, o, inp_s, k, first(&sl), first(&sc)),
+            6 => pass::<F, 6>(t, o, inp_s, k, first(&sl), first(&sc)),
+            7 => pass::<F, 7>(t, o, inp_s, k, first(&sl), first(&sc)),
+            8 => pass::<F, 8>(t, o, inp_s, k, first(&sl), first(&sc)),
+            9 => pass::<F, 9>(t, o, inp_s, k, first(&sl), first(&sc)),
+            _ => pass::<F, MAX_TERMS>(t, o, inp_s, k, sl, sc),
+        });
     }
     Ok(logical(
         target,
@@ -141,65 +163,85 @@ pub(crate) fn combo_pass<F: Float, D: Dimension>(
     ))
 }
 
-/// The slice path, chunk by chunk.
-fn slices<F: Float>(
+/// The first `N` of an array.
+fn first<T: Copy, const N: usize>(a: &[T; MAX_TERMS]) -> [T; N] {
+    std::array::from_fn(|k| a[k])
+}
+
+/// The scalars of a slice pass: the x0 estimate `d = cx input + co output`, the coefficients on
+/// the target's old value and on `d`, and what the output buffer becomes.
+#[derive(Clone, Copy)]
+struct Pass<F> {
+    cx: F,
+    co: F,
+    c_old: F,
+    c_d: F,
+    keep: Keep,
+}
+
+/// The slice path: `t <- c_old t + c_d d + sum_k c_k s_k` in one pass (the input is `t`'s old
+/// value when `inp` is `None`), monomorphised on the number of other arrays so the element
+/// loop vectorises; then the output buffer as `keep` asks.
+fn pass<F: Float, const N: usize>(
     t: &mut [F],
     o: &mut [F],
-    inp: Src<'_, F>,
-    (cx, co): (F, F),
-    srcs: &[Src<'_, F>],
-    coefs: &[F],
-    keep: Keep,
+    inp: Option<&[F]>,
+    k: Pass<F>,
+    srcs: [&[F]; N],
+    coefs: [F; N],
 ) -> bool {
-    let (ex, ed) = match keep {
-        Keep::Lin { ex, ed } => (F::cast(ex), F::cast(ed)),
-        _ => (F::zero(), F::one()),
+    match (inp, k.keep) {
+        (None, Keep::Raw) => pass_with::<F, N, false, false>(t, o, &[], k, srcs, coefs),
+        (None, _) => pass_with::<F, N, false, true>(t, o, &[], k, srcs, coefs),
+        (Some(i), Keep::Raw) => pass_with::<F, N, true, false>(t, o, i, k, srcs, coefs),
+        (Some(i), _) => pass_with::<F, N, true, true>(t, o, i, k, srcs, coefs),
+    }
+}
+
+#[inline(always)]
+fn pass_with<F: Float, const N: usize, const INP: bool, const OUT: bool>(
+    t: &mut [F],
+    o: &mut [F],
+    inp: &[F],
+    k: Pass<F>,
+    srcs: [&[F]; N],
+    coefs: [F; N],
+) -> bool {
+    let len = t.len();
+    let (o, inp) = (&mut o[..len], if INP { &inp[..len] } else { &[][..] });
+    let srcs = srcs.map(|s| &s[..len]);
+    let (ex, ed) = match k.keep {
+        Keep::Lin { ex, ed } => (ex, ed),
+        _ => (0.0, 1.0),
     };
+    // d = cx input + co out folds into the coefficients (in f64): the target is
+    // a_old old + a_in input + a_o out + sum c_j s_j, the output ex input + ed d.
+    let (cx, co, c_d) = (k.cx.as_f64(), k.co.as_f64(), k.c_d.as_f64());
+    let (a_in, a_o) = (F::cast(c_d * cx), F::cast(c_d * co));
+    let a_old = if INP {
+        k.c_old
+    } else {
+        F::cast(k.c_old.as_f64() + c_d * cx)
+    };
+    let (b_in, b_o) = (F::cast(ex + ed * cx), F::cast(ed * co));
     let mut bad = F::Bits::default();
-    let mut start = 0;
-    for (tc, oc) in t.chunks_mut(CHUNK).zip(o.chunks_mut(CHUNK)) {
-        let len = tc.len();
-        let range = start..start + len;
-        start += len;
-        let mut old = [F::zero(); CHUNK];
-        old[..len].copy_from_slice(tc);
-        let ic: &[F] = match inp {
-            Src::Slice(s) => &s[range.clone()],
-            _ => &old[..len],
-        };
-        let mut d = [F::zero(); CHUNK];
-        for ((d, &i), &r) in d.iter_mut().zip(ic).zip(oc.iter()) {
-            *d = cx * i + co * r;
+    for i in 0..len {
+        let old = t[i];
+        let ov = o[i];
+        let mut acc = a_old * old + a_o * ov;
+        if INP {
+            acc += a_in * inp[i];
         }
-        let mut acc = [F::zero(); CHUNK];
-        for (src, &k) in srcs.iter().zip(coefs) {
-            let s: &[F] = match src {
-                Src::Slice(s) => &s[range.clone()],
-                Src::Old => &old[..len],
-                Src::X0 => &d[..len],
-            };
-            for (a, &v) in acc[..len].iter_mut().zip(s) {
-                *a += k * v;
-            }
+        for j in 0..N {
+            acc += coefs[j] * srcs[j][i];
         }
-        for (tv, &a) in tc.iter_mut().zip(&acc[..len]) {
-            *tv = a;
-            bad = bad | a.nonfinite_bits();
-        }
-        match keep {
-            Keep::Raw => {}
-            Keep::X0 => oc.copy_from_slice(&d[..len]),
-            Keep::Lin { .. } => {
-                for ((ov, &dv), &i) in oc.iter_mut().zip(&d[..len]).zip(ic) {
-                    *ov = ex * i + ed * dv;
-                    bad = bad | ov.nonfinite_bits();
-                }
-            }
-        }
-        if keep == Keep::X0 {
-            for &dv in &d[..len] {
-                bad = bad | dv.nonfinite_bits();
-            }
+        t[i] = acc;
+        bad = bad | acc.nonfinite_bits();
+        if OUT {
+            let iv = if INP { inp[i] } else { old };
+            let nv = b_in * iv + b_o * ov;
+            o[i] = nv;
+            bad = bad | nv.nonfinite_bits();
         }
     }
     bad == F::Bits::default()
