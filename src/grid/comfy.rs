@@ -607,6 +607,23 @@ mod tests {
         assert!((t[3] - 499.5).abs() < 1e-12);
     }
 
+    /// ComfyUI runs repeated sigmas as zero-length steps; a grid here refuses them, by name.
+    #[test]
+    fn repeated_sigmas_are_an_error() {
+        let ms =
+            ModelSampling::discrete(&NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap()).unwrap();
+        assert!(matches!(
+            ms.grid(&[14.6, 3.0, 3.0, 0.0]),
+            Err(Error::InvalidValue { what: "sigmas", .. })
+        ));
+        let flow = ModelSampling::flow(&FlowSchedule::new(1000).unwrap()).unwrap();
+        assert!(matches!(
+            flow.grid(&[1.5, 0.5, 0.0]),
+            Err(Error::InvalidValue { .. })
+        ));
+        assert!(ms.grid(&[]).is_err() && ms.grid(&[1.0]).is_err());
+    }
+
     #[test]
     fn names_round_trip() {
         for s in ComfyScheduler::ALL {

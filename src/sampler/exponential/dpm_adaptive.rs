@@ -314,16 +314,47 @@ impl<F: Float, D: Dimension> DpmAdaptiveState<F, D> {
     /// Error of the pair, the controller, and the accepted step.
     fn conclude<N: NoiseSource<F> + ?Sized>(&mut self, noise: &mut N) -> Result<()> {
         let (atol, rtol) = (F::cast(self.opts.atol), F::cast(self.opts.rtol));
-        let mut sum = F::zero();
-        Zip::from(&self.y_low)
-            .and(&self.input)
-            .and(&self.y_prev)
-            .for_each(|&lo, &hi, &pr| {
-                let delta = atol.max(rtol * lo.abs().max(pr.abs()));
-                let e = (lo - hi) / delta;
-                sum += e * e;
-            });
-        let error = (sum.as_f64() / self.x.len() as f64).sqrt();
+        let term = |lo: F, hi: F, pr: F| {
+            let delta = atol.max(rtol * lo.abs().max(pr.abs()));
+            let e = ((lo - hi) / delta).as_f64();
+            e * e
+        };
+        // Eight partial sums (in f64) let the pass vectorise; other layouts go element by element.
+        let slices = (
+            self.y_low.as_slice_memory_order(),
+            self.input.as_slice_memory_order(),
+            self.y_prev.as_slice_memory_order(),
+        );
+        let same =
+            self.y_low.strides() == self.input.strides() && self.y_low.strides() == self.y_prev.strides();
+        let sum = match slices {
+            (Some(lo), Some(hi), Some(pr)) if same => {
+                let mut acc = [0.0f64; 8];
+                let (lc, hc, pc) = (lo.chunks_exact(8), hi.chunks_exact(8), pr.chunks_exact(8));
+                let tail: f64 = lc
+                    .remainder()
+                    .iter()
+                    .zip(hc.remainder())
+                    .zip(pc.remainder())
+                    .map(|((&l, &h), &p)| term(l, h, p))
+                    .sum();
+                for ((l, h), p) in lc.zip(hc).zip(pc) {
+                    for k in 0..8 {
+                        acc[k] += term(l[k], h[k], p[k]);
+                    }
+                }
+                acc.iter().sum::<f64>() + tail
+            }
+            _ => {
+                let mut sum = 0.0;
+                Zip::from(&self.y_low)
+                    .and(&self.input)
+                    .and(&self.y_prev)
+                    .for_each(|&lo, &hi, &pr| sum += term(lo, hi, pr));
+                sum
+            }
+        };
+        let error = (sum / self.x.len() as f64).sqrt();
         if !error.is_finite() {
             return Err(self.nonfinite("error estimate"));
         }
@@ -341,11 +372,18 @@ impl<F: Float, D: Dimension> DpmAdaptiveState<F, D> {
                     return Err(self.nonfinite("noise"));
                 }
             }
-            let z = &self.eps[1];
-            let ok = fold_finite!(Zip::from(&mut self.x).and(&self.input).and(z), |x, &hi, &z| {
-                *x = ct * if kz == F::zero() { hi } else { hi + kz * z };
-                *x
-            });
+            let ok = if self.su > 0.0 {
+                let (ctz, z) = (ct * kz, &self.eps[1]);
+                fold_finite!(Zip::from(&mut self.x).and(&self.input).and(z), |x, &hi, &z| {
+                    *x = ct * hi + ctz * z;
+                    *x
+                })
+            } else {
+                fold_finite!(Zip::from(&mut self.x).and(&self.input), |x, &hi| {
+                    *x = ct * hi;
+                    *x
+                })
+            };
             if !ok {
                 return Err(self.nonfinite("sample"));
             }
