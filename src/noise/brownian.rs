@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayViewMut, Dimension};
 
-use super::ziggurat::splitmix64;
+use super::ziggurat::{normal_from_key, splitmix64};
 use super::{NoiseSource, SeededNoise};
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -27,7 +27,7 @@ use crate::level::NoiseLevel;
 ///
 /// `W` is sampled exactly (Brownian bridges, a counter-based generator keyed by the seed, the
 /// element and the node) at `2^depth + 1` dyadic points of `[t_min, t_max]` and linear in
-/// between (depth 24 by default: the increment's variance is exact to about `2^-24` of the
+/// between (depth 20 by default: the increment's variance is exact to about `2^-20` of the
 /// range relative to the interval), and clamped outside the range. Each batch element (index
 /// along the first axis) has its own seed — [`per_element`](Self::per_element), or
 /// `seed + b` from [`new`](Self::new) — so an image does not change with the batch it is in.
@@ -49,18 +49,29 @@ use crate::level::NoiseLevel;
 /// assert!(diff < 0.3, "{diff}"); // independent noise would give about 1.4
 /// # Ok::<(), diffusion_samplers::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct BrownianNoise {
     seeds: Vec<u64>,
     lo: f64,
     hi: f64,
     kappa: f64,
     depth: u32,
+    /// `W` at the last few times asked for, for every element (consecutive intervals share an
+    /// end): `(t, elements per batch element, values)`.
+    cache: [Option<(f64, usize, Vec<f64>)>; 3],
+    next_slot: usize,
+}
+
+impl PartialEq for BrownianNoise {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.seeds, self.lo, self.hi, self.kappa, self.depth)
+            == (&other.seeds, other.lo, other.hi, other.kappa, other.depth)
+    }
 }
 
 impl BrownianNoise {
     /// Depth of the dyadic sampling of `W` by default.
-    pub const DEPTH: u32 = 24;
+    pub const DEPTH: u32 = 20;
 
     /// A motion over the range of `grid` (its first level to its last level with noise, in
     /// the grid family's sigma-space sigma), batch element `b` seeded with `seed + b`.
@@ -120,6 +131,8 @@ impl BrownianNoise {
             hi: t_max,
             kappa: family.kappa(),
             depth: Self::DEPTH,
+            cache: [None, None, None],
+            next_slot: 0,
         })
     }
 
@@ -153,79 +166,72 @@ impl BrownianNoise {
             .unwrap_or_else(|| self.seeds[0].wrapping_add(b as u64))
     }
 
-    /// `W(t1) - W(t0)` of the motion of element `j` of batch element `b` (times in the range).
-    fn increment(&self, b: usize, j: usize, t0: f64, t1: f64) -> f64 {
+    /// The key of element `j` of batch element `b`.
+    fn base(&self, b: usize, j: usize) -> u64 {
         let mut k = self.seed(b) ^ 0x5851_F42D_4C95_7F2D;
-        let base = splitmix64(&mut k) ^ (j as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
-        let normal = |node: u64| {
-            let mut s = base ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let (a, c) = (splitmix64(&mut s), splitmix64(&mut s));
-            let u1 = ((a >> 11) as f64 + 1.0) * (1.0 / 9_007_199_254_740_992.0);
-            let u2 = (c >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0);
-            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-        };
-        // Walk down from the root with both times while they share a node.
-        let (mut a, mut bnd) = (self.lo, self.hi);
-        let (mut wa, mut wb) = (0.0, (bnd - a).sqrt() * normal(0));
-        let mut node = 1u64;
-        let mut level = 0;
-        while level < self.depth {
-            let m = 0.5 * (a + bnd);
-            let wm = 0.5 * (wa + wb) + 0.5 * (bnd - a).sqrt() * normal(node);
-            let (l0, l1) = (t0 < m, t1 < m);
-            if l0 != l1 {
-                // The times part: finish each in its half.
-                let w0 = self.descend(
-                    t0,
-                    (a, m, bnd),
-                    (wa, wm, wb),
-                    2 * node + u64::from(!l0),
-                    level + 1,
-                    &normal,
-                );
-                let w1 = self.descend(
-                    t1,
-                    (a, m, bnd),
-                    (wa, wm, wb),
-                    2 * node + u64::from(!l1),
-                    level + 1,
-                    &normal,
-                );
-                return w1 - w0;
-            }
-            if l0 {
-                (bnd, wb, node) = (m, wm, 2 * node);
-            } else {
-                (a, wa, node) = (m, wm, 2 * node + 1);
-            }
-            level += 1;
-        }
-        let lerp = |t: f64| wa + (t - a) / (bnd - a) * (wb - wa);
-        lerp(t1) - lerp(t0)
+        splitmix64(&mut k) ^ (j as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// `W(t)` below a split: the half containing `t` of `(a, m, b)`.
-    fn descend(
-        &self,
-        t: f64,
-        (a, m, b): (f64, f64, f64),
-        (wa, wm, wb): (f64, f64, f64),
-        mut node: u64,
-        mut level: u32,
-        normal: &impl Fn(u64) -> f64,
-    ) -> f64 {
-        let (mut a, mut b, mut wa, mut wb) = if t < m { (a, m, wa, wm) } else { (m, b, wm, wb) };
-        while level < self.depth {
+    /// `W(t)` of the motion keyed `base` (`t` in the range): Brownian bridges down the dyadic
+    /// tree to depth `depth`, linear in the leaf.
+    fn w_at(&self, base: u64, t: f64) -> f64 {
+        let node_normal = |node: u64| normal_from_key(base ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (mut a, mut b) = (self.lo, self.hi);
+        let range = b - a;
+        let (mut wa, mut wb) = (0.0, range.sqrt() * node_normal(0));
+        // The bridge's standard deviation at the midpoint: sqrt(width) / 2, halving the width.
+        let mut sd = 0.5 * range.sqrt();
+        let mut node = 1u64;
+        for _ in 0..self.depth {
             let m = 0.5 * (a + b);
-            let wm = 0.5 * (wa + wb) + 0.5 * (b - a).sqrt() * normal(node);
+            let wm = 0.5 * (wa + wb) + sd * node_normal(node);
             if t < m {
                 (b, wb, node) = (m, wm, 2 * node);
             } else {
                 (a, wa, node) = (m, wm, 2 * node + 1);
             }
-            level += 1;
+            sd *= std::f64::consts::FRAC_1_SQRT_2;
         }
         wa + (t - a) / (b - a) * (wb - wa)
+    }
+
+    /// `W(t1) - W(t0)` of element `j` of batch element `b`.
+    #[cfg(test)]
+    fn increment(&self, b: usize, j: usize, t0: f64, t1: f64) -> f64 {
+        let base = self.base(b, j);
+        self.w_at(base, t1) - self.w_at(base, t0)
+    }
+
+    /// The cache slot holding `W(t)` for `len` elements (`per` per batch element), filled if
+    /// needed, never `keep`.
+    fn slot(&mut self, t: f64, len: usize, per: usize, keep: Option<usize>) -> usize {
+        #[allow(clippy::float_cmp, reason = "the same time asked for again")]
+        if let Some(i) = self.cache.iter().position(|c| {
+            c.as_ref()
+                .is_some_and(|(ct, cp, w)| *ct == t && *cp == per && w.len() == len)
+        }) {
+            return i;
+        }
+        let mut i = self.next_slot;
+        if Some(i) == keep {
+            i = (i + 1) % self.cache.len();
+        }
+        self.next_slot = (i + 1) % self.cache.len();
+        let mut w = self.cache[i].take().map(|(_, _, w)| w).unwrap_or_default();
+        w.clear();
+        #[cfg(feature = "rayon")]
+        if len >= crate::par::PAR_MIN {
+            use rayon::prelude::*;
+            (0..len)
+                .into_par_iter()
+                .map(|k| self.w_at(self.base(k / per, k % per), t))
+                .collect_into_vec(&mut w);
+        }
+        if w.len() != len {
+            w.extend((0..len).map(|k| self.w_at(self.base(k / per, k % per), t)));
+        }
+        self.cache[i] = Some((t, per, w));
+        i
     }
 }
 
@@ -249,13 +255,20 @@ impl<F: Float> NoiseSource<F> for BrownianNoise {
         }
         let inv = 1.0 / len.sqrt();
         // Logical order: batch element `b` = index along the first axis.
+        let n = out.len();
         let per = if out.ndim() == 0 {
             1
         } else {
-            (out.len() / out.shape()[0].max(1)).max(1)
+            (n / out.shape()[0].max(1)).max(1)
         };
-        for (i, v) in out.iter_mut().enumerate() {
-            *v = F::cast(self.increment(i / per, i % per, t0, t1) * inv);
+        let i0 = self.slot(t0, n, per, None);
+        let i1 = self.slot(t1, n, per, Some(i0));
+        let (Some((_, _, w0)), Some((_, _, w1))) = (&self.cache[i0], &self.cache[i1]) else {
+            out.fill(F::nan());
+            return;
+        };
+        for ((v, a), b) in out.iter_mut().zip(w0).zip(w1) {
+            *v = F::cast((b - a) * inv);
         }
     }
 }

@@ -214,6 +214,20 @@ fn redraw64(t: &Tables, rng: &mut Xoshiro256pp, mut b: u64) -> f64 {
     }
 }
 
+/// A standard normal from a 64-bit key, counter-based (the same key gives the same value): one
+/// splitmix64 output through the ziggurat's fast path, a generator seeded from the key on the
+/// rare rejection.
+pub(crate) fn normal_from_key(key: u64) -> f64 {
+    let t = tables();
+    let mut s = key;
+    let b = splitmix64(&mut s);
+    if !rejected64(t, b) {
+        return candidate64(t, b);
+    }
+    let mut rng = Xoshiro256pp::from_seed(s);
+    redraw64(t, &mut rng, b)
+}
+
 /// Fills `out` with `f64` standard normals from two interleaved streams.
 pub(crate) fn fill_f64(rngs: &mut [Xoshiro256pp; 2], out: &mut [f64]) {
     let t = tables();
