@@ -46,13 +46,13 @@
 //! | module | what |
 //! |---|---|
 //! | [`schedule`] | [`NoiseSchedule`] (linear, scaled-linear, cosine, sigmoid, Laplace, exp, zero terminal SNR, custom betas), [`FlowSchedule`] (rectified flow, shift), [`NoiseLevel`] |
-//! | [`grid`] | [`Grid`], [`Spacing`] (leading, trailing, linspace, DPM linspace, Karras, exponential, Beta, LCM), [`FinalLevel`], [`ScheduleFamily`] |
+//! | [`grid`] | [`Grid`], [`Spacing`] (leading, trailing, linspace, DPM linspace, Karras, exponential, Beta, LCM), [`FinalLevel`], [`ScheduleFamily`]; ComfyUI's [`ModelSampling`] and [`ComfyScheduler`]s; published tables (Align Your Steps, GITS, OptimalSteps) |
 //! | [`forward`] | [`ForwardProcess`]: noising, posteriors, training targets and loss weights |
 //! | [`denoiser`] | [`Denoiser`], [`Prediction`] and conversions, [`FnDenoiser`] |
 //! | [`guidance`] | classifier-free guidance: [`Guidance`] (two models), [`SharedGuidance`] (one network, both [`Branch`]es), [`BatchedGuidance`] (one doubled-batch call) |
-//! | [`noise`] | [`NoiseSource`] (any `rand` RNG), [`ReplayNoise`], [`SeededNoise`] (fast, keyed by seed / step / block) |
+//! | [`noise`] | [`NoiseSource`] (any `rand` RNG), [`ReplayNoise`], [`SeededNoise`] (fast, keyed by seed / step / block), [`BrownianNoise`](noise::BrownianNoise) (interval increments of a Brownian motion over sigma) |
 //! | [`sampler`] | [`Sampler`], the step-by-step [`Run`] (owns its noise; storable), progress callbacks ([`Sampler::sample_with`], [`Progress`]), [`AnySampler`], [`Expecting`] (a sampler that refuses models of another prediction type), and the samplers below |
-//! | [`Preset`] | sampler names of the popular UIs (`"dpmpp_2m_karras"`, `"Euler a"`) → sampler + grid |
+//! | [`Preset`] | every ComfyUI sampler × scheduler name (`"dpmpp_2m_sde_gpu_karras"`) and AUTOMATIC1111's (`"Euler a"`) → ComfyUI's sampler + grid |
 //! | `config` | (feature `serde`) diffusers' `scheduler_config.json` → schedule, grid and sampler, as diffusers builds them |
 //! | [`edit`] | img2img / SDEdit, inpainting, DDIM inversion |
 //! | [`analytic`] | exact Gaussian-mixture denoisers for tests and examples |
@@ -60,8 +60,10 @@
 //! Samplers (each with diffusers' defaults from `new()`): [`Ddpm`], [`Ddim`], [`Euler`],
 //! [`EulerAncestral`], [`Heun`], [`Dpm2`], [`Dpm2Ancestral`], [`Lms`], [`Pndm`], [`Ipndm`],
 //! [`Deis`], [`DpmSolver`] (DPM-Solver++ multistep, ODE and SDE), [`DpmSolverSinglestep`],
-//! [`DpmPp2sAncestral`], [`UniPc`], [`Lcm`]. Measured convergence orders and an error-vs-NFE
-//! table are in `docs/samplers.md`.
+//! [`DpmPp2sAncestral`], [`UniPc`], [`Lcm`]; from k-diffusion and ComfyUI: [`DpmFast`],
+//! [`DpmAdaptive`], [`DpmPpSde`], [`ResMultistep`], [`Seeds2`], [`Seeds3`], [`ErSde`],
+//! [`SaSolver`], [`GradientEstimation`], [`HeunPp2`], [`EdmIpndm`], [`EdmDeis`]. Measured
+//! convergence orders and an error-vs-NFE table are in `docs/samplers.md`.
 //!
 //! Start a run from [`Grid::initial_sample`]: the starting noise at the grid's first level in
 //! the model's own scaling, for every schedule family. On schedules whose last training level is
