@@ -231,7 +231,10 @@ fn every_sampler_reproduces_comfyuis_runs() {
     let meta = &fx["meta"];
     let mut failures = Vec::new();
     let mut report = String::new();
-    for case in fx["trajectories"].as_array().unwrap() {
+    let cases = fx["trajectories"].as_array().unwrap();
+    // 37 names on four model samplings, ten of them on six more settings.
+    assert_eq!(cases.len(), 198);
+    for case in cases {
         let label = format!(
             "{} {} {} {} steps denoise {}",
             str_of(case, "sampler"),
