@@ -66,7 +66,7 @@ pub use exponential::{
     ErSdeScaler, FastVars, ResMultistep, SaSolver, SaVars, Seeds2, Seeds3, SeedsSolver, SolverType,
     ThirdOrder, UniPc, UniPcVariant,
 };
-pub use linear_multistep::{Deis, EdmDeis, EdmIpndm, GradientEstimation, Ipndm, Lms, Pndm};
+pub use linear_multistep::{Deis, DeisVars, EdmDeis, EdmIpndm, GradientEstimation, Ipndm, Lms, Pndm};
 pub use runge_kutta::{Dpm2, Dpm2Ancestral, DpmPp2sAncestral, Heun, HeunPp2};
 
 use self::core::state::impl_sampler;

@@ -286,8 +286,29 @@ pub(crate) fn deis_tab_coefs(ts: &[f64], t_next: f64, points: usize, vp: (f64, f
     out.map(|o| o * dtau)
 }
 
+/// A DEIS-tAB run's coefficients, computed for the whole grid on its first step (as the
+/// reference computes its `coeff_list` before sampling): per step, the order used and the
+/// weights.
+#[derive(Clone, Debug, Default)]
+pub struct DeisVars {
+    first: usize,
+    steps: Vec<(usize, [f64; 4])>,
+}
+
+impl EdmDeis {
+    /// The weights of a step from `tau[0]` to `tau_next` over the `n` nodes `tau`.
+    fn weights(&self, tau: &[f64; 4], tau_next: f64, n: usize) -> [f64; 4] {
+        if n == 1 {
+            return [tau_next - tau[0], 0.0, 0.0, 0.0];
+        }
+        let vp = deis_vp();
+        let ts = tau.map(|t| deis_t(t, vp));
+        deis_tab_coefs(&ts[..n], deis_t(tau_next, vp), self.points, vp)
+    }
+}
+
 impl Method for EdmDeis {
-    type Vars = ();
+    type Vars = DeisVars;
 
     fn check(&self) -> Result<()> {
         check_order(self.order, 4, "DEIS-tAB supports orders 1 to 4")?;
@@ -307,19 +328,42 @@ impl Method for EdmDeis {
 
     fn update<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
         &self,
-        s: &mut Step<'_, F, D, N, ()>,
+        s: &mut Step<'_, F, D, N, DeisVars>,
     ) -> Result<Outcome> {
         let n = (s.core.hist.len() + 1).min(self.order);
         let tau = taus(s, n);
-        let tau_next = s.coords().tau(&s.to());
-        let w = if n == 1 {
-            [tau_next - tau[0], 0.0, 0.0, 0.0]
-        } else {
-            let vp = deis_vp();
-            let ts = tau.map(|t| deis_t(t, vp));
-            deis_tab_coefs(&ts[..n], deis_t(tau_next, vp), self.points, vp)
+        let c = s.coords();
+        let tau_next = c.tau(&s.to());
+        let i0 = s.walk().step();
+        if s.vars.steps.is_empty() {
+            // Every later step's weights, assuming each step keeps its level in the history
+            // (checked below; a step that does not is computed on its own).
+            let w = s.walk();
+            let end = i0 + w.remaining();
+            let steps: Vec<(usize, [f64; 4])> = (i0..end)
+                .map(|i| {
+                    let m = (n + (i - i0)).min(self.order);
+                    let mut t = [c.tau(&w.level(i)); 4];
+                    for (j, tj) in t.iter_mut().enumerate().take(m).skip(1) {
+                        *tj = c.tau(&w.level(i - j));
+                    }
+                    (m, self.weights(&t, c.tau(&w.level(i + 1)), m))
+                })
+                .collect();
+            s.vars.first = i0;
+            s.vars.steps = steps;
+        }
+        let cached = i0
+            .checked_sub(s.vars.first)
+            .and_then(|k| s.vars.steps.get(k))
+            .copied();
+        let w = s.walk();
+        let expected = (1..n).all(|j| i0 >= j && s.core.hist.level(j - 1) == w.level(i0 - j));
+        let wts = match cached {
+            Some((m, wts)) if m == n && expected => wts,
+            _ => self.weights(&tau, tau_next, n),
         };
-        sigma_step(s, &w[..n], self.order > 1)
+        sigma_step(s, &wts[..n], self.order > 1)
     }
 }
 

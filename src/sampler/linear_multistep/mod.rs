@@ -7,6 +7,6 @@ mod lms;
 mod pndm;
 
 pub use deis::Deis;
-pub use edm::{EdmDeis, EdmIpndm, GradientEstimation};
+pub use edm::{DeisVars, EdmDeis, EdmIpndm, GradientEstimation};
 pub use lms::Lms;
 pub use pndm::{Ipndm, Pndm};
