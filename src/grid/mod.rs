@@ -28,8 +28,8 @@ pub(crate) use sigmas::check_sigma_list;
 pub use sigmas::{beta_sigmas, exponential_sigmas, karras_sigmas};
 pub use spacing::Spacing;
 pub use tables::{
-    AysModel, OptimalStepsModel, ays_sigmas, gits_sigmas, laplace_sigmas, loglinear_interp,
-    optimal_steps_sigmas, polyexponential_sigmas, vp_sigmas,
+    AysModel, OptimalStepsModel, ays_sigmas, diffusers_ays_sigmas, diffusers_ays_timesteps, gits_sigmas,
+    laplace_sigmas, loglinear_interp, optimal_steps_sigmas, polyexponential_sigmas, vp_sigmas,
 };
 
 /// The family a grid's levels belong to. It decides how levels between grid points are built

@@ -148,6 +148,25 @@ pub fn ays_sigmas(model: AysModel, steps: usize, denoise: f64) -> Result<Vec<f64
     table_sigmas(t, steps, denoise, false)
 }
 
+/// diffusers' `AysSchedules` timesteps (10 steps, for
+/// [`NoiseSchedule::grid_from_timesteps`](crate::NoiseSchedule::grid_from_timesteps)): SD 1.x
+/// `[999, 850, ..., 24]`, SDXL `[999, 845, ..., 13]`; `None` for SVD, which diffusers gives as
+/// sigmas only.
+pub fn diffusers_ays_timesteps(model: AysModel) -> Option<&'static [f64]> {
+    match model {
+        AysModel::Sd1 => Some(data::DIFFUSERS_AYS_TIMESTEPS[0]),
+        AysModel::Sdxl => Some(data::DIFFUSERS_AYS_TIMESTEPS[1]),
+        AysModel::Svd => None,
+    }
+}
+
+/// diffusers' `AysSchedules` sigmas, ending with 0 (for [`Grid::ve`](super::Grid::ve) or
+/// `ModelSampling::grid`): three decimals, and up to 0.0035 away from the published tables of
+/// [`ays_sigmas`] (1.4% at SDXL's ninth sigma; SVD's are the same).
+pub fn diffusers_ays_sigmas(model: AysModel) -> &'static [f64] {
+    data::DIFFUSERS_AYS_SIGMAS[model as usize]
+}
+
 /// ComfyUI's `OptimalStepsScheduler` (flow sigmas; as [`ays_sigmas`]).
 ///
 /// # Errors
@@ -360,6 +379,26 @@ impl ModelSampling {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// diffusers' AYS sigmas and the published tables ComfyUI ships are two transcriptions of
+    /// NVIDIA's numbers: within 0.0035 of each other (1.4% at SDXL's 0.113), SVD identical.
+    #[test]
+    fn diffusers_ays_sigmas_round_the_published_tables() {
+        for m in [AysModel::Sd1, AysModel::Sdxl, AysModel::Svd] {
+            let ours = ays_sigmas(m, 10, 1.0).unwrap();
+            let theirs = diffusers_ays_sigmas(m);
+            assert_eq!(ours.len(), theirs.len());
+            for (a, b) in ours.iter().zip(theirs) {
+                assert!((a - b).abs() <= 0.0035, "{m:?}: {a} vs {b}");
+            }
+        }
+        let sd = crate::NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+        for m in [AysModel::Sd1, AysModel::Sdxl] {
+            let t = diffusers_ays_timesteps(m).unwrap();
+            assert_eq!(sd.grid_from_timesteps(t).unwrap().steps(), 10);
+        }
+        assert!(diffusers_ays_timesteps(AysModel::Svd).is_none());
+    }
 
     #[test]
     fn interpolation_keeps_the_ends_and_a_same_length_table() {
