@@ -47,6 +47,13 @@ pub(crate) struct Combo<'a> {
     pub keep: Keep,
 }
 
+impl<'a> Combo<'a> {
+    /// `into <- terms`, the output buffer becoming `keep`.
+    pub(crate) const fn new(into: Slot, terms: &'a [(Slot, f64)], keep: Keep) -> Self {
+        Combo { into, terms, keep }
+    }
+}
+
 const MAX_TERMS: usize = 10;
 
 /// Runs the combination on `core`, with the x0 estimate from `est` (whose buffer is updated as

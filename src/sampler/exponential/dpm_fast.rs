@@ -198,14 +198,7 @@ impl Method for DpmFast {
                 let mut terms = finish(0.0, None);
                 // Order 1 reads this call's estimate, not a kept one.
                 terms[1].0 = Slot::X0;
-                s.combo(
-                    &Combo {
-                        into: Slot::X,
-                        terms: &terms,
-                        keep: Keep::Raw,
-                    },
-                    noise,
-                )?;
+                s.combo(&Combo::new(Slot::X, &terms, Keep::Raw), noise)?;
                 Ok(Outcome::done())
             }
             (_, 0) => {
@@ -215,28 +208,14 @@ impl Method for DpmFast {
                 let k = -sig(s1) * (r1 * h).exp_m1();
                 let c1 = c.c(&l1);
                 let terms = [(Slot::X, c1 / cf + c1 * k * e0.x), (Slot::X0, c1 * k * e0.d)];
-                s.combo(
-                    &Combo {
-                        into: Slot::Buf(X2),
-                        terms: &terms,
-                        keep: Keep::X0,
-                    },
-                    None,
-                )?;
+                s.combo(&Combo::new(Slot::Buf(X2), &terms, Keep::X0), None)?;
                 Ok(Outcome::stage(l1, Input::Buf(X2)).keep_buf(D0))
             }
             (2, _) => {
                 let l1 = s.level();
                 let k = sig(t_next) / (2.0 * r1) * big_e;
                 let terms = finish(k, Some((&l1, Slot::Buf(X2))));
-                s.combo(
-                    &Combo {
-                        into: Slot::X,
-                        terms: &terms,
-                        keep: Keep::Raw,
-                    },
-                    noise,
-                )?;
+                s.combo(&Combo::new(Slot::X, &terms, Keep::Raw), noise)?;
                 Ok(Outcome::done())
             }
             (_, 1) => {
@@ -255,28 +234,14 @@ impl Method for DpmFast {
                     (Slot::Buf(X2), -c2 * k * e1.x),
                     (Slot::X0, -c2 * k * e1.d),
                 ];
-                s.combo(
-                    &Combo {
-                        into: Slot::Buf(X2),
-                        terms: &terms,
-                        keep: Keep::X0,
-                    },
-                    None,
-                )?;
+                s.combo(&Combo::new(Slot::Buf(X2), &terms, Keep::X0), None)?;
                 Ok(Outcome::stage(l2, Input::Buf(X2)).keep_buf(D1))
             }
             _ => {
                 let l2 = s.level();
                 let k = sig(t_next) / r2 * (big_e / h - 1.0);
                 let terms = finish(k, Some((&l2, Slot::Buf(X2))));
-                s.combo(
-                    &Combo {
-                        into: Slot::X,
-                        terms: &terms,
-                        keep: Keep::Raw,
-                    },
-                    noise,
-                )?;
+                s.combo(&Combo::new(Slot::X, &terms, Keep::Raw), noise)?;
                 Ok(Outcome::done())
             }
         }

@@ -137,14 +137,7 @@ impl Method for ErSde {
             // The DDIM step (x' = x0 on the last step), keeping the x0 estimate.
             let r = to.sigma / from.sigma;
             let terms = [(Slot::X, r), (Slot::X0, to.alpha - from.alpha * r)];
-            s.combo(
-                &Combo {
-                    into: Slot::X,
-                    terms: &terms,
-                    keep: Keep::X0,
-                },
-                None,
-            )?;
+            s.combo(&Combo::new(Slot::X, &terms, Keep::X0), None)?;
             return Ok(self.keep(from));
         }
         let hist = &s.core.hist;
@@ -193,11 +186,7 @@ impl Method for ErSde {
             (Slot::Noise, if noisy { kz } else { 0.0 }),
         ];
         s.combo(
-            &Combo {
-                into: Slot::X,
-                terms: &terms,
-                keep: Keep::X0,
-            },
+            &Combo::new(Slot::X, &terms, Keep::X0),
             noisy.then_some((from, to)),
         )?;
         Ok(self.keep(from))

@@ -291,41 +291,20 @@ impl Method for SaSolver {
             for k in 1..c_used {
                 terms[2 + k].1 = b[c_used - 1 - k];
             }
-            s.combo(
-                &Combo {
-                    into: Slot::Buf(XC),
-                    terms: &terms,
-                    keep: Keep::X0,
-                },
-                None,
-            )?;
+            s.combo(&Combo::new(Slot::Buf(XC), &terms, Keep::X0), None)?;
             if self.pece {
                 return Ok(Outcome::stage(from, Input::Buf(XC)));
             }
         } else if s.stage() == 0 {
             let terms = [(Slot::X, 1.0)];
-            s.combo(
-                &Combo {
-                    into: Slot::Buf(XC),
-                    terms: &terms,
-                    keep: Keep::Raw,
-                },
-                None,
-            )?;
+            s.combo(&Combo::new(Slot::Buf(XC), &terms, Keep::Raw), None)?;
         }
         // Predictor from the corrected sample.
         if to.is_clean() || p_used == 0 || from.alpha == 0.0 {
             // The DDIM step from x_c (x0 itself on the last step).
             let r = to.sigma / from.sigma;
             let terms = [(Slot::Buf(XC), r), (Slot::X0, to.alpha - from.alpha * r)];
-            s.combo(
-                &Combo {
-                    into: Slot::X,
-                    terms: &terms,
-                    keep: Keep::X0,
-                },
-                None,
-            )?;
+            s.combo(&Combo::new(Slot::X, &terms, Keep::X0), None)?;
             *s.vars = SaVars {
                 tau: 0.0,
                 h: to.lambda() - from.lambda(),
@@ -361,11 +340,7 @@ impl Method for SaSolver {
             terms[2 + k].1 = b[p_used - 1 - k];
         }
         s.combo(
-            &Combo {
-                into: Slot::X,
-                terms: &terms,
-                keep: Keep::X0,
-            },
+            &Combo::new(Slot::X, &terms, Keep::X0),
             (kz != 0.0).then_some((from, to)),
         )?;
         if kz != 0.0 {

@@ -169,11 +169,7 @@ impl Method for DpmPpSde {
                 ),
             ];
             s.combo(
-                &Combo {
-                    into: Slot::Buf(X2),
-                    terms: &terms,
-                    keep: Keep::X0,
-                },
+                &Combo::new(Slot::Buf(X2), &terms, Keep::X0),
                 noisy.then_some((from, mid)),
             )?;
             return Ok(Outcome::stage(mid, Input::Buf(X2)).keep_buf(D0));
@@ -195,11 +191,7 @@ impl Method for DpmPpSde {
             ),
         ];
         s.combo(
-            &Combo {
-                into: Slot::X,
-                terms: &terms,
-                keep: Keep::Raw,
-            },
+            &Combo::new(Slot::X, &terms, Keep::Raw),
             noisy.then_some((from, to)),
         )?;
         Ok(Outcome::done())
@@ -331,11 +323,7 @@ impl Method for Seeds2 {
                 ),
             ];
             s.combo(
-                &Combo {
-                    into: Slot::Buf(X2),
-                    terms: &terms,
-                    keep: Keep::X0,
-                },
+                &Combo::new(Slot::Buf(X2), &terms, Keep::X0),
                 noisy.then_some((from, mid)),
             )?;
             if noisy {
@@ -365,11 +353,7 @@ impl Method for Seeds2 {
             (Slot::Noise, if fresh { kz * n2 } else { 0.0 }),
         ];
         s.combo(
-            &Combo {
-                into: Slot::X,
-                terms: &terms,
-                keep: Keep::Raw,
-            },
+            &Combo::new(Slot::X, &terms, Keep::Raw),
             fresh.then_some((mid, to)),
         )?;
         Ok(Outcome::done())
@@ -477,24 +461,13 @@ impl Method for Seeds3 {
                     (Slot::Noise, on(l1.sigma * sn * n1)),
                 ];
                 s.combo(
-                    &Combo {
-                        into: Slot::Buf(X2),
-                        terms: &terms,
-                        keep: Keep::X0,
-                    },
+                    &Combo::new(Slot::Buf(X2), &terms, Keep::X0),
                     noisy.then_some((from, l1)),
                 )?;
                 if noisy {
                     // NZ = n1 (the normalised noise so far).
                     let t = [(Slot::Noise, n1)];
-                    s.combo(
-                        &Combo {
-                            into: Slot::Buf(NZ),
-                            terms: &t,
-                            keep: Keep::Raw,
-                        },
-                        None,
-                    )?;
+                    s.combo(&Combo::new(Slot::Buf(NZ), &t, Keep::Raw), None)?;
                 }
                 Ok(Outcome::stage(l1, Input::Buf(X2)).keep_buf(D0))
             }
@@ -510,23 +483,12 @@ impl Method for Seeds3 {
                     (Slot::Noise, on(l2.sigma * sn * q)),
                 ];
                 s.combo(
-                    &Combo {
-                        into: Slot::Buf(X2),
-                        terms: &terms,
-                        keep: Keep::Raw,
-                    },
+                    &Combo::new(Slot::Buf(X2), &terms, Keep::Raw),
                     noisy.then_some((l1, l2)),
                 )?;
                 if noisy {
                     let t = [(Slot::Buf(NZ), e), (Slot::Noise, q)];
-                    s.combo(
-                        &Combo {
-                            into: Slot::Buf(NZ),
-                            terms: &t,
-                            keep: Keep::Raw,
-                        },
-                        None,
-                    )?;
+                    s.combo(&Combo::new(Slot::Buf(NZ), &t, Keep::Raw), None)?;
                 }
                 Ok(Outcome::stage(l2, Input::Buf(X2)))
             }
@@ -542,14 +504,7 @@ impl Method for Seeds3 {
                     (Slot::Buf(NZ), on(to.sigma * sn * e)),
                     (Slot::Noise, if fresh { to.sigma * sn * q } else { 0.0 }),
                 ];
-                s.combo(
-                    &Combo {
-                        into: Slot::X,
-                        terms: &terms,
-                        keep: Keep::Raw,
-                    },
-                    fresh.then_some((l2, to)),
-                )?;
+                s.combo(&Combo::new(Slot::X, &terms, Keep::Raw), fresh.then_some((l2, to)))?;
                 Ok(Outcome::done())
             }
         }

@@ -40,14 +40,14 @@ fn sigma_step<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized, V>(
     }
     let n = w.len() + 1;
     s.combo(
-        &Combo {
-            into: Slot::X,
-            terms: &terms[..n],
-            keep: Keep::Lin {
+        &Combo::new(
+            Slot::X,
+            &terms[..n],
+            Keep::Lin {
                 ex: 1.0 / from.sigma,
                 ed: -1.0 / tau,
             },
-        },
+        ),
         None,
     )?;
     Ok(if keep {

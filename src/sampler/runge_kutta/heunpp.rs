@@ -112,14 +112,7 @@ impl Method for HeunPp2 {
             0 => {
                 // x2 = c1 ((1 + dt / t0) y - (dt / t0) D0) at l1; D0 kept.
                 let terms = [(Slot::X, c1 / c0 * (1.0 + dt / t0)), (Slot::X0, -c1 * dt / t0)];
-                s.combo(
-                    &Combo {
-                        into: Slot::Buf(X2),
-                        terms: &terms,
-                        keep: Keep::X0,
-                    },
-                    None,
-                )?;
+                s.combo(&Combo::new(Slot::Buf(X2), &terms, Keep::X0), None)?;
                 Ok(Outcome::stage(l1, Input::Buf(X2)).keep_buf(D0))
             }
             1 if n == 2 => {
@@ -131,14 +124,7 @@ impl Method for HeunPp2 {
                     (Slot::Buf(X2), dt * w2 / t1),
                     (Slot::X0, -c1 * dt * w2 / t1),
                 ];
-                s.combo(
-                    &Combo {
-                        into: Slot::X,
-                        terms: &terms,
-                        keep: Keep::Raw,
-                    },
-                    None,
-                )?;
+                s.combo(&Combo::new(Slot::X, &terms, Keep::Raw), None)?;
                 Ok(Outcome::done())
             }
             1 => {
@@ -147,14 +133,7 @@ impl Method for HeunPp2 {
                     (Slot::Buf(X2), c2 / c1 * (1.0 + dt2 / t1)),
                     (Slot::X0, -c2 * dt2 / t1),
                 ];
-                s.combo(
-                    &Combo {
-                        into: Slot::Buf(X2),
-                        terms: &terms,
-                        keep: Keep::X0,
-                    },
-                    None,
-                )?;
+                s.combo(&Combo::new(Slot::Buf(X2), &terms, Keep::X0), None)?;
                 Ok(Outcome::stage(l2, Input::Buf(X2)).keep_buf(D2))
             }
             _ => {
@@ -169,14 +148,7 @@ impl Method for HeunPp2 {
                     (Slot::Buf(X2), c1 * b / c2),
                     (Slot::X0, -c1 * b),
                 ];
-                s.combo(
-                    &Combo {
-                        into: Slot::X,
-                        terms: &terms,
-                        keep: Keep::Raw,
-                    },
-                    None,
-                )?;
+                s.combo(&Combo::new(Slot::X, &terms, Keep::Raw), None)?;
                 Ok(Outcome::done())
             }
         }
