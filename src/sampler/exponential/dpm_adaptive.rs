@@ -63,7 +63,8 @@ use crate::sampler::{Estimate, Request, Sampler, SamplerState};
 /// [`Error::InvalidParameter`] for an order other than 2 or 3, a negative or non-finite `rtol`,
 /// `atol`, controller coefficient, `eta` or `s_noise`, `rtol = atol = 0`, a non-positive
 /// `h_init` or `accept_safety`, and noise in reverse; at the start of a run,
-/// [`Error::InvalidSteps`] for a grid whose ends coincide; during a run, [`Error::NonFinite`]
+/// [`Error::InvalidParameter`] (`"grid"`) for a grid whose ends coincide or start from pure
+/// noise (infinite sigma); during a run, [`Error::NonFinite`]
 /// (model output, error estimate, noise, sample) and [`Error::InvalidSteps`] when the
 /// controller does not finish within `10^6` attempts.
 ///
@@ -574,9 +575,11 @@ impl Sampler for DpmAdaptive {
         let t = |l: &NoiseLevel| -c.tau(l).ln();
         let (t_start, t_end) = (t(&start), t(&end));
         if !(t_start.is_finite() && t_end.is_finite()) || (t_start - t_end).abs() <= 1e-5 {
-            return Err(Error::InvalidSteps {
-                steps: 0,
-                max: crate::MAX_STEPS,
+            return Err(Error::InvalidParameter {
+                name: "grid",
+                value: c.tau(&start),
+                reason: "the adaptive DPM-Solver integrates in log-sigma from the first level to the last level \
+                         with noise: both need finite, distinct sigmas",
             });
         }
         if x.iter().any(|v| !v.is_finite()) {

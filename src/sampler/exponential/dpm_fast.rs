@@ -25,7 +25,8 @@ use crate::sampler::{Input, Method, Outcome, Sampler, State, Step};
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] for a negative `eta` or `s_noise`; at the start of a run,
-/// [`Error::InvalidSteps`] for a grid of one level with noise.
+/// [`Error::InvalidParameter`] (`"grid"`) for a grid of one level with noise or starting from
+/// pure noise (infinite sigma).
 ///
 /// [^dpm]: C. Lu, Y. Zhou, F. Bao, J. Chen, C. Li, J. Zhu, *DPM-Solver: A Fast ODE Solver for
 ///     Diffusion Probabilistic Model Sampling in Around 10 Steps*, NeurIPS 2022,
@@ -81,13 +82,15 @@ impl DpmFast {
         let nfe = grid.steps();
         let c = Coords::of(grid.family());
         let (start, end) = (levels[0], grid.last_noisy());
-        if start == end || nfe == 0 {
-            return Err(Error::InvalidSteps {
-                steps: 0,
-                max: crate::MAX_STEPS,
+        let (t0, t1) = (-c.tau(&start).ln(), -c.tau(&end).ln());
+        if !(t0.is_finite() && t1.is_finite()) || t0 == t1 || nfe == 0 {
+            return Err(Error::InvalidParameter {
+                name: "grid",
+                value: c.tau(&start),
+                reason: "DPM-Solver-fast integrates in log-sigma from the first level to the last level with noise: \
+                         both need finite, distinct sigmas",
             });
         }
-        let (t0, t1) = (-c.tau(&start).ln(), -c.tau(&end).ln());
         let m = nfe / 3 + 1;
         let ts = crate::grid::torch_linspace(t0, t1, m + 1);
         let mut inner: Vec<NoiseLevel> = ts

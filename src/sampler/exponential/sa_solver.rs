@@ -230,7 +230,8 @@ impl Method for SaSolver {
     }
 
     fn history(&self) -> usize {
-        self.predictor_order.max(self.corrector_order) - 1
+        // The corrector needs the previous level even at order 1.
+        self.predictor_order.max(self.corrector_order).max(2) - 1
     }
 
     fn held(&self) -> usize {
@@ -254,7 +255,7 @@ impl Method for SaSolver {
         let oldest_first =
             |k: usize| -> [f64; 4] { std::array::from_fn(|j| if j < k { lams[k - 1 - j] } else { 0.0 }) };
         let mut p_used = self.predictor_order.min(len);
-        let mut c_used = if i == 0 || (to.is_clean() && !self.pece) {
+        let mut c_used = if i == 0 || s.core.hist.len() == 0 || (to.is_clean() && !self.pece) {
             0
         } else {
             self.corrector_order.min(len)
