@@ -83,7 +83,7 @@ impl DpmFast {
         let c = Coords::of(grid.family());
         let (start, end) = (levels[0], grid.last_noisy());
         let (t0, t1) = (-c.tau(&start).ln(), -c.tau(&end).ln());
-        if !(t0.is_finite() && t1.is_finite()) || t0 == t1 || nfe == 0 {
+        if !(t0.is_finite() && t1.is_finite()) || (t0 - t1).abs() <= 1e-12 || nfe == 0 {
             return Err(Error::InvalidParameter {
                 name: "grid",
                 value: c.tau(&start),
