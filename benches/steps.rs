@@ -290,6 +290,13 @@ fn bench_noise(c: &mut Criterion) {
             black_box(&a32);
         })
     });
+    let mut torch = diffusion_samplers::noise::TorchGenerator::new(3);
+    group.bench_function("torch_generator_f32", |b| {
+        b.iter(|| {
+            torch.fill(0, a32.view_mut());
+            black_box(&a32);
+        })
+    });
     let mut rng = SmallRng::seed_from_u64(3);
     group.bench_function("rand_distr_standard_normal_smallrng_f32", |b| {
         b.iter(|| {

@@ -8,9 +8,11 @@
 //! mutable reference too; [`ByRef`] does the same for a generic `N`).
 
 mod brownian;
+mod torch;
 mod ziggurat;
 
 pub use brownian::BrownianNoise;
+pub use torch::TorchGenerator;
 
 use ndarray::{Array, ArrayViewMut, Dimension, ShapeBuilder};
 use rand::RngCore;
