@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::{Grid, LevelMap, ScheduleFamily};
 use crate::error::{Error, MAX_STEPS, Result};
 use crate::level::NoiseLevel;
-use crate::schedule::{FlowSchedule, NoiseSchedule};
+use crate::schedule::{FlowSchedule, NoiseSchedule, check_steps};
 
 /// ComfyUI's last cumulative alpha for zero-terminal-SNR models
 /// (`rescale_zero_terminal_snr_sigmas` in `comfy/model_sampling.py`), which keeps the top sigma
@@ -365,17 +365,6 @@ impl ModelSampling {
         let s = calc(total)?;
         let keep = (steps + 1).min(s.len());
         Ok(s[s.len() - keep..].to_vec())
-    }
-}
-
-fn check_steps(steps: usize) -> Result<()> {
-    if steps == 0 || steps > MAX_STEPS {
-        Err(Error::InvalidSteps {
-            steps,
-            max: MAX_STEPS,
-        })
-    } else {
-        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@ mod data {
 use super::ModelSampling;
 use super::comfy::torch_linspace;
 use crate::error::{Error, MAX_STEPS, Result};
+use crate::schedule::check_steps;
 
 /// The models Align Your Steps[^ays] published 10-step sigma tables for.
 ///
@@ -44,6 +45,14 @@ pub enum OptimalStepsModel {
 
 /// ComfyUI's (and the AYS how-to's) `loglinear_interp`: `t` (decreasing) resampled to `n`
 /// values, linearly in `ln t` over a uniform index.
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::grid::*;
+/// let s = loglinear_interp(&[10.0, 1.0, 0.1], 5)?;
+/// assert!((s[1] - 10f64.sqrt()).abs() < 1e-12 && (s[4] - 0.1).abs() < 1e-15);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::InvalidValue`] for a table with a non-positive or non-finite value;
@@ -88,12 +97,7 @@ pub fn loglinear_interp(t: &[f64], n: usize) -> Result<Vec<f64>> {
 /// set to 0 (the three table nodes' convention; `round` is Python's, half to even).
 fn table_sigmas(table: &[f64], steps: usize, denoise: f64, keep_table: bool) -> Result<Vec<f64>> {
     check_denoise(denoise)?;
-    if steps == 0 || steps > MAX_STEPS {
-        return Err(Error::InvalidSteps {
-            steps,
-            max: MAX_STEPS,
-        });
-    }
+    check_steps(steps)?;
     let total = if denoise < 1.0 {
         (steps as f64 * denoise).round_ties_even() as usize
     } else {
@@ -152,6 +156,16 @@ pub fn ays_sigmas(model: AysModel, steps: usize, denoise: f64) -> Result<Vec<f64
 /// [`NoiseSchedule::grid_from_timesteps`](crate::NoiseSchedule::grid_from_timesteps)): SD 1.x
 /// `[999, 850, ..., 24]`, SDXL `[999, 845, ..., 13]`; `None` for SVD, which diffusers gives as
 /// sigmas only.
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::grid::*;
+/// use diffusion_samplers::NoiseSchedule;
+/// let t = diffusers_ays_timesteps(AysModel::Sd1).unwrap();
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid_from_timesteps(t)?;
+/// assert_eq!(grid.steps(), 10);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 pub fn diffusers_ays_timesteps(model: AysModel) -> Option<&'static [f64]> {
     match model {
         AysModel::Sd1 => Some(data::DIFFUSERS_AYS_TIMESTEPS[0]),
@@ -169,6 +183,14 @@ pub fn diffusers_ays_sigmas(model: AysModel) -> &'static [f64] {
 
 /// ComfyUI's `OptimalStepsScheduler` (flow sigmas; as [`ays_sigmas`]).
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::grid::*;
+/// let s = optimal_steps_sigmas(OptimalStepsModel::Flux, 10, 1.0)?;
+/// assert_eq!((s.len(), s[0], s[10]), (11, 0.9968, 0.0));
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// As [`ays_sigmas`].
 pub fn optimal_steps_sigmas(model: OptimalStepsModel, steps: usize, denoise: f64) -> Result<Vec<f64>> {
@@ -179,6 +201,15 @@ pub fn optimal_steps_sigmas(model: OptimalStepsModel, steps: usize, denoise: f64
 /// ComfyUI's `GITSScheduler`[^gits] (SD 1.5 sigmas): the published table for `coeff` (0.80 to
 /// 1.50 in steps of 0.05) and 2 to 20 steps; more steps interpolate the 20-step table
 /// log-linearly; then the last `round(steps × denoise)` steps, ending with 0.
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::grid::*;
+/// let s = gits_sigmas(1.2, 10, 1.0)?;
+/// assert_eq!((s.len(), s[10]), (11, 0.0));
+/// assert!(s.windows(2).all(|w| w[0] > w[1]));
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] for another `coeff` or `denoise` outside `(0, 1]`;
@@ -210,12 +241,7 @@ pub fn gits_sigmas(coeff: f64, steps: usize, denoise: f64) -> Result<Vec<f64>> {
 }
 
 fn check_range(n: usize, lo: f64, hi: f64) -> Result<()> {
-    if n == 0 || n > MAX_STEPS {
-        return Err(Error::InvalidSteps {
-            steps: n,
-            max: MAX_STEPS,
-        });
-    }
+    check_steps(n)?;
     if !(lo > 0.0 && hi > lo && hi.is_finite()) {
         return Err(Error::InvalidParameter {
             name: "sigma_min",
@@ -245,6 +271,15 @@ fn check_finite_param(name: &'static str, value: f64, positive: bool) -> Result<
 /// k-diffusion's `get_sigmas_polyexponential` (ComfyUI's `PolyexponentialScheduler`): `n`
 /// sigmas `exp(ramp^rho (ln max - ln min) + ln min)`, `ramp` from 1 to 0, then 0.
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::grid::*;
+/// let s = polyexponential_sigmas(4, 0.002, 80.0, 1.0)?;
+/// assert_eq!(s.len(), 5);
+/// assert!((s[0] - 80.0).abs() < 1e-12 && (s[3] - 0.002).abs() < 1e-15 && s[4] == 0.0);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::InvalidSteps`] for `n = 0`; [`Error::InvalidParameter`] for a bad range or `rho`.
 pub fn polyexponential_sigmas(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Result<Vec<f64>> {
@@ -263,16 +298,19 @@ pub fn polyexponential_sigmas(n: usize, sigma_min: f64, sigma_max: f64, rho: f64
 /// `sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)` at `n` times from 1 to `eps_s`,
 /// then 0.
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::grid::*;
+/// let s = vp_sigmas(10, 19.9, 0.1, 1e-3)?;
+/// assert!((s[0] - 152.1670).abs() < 1e-3 && s[10] == 0.0);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::InvalidSteps`] for `n = 0`; [`Error::InvalidParameter`] for a non-positive or
 /// non-finite parameter or `eps_s >= 1`.
 pub fn vp_sigmas(n: usize, beta_d: f64, beta_min: f64, eps_s: f64) -> Result<Vec<f64>> {
-    if n == 0 || n > MAX_STEPS {
-        return Err(Error::InvalidSteps {
-            steps: n,
-            max: MAX_STEPS,
-        });
-    }
+    check_steps(n)?;
     check_finite_param("beta_d", beta_d, true)?;
     check_finite_param("beta_min", beta_min, true)?;
     check_finite_param("eps_s", eps_s, true)?;
@@ -294,6 +332,15 @@ pub fn vp_sigmas(n: usize, beta_d: f64, beta_min: f64, eps_s: f64) -> Result<Vec
 /// k-diffusion's `get_sigmas_laplace` (ComfyUI's `LaplaceScheduler`; Tiankai et al. 2024): `n`
 /// sigmas `exp(mu - beta sign(1/2 - x) ln(1 - 2|1/2 - x| + 1e-5))`, `x` from 0 to 1, clamped
 /// to `[sigma_min, sigma_max]` — **without** a trailing 0, as ComfyUI's node.
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::grid::*;
+/// let s = laplace_sigmas(5, 0.0291675, 14.614642, 0.0, 0.5)?;
+/// assert_eq!(s.len(), 5); // no trailing 0
+/// assert!((s[2] - 1.0).abs() < 1e-12);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::InvalidSteps`] for `n = 0`; [`Error::InvalidParameter`] for a bad range, `mu` or
@@ -349,12 +396,7 @@ impl ModelSampling {
     ///
     /// [^beta]: D. Lee et al., *Beta Sampling is All You Need*, arXiv:2407.12173.
     pub fn beta_sigmas(&self, steps: usize, alpha: f64, beta: f64) -> Result<Vec<f64>> {
-        if steps == 0 || steps > MAX_STEPS {
-            return Err(Error::InvalidSteps {
-                steps,
-                max: MAX_STEPS,
-            });
-        }
+        check_steps(steps)?;
         check_finite_param("alpha", alpha, true)?;
         check_finite_param("beta", beta, true)?;
         let table = self.sigmas();

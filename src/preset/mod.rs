@@ -390,6 +390,15 @@ fn unknown(name: &str, lower: &str) -> Error {
 mod tests {
     use super::*;
 
+    /// Every AUTOMATIC1111 name means one of PRESETS (a preset's sampler is built from it).
+    #[test]
+    fn a1111_names_mean_comfyui_samplers() {
+        for (a, c) in names::A1111 {
+            assert!(PRESETS.contains(&c), "{a} -> {c}");
+            assert_eq!(Preset::get(a).unwrap().sampler_name(), c);
+        }
+    }
+
     #[test]
     fn names_parse() {
         let p = Preset::get("dpmpp_2m_sde_gpu_kl_optimal").unwrap();

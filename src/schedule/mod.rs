@@ -296,7 +296,8 @@ impl NoiseSchedule {
 
 /// Training step counts are bounded by [`MAX_STEPS`]: a mistyped count (`usize::MAX`, a config's
 /// `num_train_timesteps: 1000000000000`) is an error, not an allocation failure that aborts.
-fn check_steps(steps: usize) -> Result<()> {
+/// Sampling step counts (schedulers, sigma tables) use the same bound.
+pub(crate) fn check_steps(steps: usize) -> Result<()> {
     if steps == 0 || steps > MAX_STEPS {
         Err(Error::InvalidSteps {
             steps,

@@ -23,6 +23,18 @@ use crate::sampler::{Input, Method, Outcome, Sampler, State, Step};
 /// noise (`sigma_min`; no final denoising step), and `NFE` = the grid's number of steps. With
 /// `eta > 0` each step is ancestral (k-diffusion's split, with fresh noise).
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::DpmFast;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = DpmFast::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::InvalidParameter`] for a negative `eta` or `s_noise`; at the start of a run,
 /// [`Error::InvalidParameter`] (`"grid"`) for a grid of one level with noise or starting from

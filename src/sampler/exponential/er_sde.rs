@@ -52,6 +52,18 @@ impl ErSdeScaler {
 /// the x0 estimate; steps from pure noise are DDIM steps. Written in `(alpha, sigma)`, so it
 /// runs on VP, VE and flow grids (ComfyUI's half-log-SNR version).
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::ErSde;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = ErSde::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::InvalidParameter`] for `max_stage` outside 1–3, a negative `s_noise` or a
 /// negative or non-finite scaler `eta`.

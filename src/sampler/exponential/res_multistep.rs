@@ -27,6 +27,18 @@ use crate::sampler::{Method, Outcome, Step};
 /// (e^u - 1)/u`, `phi2(u) = (phi1(u) - 1)/u`. The first step and the last (to the clean level)
 /// are Euler steps. One model call per step.
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::ResMultistep;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = ResMultistep::ancestral().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::InvalidParameter`](crate::Error::InvalidParameter) for a negative `eta` or
 /// `s_noise`.

@@ -32,6 +32,18 @@ use crate::sampler::{Input, Method, Outcome, Step};
 /// last step returns the x0 estimate. Written in `(alpha, sigma)`: VP, VE and flow grids alike
 /// (ComfyUI's half-log-SNR version).
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::SaSolver;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = SaSolver::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::InvalidParameter`] for orders outside 1–3 (predictor) and 1–4 (corrector), a
 /// negative or non-finite `tau` or `s_noise`, or an empty interval.

@@ -85,6 +85,18 @@ fn check_r(name: &'static str, r: f64, max: f64) -> Result<()> {
 ///
 /// A step from pure noise (`alpha = 0`, where `lambda = -inf`) is a DDIM step.
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::DpmPpSde;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = DpmPpSde::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::InvalidParameter`] for `r` outside `(0, 1]`, a negative `eta` or `s_noise`.
 ///
@@ -224,6 +236,18 @@ pub enum SeedsSolver {
 /// with `phi_1(u) = e^u - 1`, `n1 = sqrt(1 - e^{-2 r eta h}) z1` and `n2 = e^{(r - 1) eta h} n1
 /// + sqrt(1 - e^{2 (r - 1) eta h}) z2` (z1 over the first part of the step, z2 over the
 /// second). `eta = 0` is deterministic. Two model calls per step, one on the last.
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::Seeds2;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = Seeds2::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] for `r` outside `(0, 1]`, a negative `eta` or `s_noise`.
@@ -371,6 +395,18 @@ impl Method for Seeds2 {
 ///
 /// (`a1 = phi_1(-r2 H) - a2`, `b1 = phi_1(-H) - b3`), the noises chained as in [`Seeds2`].
 /// Three model calls per step, one on the last.
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::Seeds3;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = Seeds3::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] unless `0 < r1 < r2 <= 1`; a negative `eta` or `s_noise`.

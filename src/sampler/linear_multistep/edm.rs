@@ -216,6 +216,18 @@ impl Method for EdmIpndm {
 /// This is not diffusers' DEIS ([`Deis`](crate::Deis), log-rho polynomials in the noise
 /// estimate, integrated exactly).
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::EdmDeis;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = EdmDeis::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::InvalidParameter`] for an order outside 1–4 or fewer than 2 integration points.
 ///
@@ -371,6 +383,18 @@ impl Method for EdmDeis {
 /// sigma-space coordinates with the derivative extrapolated from the previous one,
 /// `y' = y + (tau' - tau) (d + (gamma - 1) (d - d_prev))` (`gamma = 2`: a second-order
 /// Adams–Bashforth-like correction for uniform steps), the last step returning the x0 estimate.
+///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::GradientEstimation;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = GradientEstimation::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] for a non-finite `gamma`.

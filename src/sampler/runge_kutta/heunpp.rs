@@ -32,6 +32,18 @@ use crate::sampler::{Input, Method, Outcome, Step};
 /// **Deliberate difference**: ComfyUI draws a churn noise at every step even when the churn is
 /// off (and discards it); we draw only where churn applies.
 ///
+/// # Example
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::HeunPp2;
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(20, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((256, 1), &mut SeededNoise::new(0))?;
+/// let out = HeunPp2::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+/// assert!((out.mean().unwrap() - 0.5).abs() < 0.1);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::InvalidParameter`](crate::Error::InvalidParameter) for negative churn parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
