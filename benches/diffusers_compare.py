@@ -97,8 +97,8 @@ def diffusers_per_call(cls, opts, shape, min_time=0.5):
     return statistics.median(per_call)
 
 
-def randn_ns(n=1 << 20):
-    a = torch.empty(n)
+def randn_ns(n=1 << 20, dtype=torch.float32):
+    a = torch.empty(n, dtype=dtype)
     gen = torch.Generator().manual_seed(0)
     best = float("inf")
     for _ in range(20):
@@ -190,6 +190,14 @@ def main():
         n = 1 << 20
         line += f"; SeededNoise f32: {ours_noise / n * 1e9:.2f} ns/sample ({t / (ours_noise / n * 1e9):.1f}× faster)"
     print(line)
+    n = 1 << 20
+    for dtype, name in [(torch.float32, "f32"), (torch.float64, "f64")]:
+        ours_torch = ours.get(f"noise/torch_generator_{name}")
+        if ours_torch:
+            t = randn_ns(dtype=dtype)
+            o = ours_torch / n * 1e9
+            print(f"torch.randn {name}: {t:.2f} ns/sample; TorchGenerator (same values): {o:.2f} ns/sample "
+                  f"({t / o:.2f}× torch's speed)")
     r = rayon.get("noise/seeded_ziggurat_f32")
     if ours_noise and r:
         print(f"SeededNoise f32 with rayon (2 threads): {r / (1 << 20) * 1e9:.2f} ns/sample ({ours_noise / r:.2f}×)")

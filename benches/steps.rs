@@ -290,11 +290,26 @@ fn bench_noise(c: &mut Criterion) {
             black_box(&a32);
         })
     });
+    // torch.randn's stream, bit for bit (torch itself: benches/diffusers_compare.py).
     let mut torch = diffusion_samplers::noise::TorchGenerator::new(3);
     group.bench_function("torch_generator_f32", |b| {
         b.iter(|| {
             torch.fill(0, a32.view_mut());
             black_box(&a32);
+        })
+    });
+    let mut torch_scalar = diffusion_samplers::noise::TorchGenerator::new(3)
+        .with_kernel(diffusion_samplers::noise::TorchCpuKernel::Scalar);
+    group.bench_function("torch_generator_scalar_kernel_f32", |b| {
+        b.iter(|| {
+            torch_scalar.fill(0, a32.view_mut());
+            black_box(&a32);
+        })
+    });
+    group.bench_function("torch_generator_f64", |b| {
+        b.iter(|| {
+            torch.fill(0, a64.view_mut());
+            black_box(&a64);
         })
     });
     let mut rng = SmallRng::seed_from_u64(3);

@@ -88,7 +88,7 @@
 //! trait (async, GPU queues) use the step-by-step [`Run`].
 
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(clippy::float_cmp)]
 
 pub mod analytic;

@@ -1,42 +1,53 @@
-//! `noise::TorchGenerator` against torch 2.15 CPU (tests/fixtures/gen_torch_noise.py):
-//! `float64` bit for bit on both of torch's paths and across consecutive calls; `float32` bit
-//! for bit below 16 elements and within 2e-6 from 16 on (torch's vectorised single-precision
-//! log / sin / cos; ours in f64).
+//! `noise::TorchGenerator` against torch 2.15 CPU (tests/fixtures/gen_torch_noise.py): bit for
+//! bit in both dtypes, on both of torch's paths (scalar below 16 elements, blocks of 16 above),
+//! across consecutive calls and dtypes, and for both float32 kernels (CPU capability AVX2 /
+//! AVX512 and DEFAULT) over whole latent-sized arrays.
 
 mod common;
 
 use common::{f64s, fixture, str_of};
 use diffusion_samplers::NoiseSource;
-use diffusion_samplers::noise::TorchGenerator;
-use ndarray::{Array2, Array4, ShapeBuilder};
+use diffusion_samplers::noise::{TorchCpuKernel, TorchGenerator};
+use ndarray::{Array2, ArrayD, IxDyn, ShapeBuilder};
 use serde_json::Value;
 
 fn seed(case: &Value) -> u64 {
     case["seed"].as_u64().unwrap()
 }
 
-/// The largest deviation of `ours` from `theirs`, and whether it is allowed: 0 for float64 and
-/// short float32 draws, 2e-6 for float32 blocks (a sign, index or uniform slip is O(1)).
-fn check(label: &str, dtype: &str, n: usize, ours: &[f64], theirs: &[f64]) {
+/// Exact equality of the bit patterns, as f64 (f32 values widen exactly).
+fn check(label: &str, ours: &[f64], theirs: &[f64]) {
     assert_eq!(ours.len(), theirs.len(), "{label}");
-    let worst = ours
-        .iter()
-        .zip(theirs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    let tol = if dtype == "f32" && n >= 16 { 2e-6 } else { 0.0 };
-    assert!(worst <= tol, "{label}: differs by {worst:e}");
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        assert!(
+            a.to_bits() == b.to_bits(),
+            "{label}: element {i}: {a:e} vs torch {b:e}"
+        );
+    }
 }
 
-fn randn(g: &mut TorchGenerator, dtype: &str, n: usize) -> Vec<f64> {
-    if dtype == "f64" {
-        let mut v = vec![0.0f64; n];
-        g.randn_f64(&mut v);
-        v
-    } else {
-        let mut v = vec![0.0f32; n];
-        g.randn_f32(&mut v);
-        v.into_iter().map(f64::from).collect()
+fn draw(g: &mut TorchGenerator, op: &str, dtype: &str, n: usize) -> Vec<f64> {
+    match (op, dtype) {
+        ("randn", "f64") => {
+            let mut v = vec![0.0f64; n];
+            g.randn_f64(&mut v);
+            v
+        }
+        ("randn", _) => {
+            let mut v = vec![0.0f32; n];
+            g.randn_f32(&mut v);
+            v.into_iter().map(f64::from).collect()
+        }
+        (_, "f64") => {
+            let mut v = vec![0.0f64; n];
+            g.rand_f64(&mut v);
+            v
+        }
+        _ => {
+            let mut v = vec![0.0f32; n];
+            g.rand_f32(&mut v);
+            v.into_iter().map(f64::from).collect()
+        }
     }
 }
 
@@ -48,7 +59,7 @@ fn randn_matches_torch() {
         let (dtype, n) = (str_of(case, "dtype"), case["n"].as_u64().unwrap() as usize);
         let mut g = TorchGenerator::new(seed(case));
         let label = format!("seed {} {dtype} n {n}", seed(case));
-        check(&label, dtype, n, &randn(&mut g, dtype, n), &f64s(&case["values"]));
+        check(&label, &draw(&mut g, "randn", dtype, n), &f64s(&case["values"]));
         checked += 1;
     }
     assert_eq!(checked, 70);
@@ -57,70 +68,87 @@ fn randn_matches_torch() {
 #[test]
 fn consecutive_draws_continue_the_stream() {
     let fx = fixture("torch_noise.json");
-    for case in fx["streams"].as_array().unwrap() {
-        let dtype = str_of(case, "dtype");
+    let streams = fx["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 15);
+    for case in streams {
         let mut g = TorchGenerator::new(seed(case));
-        for d in case["draws"].as_array().unwrap() {
+        for (k, d) in case["draws"].as_array().unwrap().iter().enumerate() {
+            let (op, dtype) = (str_of(d, "op"), str_of(d, "dtype"));
             let n = d["n"].as_u64().unwrap() as usize;
-            let label = format!("seed {} {dtype} {} {n}", seed(case), str_of(d, "op"));
-            let ours = if str_of(d, "op") == "randn" {
-                randn(&mut g, dtype, n)
-            } else if dtype == "f64" {
-                let mut v = vec![0.0; n];
-                g.rand_f64(&mut v);
-                v
-            } else {
-                let mut v = vec![0.0f32; n];
-                g.rand_f32(&mut v);
-                v.into_iter().map(f64::from).collect()
-            };
-            let exact = str_of(d, "op") == "rand" || dtype == "f64" || n < 16;
-            check(
-                &label,
-                if exact { "f64" } else { dtype },
-                n,
-                &ours,
-                &f64s(&d["values"]),
-            );
+            let label = format!("seed {} draw {k}: {op} {dtype} {n}", seed(case));
+            check(&label, &draw(&mut g, op, dtype, n), &f64s(&d["values"]));
         }
     }
 }
 
-/// A latent-sized draw through the `NoiseSource` interface, in any memory layout.
+/// The fixture's checksum: the bit patterns `b_i` summed as `b_i (2 i + 1)` mod 2^64.
+fn checksum(bits: impl Iterator<Item = u64>) -> u64 {
+    bits.enumerate().fold(0u64, |acc, (i, b)| {
+        acc.wrapping_add(b.wrapping_mul(2 * i as u64 + 1))
+    })
+}
+
+/// Latent-sized draws through the `NoiseSource` interface, whole arrays bit for bit, for each
+/// CPU capability torch was run with: float64 is the same on all, float32 takes the AVX2 kernel
+/// on AVX2 and AVX512 and the scalar one on DEFAULT.
 #[test]
-fn latent_sized_fills_match_torch() {
+fn latent_sized_fills_match_torch_on_every_cpu_capability() {
     let fx = fixture("torch_noise.json");
-    for case in fx["large"].as_array().unwrap() {
-        let dtype = str_of(case, "dtype");
-        let every = f64s(&case["every"]);
-        let stride = case["stride"].as_u64().unwrap() as usize;
-        let sum_sq = case["sum_sq"].as_f64().unwrap();
-        let values: Vec<f64> = if dtype == "f64" {
-            let mut x = Array4::<f64>::zeros((1, 4, 64, 64));
-            TorchGenerator::new(42).fill(0, x.view_mut());
-            x.iter().copied().collect()
-        } else {
-            let mut x = Array4::<f32>::zeros((1, 4, 64, 64));
-            TorchGenerator::new(42).fill(0, x.view_mut());
-            x.iter().map(|&v| f64::from(v)).collect()
+    let mut seen = Vec::new();
+    for run in fx["large"].as_array().unwrap() {
+        let capability = str_of(run, "capability");
+        let kernel = match capability {
+            "DEFAULT" => TorchCpuKernel::Scalar,
+            "AVX2" | "AVX512" => TorchCpuKernel::Avx2,
+            other => panic!("unexpected capability {other}"),
         };
-        let picked: Vec<f64> = values.iter().step_by(stride).copied().collect();
-        check(
-            &format!("1x4x64x64 {dtype}"),
-            dtype,
-            values.len(),
-            &picked,
-            &every,
-        );
-        let ours_sq: f64 = values.iter().map(|v| v * v).sum();
-        assert!((ours_sq - sum_sq).abs() < 1e-9 * sum_sq.max(1.0) + if dtype == "f32" { 1e-3 } else { 0.0 });
+        seen.push(capability.to_string());
+        for case in run["cases"].as_array().unwrap() {
+            let dtype = str_of(case, "dtype");
+            let mut g = TorchGenerator::new(seed(case)).with_kernel(kernel);
+            for (k, d) in case["draws"].as_array().unwrap().iter().enumerate() {
+                let shape: Vec<usize> = d["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect();
+                let (bits, first): (Vec<u64>, Vec<f64>) = if dtype == "f64" {
+                    let mut x = ArrayD::<f64>::zeros(IxDyn(&shape));
+                    g.fill(k, x.view_mut());
+                    (
+                        x.iter().map(|v| v.to_bits()).collect(),
+                        x.iter().take(8).copied().collect(),
+                    )
+                } else {
+                    let mut x = ArrayD::<f32>::zeros(IxDyn(&shape));
+                    g.fill(k, x.view_mut());
+                    (
+                        x.iter().map(|v| u64::from(v.to_bits())).collect(),
+                        x.iter().take(8).map(|&v| f64::from(v)).collect(),
+                    )
+                };
+                let label = format!("{capability} seed {} {dtype} draw {k} {shape:?}", seed(case));
+                check(&label, &first, &f64s(&d["first"]));
+                let want: u64 = str_of(d, "checksum").parse().unwrap();
+                assert_eq!(checksum(bits.into_iter()), want, "{label}: checksum");
+            }
+        }
     }
-    // Logical order whatever the layout: a Fortran-order array gets the same values.
-    let mut c = Array2::<f64>::zeros((4, 8));
-    let mut f = Array2::<f64>::zeros((4, 8).f());
-    TorchGenerator::new(7).fill(0, c.view_mut());
-    TorchGenerator::new(7).fill(0, f.view_mut());
-    assert_eq!(c, f);
+    seen.sort();
+    assert_eq!(seen, ["AVX2", "AVX512", "DEFAULT"]);
+}
+
+/// Logical order whatever the layout: a Fortran-order array gets the values of a C-order one.
+#[test]
+fn fills_follow_logical_order() {
+    for n in [4, 8] {
+        let mut c = Array2::<f32>::zeros((4, n));
+        let mut f = Array2::<f32>::zeros((4, n).f());
+        TorchGenerator::new(7).fill(0, c.view_mut());
+        TorchGenerator::new(7).fill(0, f.view_mut());
+        assert_eq!(c, f);
+    }
 }
 
 /// From the seed alone: `torch.manual_seed(seed)`, the starting noise and every step's

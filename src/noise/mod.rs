@@ -12,7 +12,7 @@ mod torch;
 mod ziggurat;
 
 pub use brownian::BrownianNoise;
-pub use torch::TorchGenerator;
+pub use torch::{TorchCpuKernel, TorchGenerator};
 
 use ndarray::{Array, ArrayViewMut, Dimension, ShapeBuilder};
 use rand::RngCore;

@@ -1,52 +1,29 @@
 //! torch's CPU generator: `torch.Generator("cpu").manual_seed(seed)` and its `randn` / `rand`.
 
+mod kernel;
+mod mt;
+
 use ndarray::{ArrayViewMut, Dimension};
 
 use super::NoiseSource;
 use crate::float::{Float, FloatSliceMut};
+use mt::Mt19937;
 
-/// The 32-bit Mersenne Twister (MT19937), seeded as torch seeds it (`init_genrand` with the
-/// seed's low 32 bits).
-#[derive(Clone)]
-struct Mt19937 {
-    state: Box<[u32; 624]>,
-    index: usize,
-}
-
-impl Mt19937 {
-    fn new(seed: u64) -> Self {
-        let mut state = Box::new([0u32; 624]);
-        state[0] = seed as u32;
-        for i in 1..624 {
-            let prev = state[i - 1];
-            state[i] = 1_812_433_253u32
-                .wrapping_mul(prev ^ (prev >> 30))
-                .wrapping_add(i as u32);
-        }
-        Mt19937 { state, index: 624 }
-    }
-
-    fn twist(&mut self) {
-        let s = &mut self.state;
-        for i in 0..624 {
-            let y = (s[i] & 0x8000_0000) | (s[(i + 1) % 624] & 0x7fff_ffff);
-            let mag = if y & 1 == 1 { 0x9908_b0df } else { 0 };
-            s[i] = s[(i + 397) % 624] ^ (y >> 1) ^ mag;
-        }
-        self.index = 0;
-    }
-
-    fn next_u32(&mut self) -> u32 {
-        if self.index >= 624 {
-            self.twist();
-        }
-        let mut y = self.state[self.index];
-        self.index += 1;
-        y ^= y >> 11;
-        y ^= (y << 7) & 0x9d2c_5680;
-        y ^= (y << 15) & 0xefc6_0000;
-        y ^ (y >> 18)
-    }
+/// Which of torch's CPU kernels float32 draws of 16 elements or more reproduce (see
+/// [`TorchGenerator`]); `torch.backends.cpu.get_cpu_capability()` tells which one a torch
+/// installation uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TorchCpuKernel {
+    /// Capability `AVX2` or `AVX512` — every x86-64 CPU since about 2013, torch's default there:
+    /// avx_mathfun's single-precision `log` / `sincos` polynomials as GCC compiles them (with
+    /// fused multiply-adds). Bit for bit on every machine (slower without hardware FMA).
+    #[default]
+    Avx2,
+    /// Capability `DEFAULT` (`ATEN_CPU_CAPABILITY=default`, x86 CPUs without AVX2, and the
+    /// architectures without an x86 kernel): the C library's `logf`, `cosf`, `sinf`. Bit for bit
+    /// when this crate runs on the same C library as torch (checked against torch on glibc).
+    Scalar,
 }
 
 /// The stream of torch's CPU generator, `torch.Generator("cpu").manual_seed(seed)`, in pure
@@ -54,26 +31,30 @@ impl Mt19937 {
 /// [`rand_f64`](Self::rand_f64) / [`rand_f32`](Self::rand_f32) calls continue the stream as
 /// consecutive `torch.randn(n, generator=g, dtype=...)` / `torch.rand(...)` calls do.
 ///
-/// What is reproduced (tests/torch_noise.rs against torch 2.15 CPU, seeds 0, 1, 42, 2^32 − 1,
-/// 2^63; 1 to 16 384 elements; streams of consecutive calls):
+/// Everything is bit for bit against torch 2.15 CPU (tests/torch_noise.rs: seeds 0, 1, 42,
+/// 2^32 − 1, 2^63; 1 to 2^20 elements; streams of consecutive calls; both kernels):
 ///
-/// * **`float64`: bit for bit.** torch's two paths: below 16 elements the scalar
+/// * **`float64`**: torch's two paths. Below 16 elements the scalar
 ///   `normal_distribution<double>` (Box–Muller on two 53-bit uniforms, the second value kept for
 ///   the next scalar draw — across calls too); from 16 elements the block kernel (53-bit uniforms
 ///   for every element, then Box–Muller over blocks of 16 — element `j` and `j + 8` — and, when
-///   the size is not a multiple of 16, the last 16 elements redrawn and recomputed).
-/// * **`float32` below 16 elements: bit for bit** (the double path, rounded).
-/// * **`float32` from 16 elements: the same 24-bit uniforms and blocks, within 2e-6 absolute**
-///   (about a third of the values bit-identical): torch evaluates `log`, `sin`, `cos` of the block with
-///   its vectorised single-precision kernels (which differ between CPU capabilities: AVX2,
-///   AVX-512); we evaluate them in `f64` and round.
-/// * `rand`: the uniforms themselves (24-bit for `float32`, 53-bit for `float64`), bit for bit.
+///   the size is not a multiple of 16, the last 16 elements redrawn and recomputed), with the C
+///   library's `log`, `cos`, `sin` (glibc's are correctly rounded in practice; another C
+///   library may differ in the last bit).
+/// * **`float32` below 16 elements**: the double path, rounded.
+/// * **`float32` from 16 elements**: 24-bit uniforms in the same blocks, turned into normals by
+///   the kernel torch dispatches to ([`TorchCpuKernel`]): by default the AVX2 kernel, which
+///   torch uses on CPU capability AVX2 *and* AVX512 (checked: `ATEN_CPU_CAPABILITY=avx2` and
+///   `avx512` give the same bits); [`with_kernel`](Self::with_kernel)`(TorchCpuKernel::Scalar)`
+///   for capability DEFAULT. The two differ in about 40% of the values by up to 2e-6.
+/// * `rand`: the uniforms themselves (24-bit for `float32`, 53-bit for `float64`).
 ///
 /// Only the seed's low 32 bits matter, as in torch. As a [`NoiseSource`] it ignores the step
 /// key: every fill continues the stream, in the array's logical (row-major) order — torch's
 /// order for a contiguous tensor of that shape — so a sampler's draws equal a Python loop
 /// calling `torch.randn(x.shape, generator=g)` once per noise draw. Not reproduced: CUDA
-/// generators (Philox), non-contiguous torch tensors.
+/// generators (Philox), non-contiguous torch tensors (torch draws those element by element on
+/// the scalar path).
 ///
 /// ```
 /// use diffusion_samplers::noise::TorchGenerator;
@@ -86,15 +67,19 @@ impl Mt19937 {
 pub struct TorchGenerator {
     mt: Mt19937,
     seed: u64,
+    kernel: TorchCpuKernel,
     /// The scalar normal path's second Box–Muller value.
     next_normal: Option<f64>,
-    scratch: Vec<f64>,
+    /// A contiguous buffer for filling arrays of another layout (kept between calls).
+    scratch32: Vec<f32>,
+    scratch64: Vec<f64>,
 }
 
 impl std::fmt::Debug for TorchGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TorchGenerator")
             .field("seed", &self.seed)
+            .field("kernel", &self.kernel)
             .finish_non_exhaustive()
     }
 }
@@ -105,9 +90,31 @@ impl TorchGenerator {
         TorchGenerator {
             mt: Mt19937::new(seed),
             seed,
+            kernel: TorchCpuKernel::default(),
             next_normal: None,
-            scratch: Vec::new(),
+            scratch32: Vec::new(),
+            scratch64: Vec::new(),
         }
+    }
+
+    /// Reproduces `kernel` for float32 draws of 16 elements or more (default
+    /// [`TorchCpuKernel::Avx2`]).
+    ///
+    /// ```
+    /// use diffusion_samplers::noise::{TorchCpuKernel, TorchGenerator};
+    /// let (mut a, mut b) = ([0.0f32; 64], [0.0f32; 64]);
+    /// TorchGenerator::new(3).randn_f32(&mut a);
+    /// TorchGenerator::new(3).with_kernel(TorchCpuKernel::Scalar).randn_f32(&mut b);
+    /// assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5)); // the same draws, other rounding
+    /// ```
+    pub fn with_kernel(mut self, kernel: TorchCpuKernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// The float32 kernel it reproduces.
+    pub fn kernel(&self) -> TorchCpuKernel {
+        self.kernel
     }
 
     /// The seed it was made with.
@@ -123,10 +130,6 @@ impl TorchGenerator {
 
     fn uniform_f64(&mut self) -> f64 {
         (self.random64() & ((1 << 53) - 1)) as f64 * (1.0 / 9_007_199_254_740_992.0)
-    }
-
-    fn uniform_f32(&mut self) -> f32 {
-        (self.mt.next_u32() & ((1 << 24) - 1)) as f32 * (1.0 / 16_777_216.0)
     }
 
     /// torch's scalar `normal_distribution<double>`.
@@ -166,33 +169,16 @@ impl TorchGenerator {
         }
     }
 
-    /// `torch.randn(out.len(), generator=g, dtype=torch.float32)`: bit for bit below 16
-    /// elements, within 2e-6 from 16 on (see [`TorchGenerator`]).
+    /// `torch.randn(out.len(), generator=g, dtype=torch.float32)`, bit for bit (with the kernel
+    /// of [`with_kernel`](Self::with_kernel) from 16 elements on).
     pub fn randn_f32(&mut self, out: &mut [f32]) {
-        let n = out.len();
-        if n < 16 {
+        if out.len() < 16 {
             for v in out.iter_mut() {
                 *v = self.normal_scalar() as f32;
             }
             return;
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        scratch.extend((0..n).map(|_| f64::from(self.uniform_f32())));
-        for block in scratch.chunks_exact_mut(16) {
-            box_muller_16(block);
-        }
-        if !n.is_multiple_of(16) {
-            let tail = &mut scratch[n - 16..];
-            for v in tail.iter_mut() {
-                *v = f64::from(self.uniform_f32());
-            }
-            box_muller_16(tail);
-        }
-        for (o, &v) in out.iter_mut().zip(&scratch) {
-            *o = v as f32;
-        }
-        self.scratch = scratch;
+        kernel::fill_f32(&mut self.mt, out, self.kernel);
     }
 
     /// `torch.rand(out.len(), generator=g, dtype=torch.float64)`.
@@ -204,9 +190,7 @@ impl TorchGenerator {
 
     /// `torch.rand(out.len(), generator=g, dtype=torch.float32)`.
     pub fn rand_f32(&mut self, out: &mut [f32]) {
-        for v in out.iter_mut() {
-            *v = self.uniform_f32();
-        }
+        self.mt.fill_with(out, kernel::uniform24);
     }
 
     /// Fills a slice of either float type.
@@ -236,11 +220,26 @@ impl<F: Float> NoiseSource<F> for TorchGenerator {
             self.randn_slice(s);
             return;
         }
-        // Another layout: draw in logical order into a contiguous buffer.
-        let mut tmp: Vec<F> = vec![F::zero(); out.len()];
-        self.randn_slice(&mut tmp);
-        for (o, v) in out.iter_mut().zip(tmp) {
-            *o = v;
+        // Another layout: draw in logical order into the kept contiguous buffer.
+        match F::slice_mut(&mut []) {
+            FloatSliceMut::F32(_) => {
+                let mut tmp = std::mem::take(&mut self.scratch32);
+                tmp.resize(out.len(), 0.0);
+                self.randn_f32(&mut tmp);
+                for (o, &v) in out.iter_mut().zip(&tmp) {
+                    *o = F::cast(f64::from(v));
+                }
+                self.scratch32 = tmp;
+            }
+            FloatSliceMut::F64(_) => {
+                let mut tmp = std::mem::take(&mut self.scratch64);
+                tmp.resize(out.len(), 0.0);
+                self.randn_f64(&mut tmp);
+                for (o, &v) in out.iter_mut().zip(&tmp) {
+                    *o = F::cast(v);
+                }
+                self.scratch64 = tmp;
+            }
         }
     }
 }
