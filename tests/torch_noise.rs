@@ -69,12 +69,30 @@ fn randn_matches_torch() {
 fn consecutive_draws_continue_the_stream() {
     let fx = fixture("torch_noise.json");
     let streams = fx["streams"].as_array().unwrap();
-    assert_eq!(streams.len(), 15);
+    assert_eq!(streams.len(), 20);
     for case in streams {
         let mut g = TorchGenerator::new(seed(case));
         for (k, d) in case["draws"].as_array().unwrap().iter().enumerate() {
-            let (op, dtype) = (str_of(d, "op"), str_of(d, "dtype"));
             let n = d["n"].as_u64().unwrap() as usize;
+            if str_of(d, "op") == "randint" {
+                let (low, high) = (d["low"].as_i64().unwrap(), d["high"].as_i64().unwrap());
+                let mut ours = vec![0i64; n];
+                g.randint(low, high, &mut ours).unwrap();
+                let theirs: Vec<i64> = d["ints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().parse().unwrap())
+                    .collect();
+                assert_eq!(
+                    ours,
+                    theirs,
+                    "seed {} draw {k}: randint({low}, {high})",
+                    seed(case)
+                );
+                continue;
+            }
+            let (op, dtype) = (str_of(d, "op"), str_of(d, "dtype"));
             let label = format!("seed {} draw {k}: {op} {dtype} {n}", seed(case));
             check(&label, &draw(&mut g, op, dtype, n), &f64s(&d["values"]));
         }

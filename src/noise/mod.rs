@@ -7,10 +7,12 @@
 //! value, or `&mut source` (every source here, and every `rand` generator, is a source through a
 //! mutable reference too; [`ByRef`] does the same for a generic `N`).
 
+mod batch;
 mod brownian;
 mod torch;
 mod ziggurat;
 
+pub use batch::PerElement;
 pub use brownian::BrownianNoise;
 pub use torch::{TorchCpuKernel, TorchGenerator};
 

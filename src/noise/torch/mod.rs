@@ -193,6 +193,43 @@ impl TorchGenerator {
         self.mt.fill_with(out, kernel::uniform24);
     }
 
+    /// `torch.randint(low, high, out.shape, generator=g)` (int64): each draw is `low + r % (high -
+    /// low)` with `r` one 64-bit draw (two words) when the range is at least 2^32, one 32-bit
+    /// draw otherwise — how k-diffusion picks a Brownian tree's seed
+    /// (`torch.randint(0, 2**63 - 1, [])`).
+    ///
+    /// ```
+    /// use diffusion_samplers::noise::TorchGenerator;
+    /// let mut g = TorchGenerator::new(0);
+    /// let mut v = [0i64; 2];
+    /// g.randint(0, 10, &mut v)?;
+    /// assert!(v.iter().all(|x| (0..10).contains(x)));
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`](crate::Error::InvalidParameter) unless `low < high` (torch
+    /// raises too); nothing is drawn then.
+    pub fn randint(&mut self, low: i64, high: i64, out: &mut [i64]) -> crate::Result<()> {
+        if low >= high {
+            return Err(crate::Error::InvalidParameter {
+                name: "high",
+                value: high as f64,
+                reason: "randint needs low < high",
+            });
+        }
+        let range = high.wrapping_sub(low) as u64;
+        for v in out.iter_mut() {
+            let r = if range >= 1 << 32 {
+                self.random64()
+            } else {
+                u64::from(self.mt.next_u32())
+            };
+            *v = (r % range).wrapping_add(low as u64) as i64;
+        }
+        Ok(())
+    }
+
     /// Fills a slice of either float type.
     fn randn_slice<F: Float>(&mut self, out: &mut [F]) {
         match F::slice_mut(out) {
