@@ -102,6 +102,16 @@ pub enum Error {
         got: Vec<usize>,
     },
 
+    /// A noise source was asked to fill an array of another size than it was made for (a
+    /// Brownian tree holds one motion per element of the shape it was built with).
+    #[error("a noise source made for {expected} elements was asked to fill {got}")]
+    NoiseSize {
+        /// The number of elements the source was made for.
+        expected: usize,
+        /// The number of elements asked for.
+        got: usize,
+    },
+
     /// A NaN or infinity appeared: in the model output, the noise, the sample after an update,
     /// or an input the caller passed in.
     #[error("non-finite {what} at step {step} ({level})")]

@@ -10,11 +10,13 @@
 mod batch;
 mod brownian;
 mod torch;
+mod torchsde;
 mod ziggurat;
 
 pub use batch::PerElement;
 pub use brownian::BrownianNoise;
 pub use torch::{TorchCpuKernel, TorchGenerator};
+pub use torchsde::TorchBrownianTree;
 
 use ndarray::{Array, ArrayViewMut, Dimension, ShapeBuilder};
 use rand::RngCore;

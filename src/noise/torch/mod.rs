@@ -122,6 +122,13 @@ impl TorchGenerator {
         self.seed
     }
 
+    /// `manual_seed(seed)` again, in place: the state of a new generator, without allocating.
+    pub fn manual_seed(&mut self, seed: u64) {
+        self.mt.reseed(seed);
+        self.seed = seed;
+        self.next_normal = None;
+    }
+
     fn random64(&mut self) -> u64 {
         let hi = u64::from(self.mt.next_u32());
         let lo = u64::from(self.mt.next_u32());

@@ -28,7 +28,17 @@ fn temper(mut y: u32) -> u32 {
 
 impl Mt19937 {
     pub(super) fn new(seed: u64) -> Self {
-        let mut state = Box::new([0u32; N]);
+        let mut mt = Mt19937 {
+            state: Box::new([0u32; N]),
+            index: N,
+        };
+        mt.reseed(seed);
+        mt
+    }
+
+    /// Seeds the engine again in place (no allocation).
+    pub(super) fn reseed(&mut self, seed: u64) {
+        let state = &mut *self.state;
         state[0] = seed as u32;
         for i in 1..N {
             let prev = state[i - 1];
@@ -36,7 +46,7 @@ impl Mt19937 {
                 .wrapping_mul(prev ^ (prev >> 30))
                 .wrapping_add(i as u32);
         }
-        Mt19937 { state, index: N }
+        self.index = N;
     }
 
     /// The next 624 state words (three loops without wrap-around indexing, so that they
