@@ -9,12 +9,14 @@
 
 mod batch;
 mod brownian;
+mod conventions;
 mod torch;
 mod torchsde;
 mod ziggurat;
 
 pub use batch::PerElement;
 pub use brownian::BrownianNoise;
+pub use conventions::{ComfyUiNoise, comfyui_prepare_noise};
 pub use torch::{TorchCpuKernel, TorchGenerator};
 pub use torchsde::TorchBrownianTree;
 

@@ -17,7 +17,8 @@ mod names;
 pub use comfy::PRESETS;
 
 use crate::error::{Error, Result};
-use crate::grid::{AysModel, ComfyScheduler, Grid, ModelSampling, ays_sigmas, gits_sigmas};
+use crate::grid::{AysModel, ComfyScheduler, Grid, ModelSampling, ScheduleFamily, ays_sigmas, gits_sigmas};
+use crate::noise::{ComfyUiNoise, TorchBrownianTree, TorchGenerator};
 use crate::sampler::AnySampler;
 use crate::schedule::{FlowSchedule, NoiseSchedule};
 
@@ -203,10 +204,10 @@ impl Preset {
     }
 
     /// Whether ComfyUI draws this sampler's noise from a Brownian tree (`dpmpp_sde`,
-    /// `dpmpp_2m_sde`, `dpmpp_2m_sde_heun`, `dpmpp_3m_sde` and their `_gpu` names): pass a
-    /// [`BrownianNoise`](crate::noise::BrownianNoise) to get the same property (refining the grid
-    /// refines the same noise; the draws themselves differ from torchsde's). Any
-    /// [`NoiseSource`](crate::NoiseSource) works.
+    /// `dpmpp_2m_sde`, `dpmpp_2m_sde_heun`, `dpmpp_3m_sde` and their `_gpu` names):
+    /// [`comfyui_noise`](Self::comfyui_noise) gives ComfyUI's own tree for a seed, a
+    /// [`BrownianNoise`](crate::noise::BrownianNoise) the same property (refining the grid
+    /// refines the same noise) faster. Any [`NoiseSource`](crate::NoiseSource) works.
     pub fn uses_brownian_noise(&self) -> bool {
         self.sampler.starts_with("dpmpp_") && self.sampler.contains("sde")
     }
@@ -330,6 +331,81 @@ impl Preset {
             grid = grid.with_initial_scale(1.0)?;
         }
         Ok((self.sampler_on(ms), grid))
+    }
+
+    /// The noise ComfyUI's `KSampler` gives this sampler during a run of `steps` steps at
+    /// `denoise` on `schedule` with `seed` and samples of `shape` (ComfyUI on the CPU; the
+    /// Brownian samplers without `_gpu` on any device):
+    ///
+    /// * `dpmpp_sde`, `dpmpp_2m_sde`, `dpmpp_2m_sde_heun`, `dpmpp_3m_sde` (and `_gpu` run on the
+    ///   CPU): torchsde's Brownian tree, `BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(),
+    ///   sigmas.max(), seed, cpu=True)` — one tree over the whole shape, over the `float32` sigmas
+    ///   of [`sigmas`](Self::sigmas) (before the flow first-sigma offset), in the sigma-space
+    ///   sigma of the model sampling (the flow sigma on flow models);
+    /// * every other sampler: `default_noise_sampler(x, seed)`, a generator of its own seeded with
+    ///   `seed` (so its first draw repeats the starting noise, as in ComfyUI).
+    ///
+    /// The starting sample is `grid.initial_sample(shape, &mut TorchGenerator::new(seed))`
+    /// (ComfyUI's `prepare_noise`, scaled as its KSampler scales it; see
+    /// [`comfyui_prepare_noise`](crate::noise::comfyui_prepare_noise) for `batch_index`).
+    ///
+    /// ```
+    /// use diffusion_samplers::prelude::*;
+    /// use diffusion_samplers::noise::TorchGenerator;
+    /// let schedule = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+    /// let preset = Preset::get("dpmpp_2m_sde_karras")?;
+    /// let (sampler, grid) = preset.build(&schedule, 20)?;
+    /// let mut model = GaussianMixture::gaussian(vec![0.0; 4], vec![1.0; 4])?;
+    /// let x: ndarray::Array4<f32> = grid.initial_sample((1, 4, 4, 4), &mut TorchGenerator::new(42))?;
+    /// let mut noise = preset.comfyui_noise(&schedule, 20, 1.0, 42, &[1, 4, 4, 4])?;
+    /// let image = sampler.sample(&mut model, x, &grid, &mut noise)?; // ComfyUI's result for seed 42
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`sigmas`](Self::sigmas) and [`TorchBrownianTree::new`](crate::noise::TorchBrownianTree::new).
+    pub fn comfyui_noise<S: PresetSchedule + ?Sized>(
+        &self,
+        schedule: &S,
+        steps: usize,
+        denoise: f64,
+        seed: u64,
+        shape: &[usize],
+    ) -> Result<ComfyUiNoise> {
+        let ms = schedule.model_sampling()?;
+        let sigmas = self.sigmas_on(&ms, steps, denoise)?;
+        self.comfyui_noise_on_sigmas(&ms, &sigmas, seed, shape)
+    }
+
+    /// As [`comfyui_noise`](Self::comfyui_noise) for a sigma list of one's own (ComfyUI's
+    /// `SamplerCustom`; the list as given to the sampler node).
+    ///
+    /// # Errors
+    /// As [`TorchBrownianTree::new`](crate::noise::TorchBrownianTree::new).
+    pub fn comfyui_noise_on_sigmas(
+        &self,
+        ms: &ModelSampling,
+        sigmas: &[f64],
+        seed: u64,
+        shape: &[usize],
+    ) -> Result<ComfyUiNoise> {
+        if !self.uses_brownian_noise() {
+            return Ok(ComfyUiNoise::Generator(TorchGenerator::new(seed)));
+        }
+        let as_f32 = |v: f64| f64::from(v as f32);
+        let lo = sigmas
+            .iter()
+            .copied()
+            .filter(|&s| s > 0.0)
+            .fold(f64::INFINITY, f64::min);
+        let hi = sigmas.iter().copied().fold(0.0, f64::max);
+        let family = if ms.is_flow() {
+            ScheduleFamily::Flow
+        } else {
+            ScheduleFamily::Vp
+        };
+        let tree = TorchBrownianTree::new(&[seed], as_f32(lo), as_f32(hi), shape)?.with_family(family);
+        Ok(ComfyUiNoise::BrownianTree(Box::new(tree)))
     }
 
     /// Every name [`get`](Self::get) resolves in ComfyUI's spelling: each of [`PRESETS`] alone

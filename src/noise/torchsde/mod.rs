@@ -9,7 +9,7 @@ use ndarray::{ArrayViewMut, Dimension};
 use super::{NoiseSource, TorchCpuKernel, TorchGenerator};
 use crate::error::{Error, Result};
 use crate::float::{Float, FloatSliceMut};
-use crate::grid::{Grid, ScheduleFamily};
+use crate::grid::ScheduleFamily;
 use crate::level::NoiseLevel;
 use seed_sequence::SeedSequence;
 
@@ -297,26 +297,6 @@ impl TorchBrownianTree {
             out32: Vec::new(),
             out64: Vec::new(),
         })
-    }
-
-    /// The tree ComfyUI's `dpmpp_sde`, `dpmpp_2m_sde` and `dpmpp_3m_sde` build for `seed` over
-    /// a run on `grid` with samples of shape `shape`: one tree over the whole shape, from the
-    /// smallest positive to the largest sigma-space sigma of the grid (`sigmas[sigmas > 0].min()`,
-    /// `sigmas.max()`), both rounded to `float32` as ComfyUI's sigmas are, the grid's family
-    /// deciding what the sigma-space sigma is.
-    ///
-    /// # Errors
-    /// As [`new`](Self::new).
-    pub fn for_grid(seed: u64, grid: &Grid, shape: &[usize]) -> Result<Self> {
-        let family = grid.family();
-        let kappa = family.kappa();
-        let tau = |l: &NoiseLevel| l.sigma / (l.alpha + kappa * l.sigma);
-        let taus = grid.levels().iter().map(tau);
-        let (lo, hi) = taus.fold((f64::INFINITY, 0.0f64), |(lo, hi), t| {
-            (if t > 0.0 { lo.min(t) } else { lo }, hi.max(t))
-        });
-        let as_f32 = |v: f64| f64::from(v as f32);
-        Ok(Self::new(&[seed], as_f32(lo), as_f32(hi), shape)?.with_family(family))
     }
 
     /// Which sigma-space sigma the [`NoiseSource`] methods query for a level (default
