@@ -312,6 +312,27 @@ fn bench_noise(c: &mut Criterion) {
             black_box(&a64);
         })
     });
+    // torchsde's tree as ComfyUI uses it, over the same 1M elements (one tree over the whole
+    // array), consecutive steps of a 50-step Karras run as a sampler asks for them.
+    let sigma = |l: &NoiseLevel| l.sigma / l.alpha;
+    let mut tree = diffusion_samplers::noise::TorchBrownianTree::new(
+        &[3],
+        sigma(&grid.last_noisy()),
+        sigma(&grid.levels()[0]),
+        &[n],
+    )
+    .unwrap();
+    let mut k = 0;
+    group.sample_size(10);
+    group.bench_function("torch_brownian_tree_interval_f32", |b| {
+        b.iter(|| {
+            k = (k + 1) % 49;
+            let (from, to) = (grid.levels()[k], grid.levels()[k + 1]);
+            tree.fill_interval(k, &from, &to, a32.view_mut());
+            black_box(&a32);
+        })
+    });
+    group.sample_size(100);
     let mut rng = SmallRng::seed_from_u64(3);
     group.bench_function("rand_distr_standard_normal_smallrng_f32", |b| {
         b.iter(|| {

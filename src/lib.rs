@@ -50,7 +50,7 @@
 //! | [`forward`] | [`ForwardProcess`]: noising, posteriors, training targets and loss weights |
 //! | [`denoiser`] | [`Denoiser`], [`Prediction`] and conversions, [`FnDenoiser`] |
 //! | [`guidance`] | classifier-free guidance: [`Guidance`] (two models), [`SharedGuidance`] (one network, both [`Branch`]es), [`BatchedGuidance`] (one doubled-batch call) |
-//! | [`noise`] | [`NoiseSource`] (any `rand` RNG), [`ReplayNoise`], [`SeededNoise`] (fast, keyed by seed / step / block), [`BrownianNoise`](noise::BrownianNoise) (interval increments of a Brownian motion over sigma) |
+//! | [`noise`] | [`NoiseSource`] (any `rand` RNG), [`ReplayNoise`], [`SeededNoise`] (fast, keyed by seed / step / block; [`per_element`](SeededNoise::per_element) for batch-invariant seeds), [`BrownianNoise`](noise::BrownianNoise) (interval increments of a Brownian motion over sigma); the Python tools' own streams: [`TorchGenerator`](noise::TorchGenerator) (`torch.Generator("cpu").manual_seed`, bit for bit), [`TorchBrownianTree`](noise::TorchBrownianTree) (torchsde's tree, as k-diffusion and ComfyUI use it), and the seed conventions of diffusers, ComfyUI and k-diffusion |
 //! | [`sampler`] | [`Sampler`], the step-by-step [`Run`] (owns its noise; storable), progress callbacks ([`Sampler::sample_with`], [`Progress`]), [`AnySampler`], [`Expecting`] (a sampler that refuses models of another prediction type), and the samplers below |
 //! | [`Preset`] | every ComfyUI sampler × scheduler name (`"dpmpp_2m_sde_gpu_karras"`) and AUTOMATIC1111's (`"Euler a"`) → ComfyUI's sampler + grid |
 //! | `config` | (feature `serde`) diffusers' `scheduler_config.json` → schedule, grid and sampler, as diffusers builds them |

@@ -171,3 +171,70 @@ fn steps_do_not_allocate() {
         &flow_grids,
     );
 }
+
+/// As [`allocations_after_warmup`], with the given noise source and warm-up length.
+fn allocations_with_noise<S: Sampler, N: diffusion_samplers::NoiseSource<f32>>(
+    sampler: &S,
+    grid: &Grid,
+    noise: N,
+    warmup: usize,
+) -> usize {
+    let x = Array4::<f32>::from_elem((2, 4, 8, 8), 0.3);
+    let mut run = sampler.start(x, grid, Prediction::Sample, noise).unwrap();
+    let mut steps_seen = 0;
+    let mut last_step = usize::MAX;
+    ALLOCS.store(0, Ordering::SeqCst);
+    MEASURING.with(|m| m.set(true));
+    while let Some((req, mut out)) = run.request_with_output() {
+        if req.step != last_step {
+            last_step = req.step;
+            steps_seen += 1;
+            if steps_seen == warmup {
+                COUNTING.store(true, Ordering::SeqCst);
+            }
+        }
+        Zip::from(&mut out).and(&req.x).for_each(|o, &x| *o = 0.8 * x);
+        run.respond_in_place().unwrap();
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    MEASURING.with(|m| m.set(false));
+    assert!(steps_seen >= warmup + 10, "grid too short to measure");
+    ALLOCS.load(Ordering::SeqCst)
+}
+
+/// The torch-compatible sources: a generator, one per batch element, and the torchsde tree
+/// (once its node cache is full, nodes reuse the evicted buffers).
+#[test]
+fn torch_noise_sources_do_not_allocate() {
+    use diffusion_samplers::noise::{TorchBrownianTree, TorchGenerator};
+    let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)
+        .unwrap()
+        .grid(60, Spacing::KARRAS)
+        .unwrap();
+    let sde = DpmSolver::new().sde(true);
+    let n = allocations_with_noise(&sde, &grid, TorchGenerator::new(1), 3);
+    assert_eq!(n, 0, "TorchGenerator");
+    let n = allocations_with_noise(&sde, &grid, TorchGenerator::per_element([1, 2]), 3);
+    assert_eq!(n, 0, "TorchGenerator::per_element");
+    let sigma = |l: &NoiseLevel| l.sigma / l.alpha;
+    let tree = TorchBrownianTree::new(
+        &[7],
+        sigma(&grid.last_noisy()),
+        sigma(&grid.levels()[0]),
+        &[2, 4, 8, 8],
+    )
+    .unwrap()
+    .with_cache_nodes(16);
+    let n = allocations_with_noise(&sde, &grid, tree, 12);
+    assert_eq!(n, 0, "TorchBrownianTree");
+    let tree = TorchBrownianTree::new(
+        &[7, 8],
+        sigma(&grid.last_noisy()),
+        sigma(&grid.levels()[0]),
+        &[4, 8, 8],
+    )
+    .unwrap()
+    .with_cache_nodes(16);
+    let n = allocations_with_noise(&DpmPpSde::new(), &grid, tree, 12);
+    assert_eq!(n, 0, "TorchBrownianTree, two trees, DPM++ SDE");
+}

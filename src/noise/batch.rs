@@ -13,7 +13,8 @@ use crate::level::NoiseLevel;
 /// image of seed `s` is the same alone or at any position of any batch (with the source given
 /// for it). It is also diffusers' convention for a *list* of generators — `randn_tensor(shape,
 /// generator=[g0, g1, …])` draws element `b` with `g_b` — so a list of
-/// [`TorchGenerator`](super::TorchGenerator)s here reproduces it ([`diffusers_generators`](super::diffusers_generators)).
+/// [`TorchGenerator`](super::TorchGenerator)s here reproduces it
+/// ([`TorchGenerator::per_element`](super::TorchGenerator::per_element)).
 ///
 /// A fill whose first axis is not as long as the list of sources fills NaN, which a sampler
 /// reports as [`Error::NonFinite`](crate::Error::NonFinite) noise at that step (never silently

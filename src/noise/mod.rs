@@ -3,9 +3,20 @@
 //! Any seeded `rand` generator is a [`NoiseSource`] (`sampler.sample(&mut model, x, &grid, &mut
 //! rng)`); [`SeededNoise`] is a fast keyed source; [`ReplayNoise`] feeds back stored noise, e.g.
 //! the exact draws a Python reference used; [`BrownianNoise`] gives increments of a Brownian
-//! motion over the noise level, so that refining a grid refines the same noise. A [`Run`](crate::Run) owns its source: pass it by
-//! value, or `&mut source` (every source here, and every `rand` generator, is a source through a
-//! mutable reference too; [`ByRef`] does the same for a generic `N`).
+//! motion over the noise level, so that refining a grid refines the same noise; [`PerElement`]
+//! gives each batch element a source of its own (batch-invariant seeds).
+//!
+//! The Python tools' own noise, in pure Rust: [`TorchGenerator`] is torch's CPU generator
+//! (`randn` / `rand` / `randint`, bit for bit), [`TorchBrownianTree`] torchsde's Brownian tree as
+//! k-diffusion's and ComfyUI's `BrownianTreeNoiseSampler` builds it, and the seed conventions
+//! of diffusers ([`TorchGenerator::per_element`]), ComfyUI ([`comfyui_prepare_noise`],
+//! [`ComfyUiNoise`] from [`Preset::comfyui_noise`](crate::Preset::comfyui_noise)) and
+//! k-diffusion ([`TorchBrownianTree::from_generator`]) are constructors over them — see the
+//! guide's "Reproducing a seeded Python run" for what is identical and what is not.
+//!
+//! A [`Run`](crate::Run) owns its source: pass it by value, or `&mut source` (every source here,
+//! and every `rand` generator, is a source through a mutable reference too; [`ByRef`] does the
+//! same for a generic `N`).
 
 mod batch;
 mod brownian;
@@ -118,7 +129,7 @@ macro_rules! by_mut_ref {
     )*};
 }
 
-by_mut_ref!(SeededNoise, ReplayNoise<F>);
+by_mut_ref!(SeededNoise, ReplayNoise<F>, TorchGenerator, BrownianNoise);
 
 /// Every `rand` generator is a noise source: draws come from its stream in order (the step index
 /// is ignored), through `rand_distr`'s ziggurat `StandardNormal`.
