@@ -214,3 +214,33 @@ fn k_diffusion_ancestral_runs_from_a_seed_alone() {
         );
     }
 }
+
+/// `CudaPhilox` (AUTOMATIC1111's imitation of torch's CUDA `randn`) against
+/// stable-diffusion.cpp's C++ port of the same imitation, compiled and run by
+/// tests/fixtures/gen_philox.py: three consecutive draws per seed, within 1e-6 (the C++ port
+/// rounds the Philox words to float32 before the Box–Muller step; a wrong counter, key half or
+/// element index is O(1) off).
+#[test]
+fn cuda_philox_matches_stable_diffusion_cpp() {
+    use diffusion_samplers::noise::CudaPhilox;
+    let fx = fixture("philox.json");
+    let mut checked = 0;
+    for case in fx["cases"].as_array().unwrap() {
+        let seed: u64 = str_of(case, "seed").parse().unwrap();
+        let mut g = CudaPhilox::new(seed);
+        for (k, d) in case["draws"].as_array().unwrap().iter().enumerate() {
+            let theirs = f64s(d);
+            let mut ours = vec![0.0f32; theirs.len()];
+            g.randn_f32(&mut ours);
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert!(
+                    (f64::from(*a) - b).abs() < 1e-6,
+                    "seed {seed} draw {k} element {i}: {a} vs {b}"
+                );
+            }
+            checked += 1;
+        }
+        assert_eq!(g.offset(), 3);
+    }
+    assert_eq!(checked, 12);
+}

@@ -11,8 +11,9 @@
 //! k-diffusion's and ComfyUI's `BrownianTreeNoiseSampler` builds it, and the seed conventions
 //! of diffusers ([`TorchGenerator::per_element`]), ComfyUI ([`comfyui_prepare_noise`],
 //! [`ComfyUiNoise`] from [`Preset::comfyui_noise`](crate::Preset::comfyui_noise)) and
-//! k-diffusion ([`TorchBrownianTree::from_generator`]) are constructors over them — see the
-//! guide's "Reproducing a seeded Python run" for what is identical and what is not.
+//! k-diffusion ([`TorchBrownianTree::from_generator`]) are constructors over them;
+//! [`CudaPhilox`] is AUTOMATIC1111's imitation of CUDA's `randn`. See the guide's "Reproducing a
+//! seeded Python run" for what is identical and what is not.
 //!
 //! A [`Run`](crate::Run) owns its source: pass it by value, or `&mut source` (every source here,
 //! and every `rand` generator, is a source through a mutable reference too; [`ByRef`] does the
@@ -21,6 +22,7 @@
 mod batch;
 mod brownian;
 mod conventions;
+mod philox;
 mod torch;
 mod torchsde;
 mod ziggurat;
@@ -28,6 +30,7 @@ mod ziggurat;
 pub use batch::PerElement;
 pub use brownian::BrownianNoise;
 pub use conventions::{ComfyUiNoise, comfyui_prepare_noise};
+pub use philox::CudaPhilox;
 pub use torch::{TorchCpuKernel, TorchGenerator};
 pub use torchsde::TorchBrownianTree;
 
