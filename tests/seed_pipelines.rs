@@ -312,3 +312,28 @@ fn a_wrong_seed_is_far_off() {
     let err = worst(&out, &f64s(&case["out"]));
     assert!(err > 0.05, "one draw skipped: {err:e}");
 }
+
+/// ComfyUI's `prepare_noise`, with and without a latent's `batch_index`, bit for bit.
+#[test]
+fn comfyui_prepare_noise_matches() {
+    let fx = fixture("seed_pipelines.json");
+    let cases = fx["comfyui_prepare_noise"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let shape = usizes(&case["shape"]);
+        let index = case["batch_index"]
+            .as_array()
+            .map(|v| v.iter().map(|i| i.as_u64().unwrap() as usize).collect::<Vec<_>>());
+        let seed = case["seed"].as_u64().unwrap();
+        let ours: ArrayD<f32> =
+            diffusion_samplers::noise::comfyui_prepare_noise(IxDyn(&shape), seed, index.as_deref()).unwrap();
+        let theirs = f64s(&case["noise"]);
+        assert!(
+            ours.iter().zip(&theirs).all(|(a, b)| f64::from(*a) == *b),
+            "seed {seed} {shape:?} {index:?}"
+        );
+    }
+    assert!(
+        diffusion_samplers::noise::comfyui_prepare_noise::<f32, _, _>(IxDyn(&[2, 3]), 1, Some(&[0])).is_err()
+    );
+}
