@@ -102,22 +102,7 @@ impl BrownianNoise {
     /// [`Error::InvalidParameter`] for an empty seed list, or a range that is not finite,
     /// non-negative and of positive length.
     pub fn with_range(seeds: Vec<u64>, t_min: f64, t_max: f64, family: ScheduleFamily) -> Result<Self> {
-        if seeds.is_empty() {
-            return Err(Error::InvalidParameter {
-                name: "seeds",
-                value: 0.0,
-                reason: "at least one seed is needed",
-            });
-        }
-        for (name, v) in [("t_min", t_min), ("t_max", t_max)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::InvalidParameter {
-                    name,
-                    value: v,
-                    reason: "must be finite and non-negative",
-                });
-            }
-        }
+        super::check_motion(seeds.len(), [("t_min", t_min), ("t_max", t_max)])?;
         if t_max <= t_min {
             return Err(Error::InvalidParameter {
                 name: "t_max",

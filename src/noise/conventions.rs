@@ -160,19 +160,3 @@ impl<F: Float> NoiseSource<F> for ComfyUiNoise {
         }
     }
 }
-
-impl<F: Float> NoiseSource<F> for &mut ComfyUiNoise {
-    fn fill<D: Dimension>(&mut self, step: usize, out: ndarray::ArrayViewMut<'_, F, D>) {
-        (**self).fill(step, out);
-    }
-
-    fn fill_interval<D: Dimension>(
-        &mut self,
-        step: usize,
-        from: &NoiseLevel,
-        to: &NoiseLevel,
-        out: ndarray::ArrayViewMut<'_, F, D>,
-    ) {
-        (**self).fill_interval(step, from, to, out);
-    }
-}

@@ -72,6 +72,28 @@ pub trait NoiseSource<F> {
     }
 }
 
+/// The checks of a seeded motion's construction: at least one seed, a finite non-negative range
+/// (named as the caller's parameters).
+pub(crate) fn check_motion(seeds: usize, ends: [(&'static str, f64); 2]) -> crate::Result<()> {
+    if seeds == 0 {
+        return Err(crate::Error::InvalidParameter {
+            name: "seeds",
+            value: 0.0,
+            reason: "at least one seed is needed",
+        });
+    }
+    for (name, v) in ends {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(crate::Error::InvalidParameter {
+                name,
+                value: v,
+                reason: "must be finite and non-negative",
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The step key of a run's starting sample ([`Grid::initial_sample`](crate::Grid::initial_sample)):
 /// keyed sources such as [`SeededNoise`] then draw it independently of step 0's noise.
 pub const INITIAL_STEP: usize = usize::MAX;
@@ -132,7 +154,15 @@ macro_rules! by_mut_ref {
     )*};
 }
 
-by_mut_ref!(SeededNoise, ReplayNoise<F>, TorchGenerator, BrownianNoise);
+by_mut_ref!(
+    SeededNoise,
+    ReplayNoise<F>,
+    TorchGenerator,
+    BrownianNoise,
+    TorchBrownianTree,
+    ComfyUiNoise,
+    CudaPhilox
+);
 
 /// Every `rand` generator is a noise source: draws come from its stream in order (the step index
 /// is ignored), through `rand_distr`'s ziggurat `StandardNormal`.

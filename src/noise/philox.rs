@@ -108,12 +108,6 @@ impl<F: Float> NoiseSource<F> for CudaPhilox {
     }
 }
 
-impl<F: Float> NoiseSource<F> for &mut CudaPhilox {
-    fn fill<D: Dimension>(&mut self, step: usize, out: ArrayViewMut<'_, F, D>) {
-        (**self).fill(step, out);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,13 +233,7 @@ impl TorchBrownianTree {
     /// [`Error::InvalidParameter`] for no seeds, an empty shape of zero elements, or a range
     /// that is not finite, non-negative and of positive length after rounding to 6 decimals.
     pub fn new(seeds: &[u64], sigma_min: f64, sigma_max: f64, shape: &[usize]) -> Result<Self> {
-        if seeds.is_empty() {
-            return Err(Error::InvalidParameter {
-                name: "seeds",
-                value: 0.0,
-                reason: "at least one seed is needed",
-            });
-        }
+        super::check_motion(seeds.len(), [("sigma_min", sigma_min), ("sigma_max", sigma_max)])?;
         let per_tree = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let per_tree = match per_tree {
             Some(n) if n > 0 => n,
@@ -251,15 +245,6 @@ impl TorchBrownianTree {
                 });
             }
         };
-        for (name, v) in [("sigma_min", sigma_min), ("sigma_max", sigma_max)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::InvalidParameter {
-                    name,
-                    value: v,
-                    reason: "must be finite and non-negative",
-                });
-            }
-        }
         let (t0, t1, sign) = if sigma_min < sigma_max {
             (sigma_min, sigma_max, 1.0)
         } else {
@@ -352,21 +337,7 @@ impl TorchBrownianTree {
         sigma_next: f64,
         out: ArrayViewMut<'_, F, D>,
     ) -> Result<()> {
-        if out.len() != self.len() {
-            return Err(Error::NoiseSize {
-                expected: self.len(),
-                got: out.len(),
-            });
-        }
-        for (name, v) in [("sigma", sigma), ("sigma_next", sigma_next)] {
-            if !v.is_finite() {
-                return Err(Error::InvalidParameter {
-                    name,
-                    value: v,
-                    reason: "a Brownian tree's query time must be finite",
-                });
-            }
-        }
+        self.check_query(sigma, sigma_next, out.len())?;
         if F::cast(sigma) == F::cast(sigma_next) {
             return Err(Error::InvalidParameter {
                 name: "sigma_next",
@@ -389,10 +360,17 @@ impl TorchBrownianTree {
         sigma_next: f64,
         out: ArrayViewMut<'_, F, D>,
     ) -> Result<()> {
-        if out.len() != self.len() {
+        self.check_query(sigma, sigma_next, out.len())?;
+        self.fill_out(sigma, sigma_next, false, out);
+        Ok(())
+    }
+
+    /// A query's length and times.
+    fn check_query(&self, sigma: f64, sigma_next: f64, len: usize) -> Result<()> {
+        if len != self.len() {
             return Err(Error::NoiseSize {
                 expected: self.len(),
-                got: out.len(),
+                got: len,
             });
         }
         for (name, v) in [("sigma", sigma), ("sigma_next", sigma_next)] {
@@ -404,7 +382,6 @@ impl TorchBrownianTree {
                 });
             }
         }
-        self.fill_out(sigma, sigma_next, false, out);
         Ok(())
     }
 
@@ -688,22 +665,6 @@ impl<F: Float> NoiseSource<F> for TorchBrownianTree {
             return;
         }
         self.fill_out(a, b, true, out);
-    }
-}
-
-impl<F: Float> NoiseSource<F> for &mut TorchBrownianTree {
-    fn fill<D: Dimension>(&mut self, step: usize, out: ArrayViewMut<'_, F, D>) {
-        (**self).fill(step, out);
-    }
-
-    fn fill_interval<D: Dimension>(
-        &mut self,
-        step: usize,
-        from: &NoiseLevel,
-        to: &NoiseLevel,
-        out: ArrayViewMut<'_, F, D>,
-    ) {
-        (**self).fill_interval(step, from, to, out);
     }
 }
 
