@@ -855,4 +855,42 @@ proptest! {
             prop_assert!(ex.weights.iter().all(|v| v.is_finite() && *v >= 0.0));
         }
     }
+
+    /// torch's generator, torchsde's tree and the seed conventions with any input: errors, or
+    /// finite noise of the right size.
+    #[test]
+    fn torch_noise_sources(seeds in prop::collection::vec(any::<u64>(), 0..3), lo in wild(), hi in wild(), dims in prop::collection::vec(0usize..4, 0..3), a in wild(), b in wild(), n in 0usize..40, low in any::<i64>(), high in any::<i64>(), index in prop::option::of(prop::collection::vec(0usize..70_000, 0..4))) {
+        use diffusion_samplers::NoiseSource;
+        use diffusion_samplers::noise::{TorchBrownianTree, TorchGenerator, comfyui_prepare_noise};
+        let mut g = TorchGenerator::new(seeds.first().copied().unwrap_or(0));
+        let mut ints = vec![0i64; n.min(4)];
+        match g.randint(low, high, &mut ints) {
+            Ok(()) => prop_assert!(ints.iter().all(|v| (low..high).contains(v))),
+            Err(_) => prop_assert!(low >= high),
+        }
+        let mut z = ndarray::Array1::<f32>::zeros(n);
+        g.fill(0, z.view_mut());
+        prop_assert!(z.iter().all(|v| v.is_finite()));
+        if let Ok(mut t) = TorchBrownianTree::new(&seeds, lo, hi, &dims) {
+            prop_assert!(!seeds.is_empty() && lo.is_finite() && hi.is_finite());
+            let mut out = ndarray::Array1::<f64>::zeros(n);
+            match t.normalized(a, b, out.view_mut()) {
+                Ok(()) => prop_assert!(out.iter().all(|v| v.is_finite()), "{:?}", out),
+                Err(e) => prop_assert!(n != t.len() || !a.is_finite() || !b.is_finite() || a as f64 == b, "{}", e),
+            }
+            if t.increment(a, b, out.view_mut()).is_ok() {
+                prop_assert!(out.iter().all(|v| v.is_finite()));
+            }
+            let from = NoiseLevel::new(0.0, 1.0, a.abs());
+            let to = NoiseLevel::new(0.0, 1.0, b.abs());
+            let mut out = ndarray::Array1::<f32>::zeros(t.len());
+            t.fill_interval(0, &from, &to, out.view_mut());
+            // Finite noise, or NaN that the sampler reports (times or range beyond f32).
+            prop_assert!(out.iter().all(|v| v.is_finite()) || out.iter().all(|v| v.is_nan()));
+        }
+        let shape = (index.as_ref().map_or(2, |i| i.len()), 3);
+        if let Ok(x) = comfyui_prepare_noise::<f32, _, _>(shape, seeds.first().copied().unwrap_or(1), index.as_deref()) {
+            prop_assert!(x.iter().all(|v| v.is_finite()));
+        }
+    }
 }

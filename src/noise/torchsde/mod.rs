@@ -329,8 +329,9 @@ impl TorchBrownianTree {
     ///
     /// # Errors
     /// [`Error::NoiseSize`] if `out` does not have [`len`](Self::len) elements;
-    /// [`Error::InvalidParameter`] for a non-finite time, or `sigma == sigma_next` (where
-    /// k-diffusion divides zero by zero).
+    /// [`Error::InvalidParameter`] for a non-finite time, `sigma == sigma_next` (where
+    /// k-diffusion divides zero by zero), or noise beyond `F`'s range (a range of sigmas too
+    /// wide for `f32`; `out` then holds NaN).
     pub fn normalized<F: Float, D: Dimension>(
         &mut self,
         sigma: f64,
@@ -345,8 +346,7 @@ impl TorchBrownianTree {
                 reason: "equals sigma: a zero-length interval has no normalised increment",
             });
         }
-        self.fill_out(sigma, sigma_next, true, out);
-        Ok(())
+        self.fill_checked(sigma, sigma_next, true, out)
     }
 
     /// The increment itself, `W(sigma_next) - W(sigma)` (k-diffusion's `tree(t0, t1)` with its
@@ -361,8 +361,27 @@ impl TorchBrownianTree {
         out: ArrayViewMut<'_, F, D>,
     ) -> Result<()> {
         self.check_query(sigma, sigma_next, out.len())?;
-        self.fill_out(sigma, sigma_next, false, out);
-        Ok(())
+        self.fill_checked(sigma, sigma_next, false, out)
+    }
+
+    /// [`fill_out`](Self::fill_out), then an error (and NaN) if the values overflow `F`.
+    fn fill_checked<F: Float, D: Dimension>(
+        &mut self,
+        sigma: f64,
+        sigma_next: f64,
+        normalize: bool,
+        mut out: ArrayViewMut<'_, F, D>,
+    ) -> Result<()> {
+        self.fill_out(sigma, sigma_next, normalize, out.view_mut());
+        if out.iter().all(|v| v.is_finite()) {
+            return Ok(());
+        }
+        out.fill(F::nan());
+        Err(Error::InvalidParameter {
+            name: "sigma_max",
+            value: self.t1,
+            reason: "the noise overflows the array's float type (a range or time beyond its reach)",
+        })
     }
 
     /// A query's length and times.
@@ -664,7 +683,8 @@ impl<F: Float> NoiseSource<F> for TorchBrownianTree {
             out.fill(F::zero());
             return;
         }
-        self.fill_out(a, b, true, out);
+        // Overflow: NaN, which the sampler reports as non-finite noise at this step.
+        let _ = self.fill_checked(a, b, true, out);
     }
 }
 
