@@ -106,6 +106,70 @@ pub trait Denoiser<F, D: Dimension> {
     /// # Errors
     /// Any error of the model; samplers wrap it in [`Error::Model`] with the step and level.
     fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError>;
+
+    /// Evaluates the model for the sampler's call `call` and returns its output with the
+    /// branches it was made of: what the samplers call. Plain models need not implement it (the
+    /// default calls [`denoise`](Self::denoise) and has no branches); guidance implements it, so
+    /// that CFG++ samplers renoise with the unconditional branch, progress callbacks can show
+    /// every branch, and guiders that depend on the step (intervals) or keep state across
+    /// calls (momentum, reset at `call.index == 0`) know where the run is.
+    ///
+    /// # Errors
+    /// As [`denoise`](Self::denoise).
+    fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
+        Ok(Guided::plain(self.denoise(x, &call.level)?))
+    }
+}
+
+/// Where a model call sits in a sampling run (see [`Denoiser::denoise_call`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Call {
+    /// Model calls made before this one in the run: 0 for the run's first call (guiders reset
+    /// their state there).
+    pub index: usize,
+    /// The sampler step (0 = first; multi-stage samplers make several calls per step).
+    pub step: usize,
+    /// The run's number of steps (grid steps; 0 when the sampler chooses its own, as the
+    /// adaptive solver does).
+    pub steps: usize,
+    /// The level of this evaluation.
+    pub level: NoiseLevel,
+}
+
+impl Call {
+    /// A call description (for driving guiders and models by hand).
+    pub fn new(index: usize, step: usize, steps: usize, level: NoiseLevel) -> Self {
+        Call {
+            index,
+            step,
+            steps,
+            level,
+        }
+    }
+}
+
+/// A model output together with the branches guidance made it from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guided<F, D: Dimension> {
+    /// The output the sampler uses (the guided prediction).
+    pub output: Array<F, D>,
+    /// The conditional branch's output, when the model has branches (for previews).
+    pub cond: Option<Array<F, D>>,
+    /// The unconditional branch's output, when the model has one: the CFG++ samplers renoise
+    /// with it (without it they use `output`, i.e. run as their plain counterparts).
+    pub uncond: Option<Array<F, D>>,
+}
+
+impl<F, D: Dimension> Guided<F, D> {
+    /// An output without branches.
+    pub fn plain(output: Array<F, D>) -> Self {
+        Guided {
+            output,
+            cond: None,
+            uncond: None,
+        }
+    }
 }
 
 impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for &mut M {
@@ -115,6 +179,9 @@ impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for &mut M {
     fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
         (**self).denoise(x, level)
     }
+    fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
+        (**self).denoise_call(x, call)
+    }
 }
 
 impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for Box<M> {
@@ -123,6 +190,9 @@ impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for Box<M> {
     }
     fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
         (**self).denoise(x, level)
+    }
+    fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
+        (**self).denoise_call(x, call)
     }
 }
 

@@ -257,13 +257,13 @@ impl<'a, F: Float, D: Dimension> Inpaint<'a, F, D> {
         self.impose(x.view_mut(), &grid.levels()[0], 0, &mut z, noise)?;
         let mut run = sampler.start(x, grid, model.prediction(), ByRef(noise))?;
         while let Some(req) = run.request() {
-            let (s, level) = (req.step, req.level);
-            let out = model.denoise(req.x, &level).map_err(|source| Error::Model {
+            let (s, level, call) = (req.step, req.level, req.call());
+            let out = model.denoise_call(req.x, &call).map_err(|source| Error::Model {
                 step: s,
                 level,
                 source,
             })?;
-            run.respond(out)?;
+            run.respond_guided(out)?;
             if run.request().is_none_or(|r| r.step != s) {
                 // A whole step is done: re-impose at the level the sample is now at.
                 let mut imposed = Ok(());
@@ -346,11 +346,15 @@ impl DdimInversion {
             if cur.sigma_ve() >= next.sigma_ve() {
                 continue; // a zero-length step: nothing to do
             }
-            let out = model.denoise(x.view(), &next).map_err(|source| Error::Model {
-                step,
-                level: next,
-                source,
-            })?;
+            let call = crate::denoiser::Call::new(step, step, n, next);
+            let out = model
+                .denoise_call(x.view(), &call)
+                .map_err(|source| Error::Model {
+                    step,
+                    level: next,
+                    source,
+                })?
+                .output;
             if out.shape() != x.shape() {
                 return Err(Error::ShapeMismatch {
                     step,

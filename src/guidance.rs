@@ -4,7 +4,7 @@
 
 use ndarray::{Array, ArrayView, Axis, Dimension, Zip, concatenate};
 
-use crate::denoiser::{Denoiser, FnDenoiser, Prediction};
+use crate::denoiser::{Call, Denoiser, FnDenoiser, Guided, Prediction};
 use crate::error::{BoxError, Error};
 use crate::float::Float;
 use crate::level::NoiseLevel;
@@ -129,6 +129,24 @@ impl<F: Float, D: Dimension, C: Denoiser<F, D>, U: Denoiser<F, D>> Denoiser<F, D
     }
 
     fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        Ok(self.branches(x, level)?.output)
+    }
+
+    fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
+        self.branches(x, &call.level)
+    }
+}
+
+impl<C, U> Guidance<C, U> {
+    fn branches<F: Float, D: Dimension>(
+        &mut self,
+        x: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+    ) -> Result<Guided<F, D>, BoxError>
+    where
+        C: Denoiser<F, D>,
+        U: Denoiser<F, D>,
+    {
         check_guidance(self.scale, self.rescale)?;
         if self.cond.prediction() != self.uncond.prediction() {
             return Err("the conditional and unconditional models predict different things".into());
@@ -136,7 +154,17 @@ impl<F: Float, D: Dimension, C: Denoiser<F, D>, U: Denoiser<F, D>> Denoiser<F, D
         let c = self.cond.denoise(x.view(), level)?;
         let u = self.uncond.denoise(x, level)?;
         check_branches(&c, &u)?;
-        Ok(combine(c, &u, self.scale, self.rescale))
+        Ok(guided(c, u, self.scale, self.rescale))
+    }
+}
+
+/// The guided output with both branches kept.
+fn guided<F: Float, D: Dimension>(c: Array<F, D>, u: Array<F, D>, scale: f64, rescale: f64) -> Guided<F, D> {
+    let output = combine(c.clone(), &u, scale, rescale);
+    Guided {
+        output,
+        cond: Some(c),
+        uncond: Some(u),
     }
 }
 
@@ -269,11 +297,17 @@ impl<F: Float, D: Dimension, M: BranchDenoiser<F, D>> Denoiser<F, D> for SharedG
     }
 
     fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        Ok(self.denoise_call(x, &Call::new(0, 0, 0, *level))?.output)
+    }
+
+    fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
         check_guidance(self.scale, self.rescale)?;
-        let c = self.model.denoise_branch(x.view(), level, Branch::Conditional)?;
-        let u = self.model.denoise_branch(x, level, Branch::Unconditional)?;
+        let c = self
+            .model
+            .denoise_branch(x.view(), &call.level, Branch::Conditional)?;
+        let u = self.model.denoise_branch(x, &call.level, Branch::Unconditional)?;
         check_branches(&c, &u)?;
-        Ok(combine(c, &u, self.scale, self.rescale))
+        Ok(guided(c, u, self.scale, self.rescale))
     }
 }
 
@@ -347,6 +381,11 @@ impl<F: Float, D: Dimension, M: Denoiser<F, D>> Denoiser<F, D> for BatchedGuidan
     }
 
     fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        Ok(self.denoise_call(x, &Call::new(0, 0, 0, *level))?.output)
+    }
+
+    fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
+        let level = &call.level;
         check_guidance(self.scale, self.rescale)?;
         if x.ndim() == 0 {
             return Err("batched guidance needs a batch axis (axis 0)".into());
@@ -372,7 +411,7 @@ impl<F: Float, D: Dimension, M: Denoiser<F, D>> Denoiser<F, D> for BatchedGuidan
             .slice_axis(Axis(0), (n..2 * n).into())
             .to_owned()
             .into_dimensionality::<D>()?;
-        Ok(combine(c, &u, self.scale, self.rescale))
+        Ok(guided(c, u, self.scale, self.rescale))
     }
 }
 

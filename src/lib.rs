@@ -113,7 +113,7 @@ mod text;
 
 // Inlined, so that the crate root lists every struct, enum, trait and function it offers.
 #[doc(inline)]
-pub use denoiser::{Denoiser, FnDenoiser, Linear, Prediction};
+pub use denoiser::{Call, Denoiser, FnDenoiser, Guided, Linear, Prediction};
 #[doc(inline)]
 pub use error::{BoxError, Error, MAX_STEPS, Result};
 #[doc(inline)]

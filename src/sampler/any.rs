@@ -104,7 +104,7 @@ macro_rules! any_sampler {
                 &mut self,
                 est: Estimate<F, D>,
                 noise: &mut N,
-            ) -> Result<Option<Array<F, D>>> {
+            ) -> Result<Spares<F, D>> {
                 match self {
                     $(AnyState::$variant(s) => s.advance(est, noise),)*
                 }

@@ -57,7 +57,7 @@ pub use self::core::coefs::AncestralSplit;
 pub use self::core::x0::Thresholding;
 #[doc(hidden)]
 pub use self::core::{Core, Input, Method, Outcome, Step};
-pub use self::core::{Estimate, Expecting, Progress, Request, Run, Sampler, SamplerState, State};
+pub use self::core::{Estimate, Expecting, Progress, Request, Run, Sampler, SamplerState, Spares, State};
 pub use ancestral::{Ddim, Ddpm, DdpmVariance, Euler, EulerAncestral};
 pub use any::{AnySampler, AnyState};
 pub use consistency::Lcm;

@@ -25,7 +25,7 @@ pub use state::{Core, Input, Method, Outcome, Step};
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
 
-use crate::denoiser::{Denoiser, Prediction};
+use crate::denoiser::{Call, Denoiser, Prediction};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::grid::Grid;
@@ -189,25 +189,27 @@ pub trait Sampler {
         let total_calls = self.model_calls(grid);
         let prediction = model.prediction();
         let mut run = self.start(x, grid, prediction, ByRef(noise))?;
-        let mut call = 0;
         while let Some(req) = run.request() {
+            let call = req.call();
             let (step, level) = (req.step, req.level);
             let out = model
-                .denoise(req.x.view(), &level)
+                .denoise_call(req.x.view(), &call)
                 .map_err(|source| Error::Model { step, level, source })?;
-            call += 1;
-            if out.shape() == req.x.shape() {
+            let shaped = |a: &Option<Array<F, D>>| a.as_ref().is_none_or(|a| a.shape() == req.x.shape());
+            if out.output.shape() == req.x.shape() && shaped(&out.cond) && shaped(&out.uncond) {
                 on_call(&Progress {
-                    call,
+                    call: call.index + 1,
                     total_calls,
                     step,
                     level,
                     x: req.x.view(),
-                    output: out.view(),
+                    output: out.output.view(),
+                    cond: out.cond.as_ref().map(|a| a.view()),
+                    uncond: out.uncond.as_ref().map(|a| a.view()),
                     prediction,
                 });
             }
-            run.respond(out)?;
+            run.respond_guided(out)?;
         }
         Ok(run.into_sample())
     }
@@ -219,8 +221,8 @@ pub trait SamplerState<F: Float, D: Dimension> {
     fn pending(&self) -> Option<Request<'_, F, D>>;
 
     /// Consumes the model's output for the pending request and advances (drawing any noise the
-    /// update, or the next request, needs). Returns a buffer the run may reuse for a later model
-    /// output, if one became free.
+    /// update, or the next request, needs). Returns the buffers the run may reuse for later
+    /// model outputs, those that became free.
     ///
     /// # Errors
     /// [`Error::NonFinite`] if the estimate, the noise or the updated sample is not finite.
@@ -228,7 +230,7 @@ pub trait SamplerState<F: Float, D: Dimension> {
         &mut self,
         est: Estimate<F, D>,
         noise: &mut N,
-    ) -> Result<Option<Array<F, D>>>;
+    ) -> Result<Spares<F, D>>;
 
     /// The current sample.
     fn sample(&self) -> ArrayView<'_, F, D>;
@@ -251,6 +253,10 @@ pub trait SamplerState<F: Float, D: Dimension> {
     }
 }
 
+/// Model-output buffers an update handed back for reuse (the output's, unless the sampler kept
+/// it; the unconditional branch's).
+pub type Spares<F, D> = [Option<Array<F, D>>; 2];
+
 /// A model evaluation the sampler asks for: evaluate the model on `x` at `level`.
 #[derive(Debug)]
 pub struct Request<'a, F, D: Dimension> {
@@ -260,9 +266,18 @@ pub struct Request<'a, F, D: Dimension> {
     pub level: NoiseLevel,
     /// The input to evaluate, in the model's native scaling.
     pub x: ArrayView<'a, F, D>,
+    /// Model calls answered before this one.
+    pub(crate) index: usize,
+    /// The run's grid steps (0 for adaptive samplers).
+    pub(crate) steps: usize,
 }
 
 impl<F: Float, D: Dimension> Request<'_, F, D> {
+    /// Where this call sits in the run (what [`Denoiser::denoise_call`] receives).
+    pub fn call(&self) -> Call {
+        Call::new(self.index, self.step, self.steps, self.level)
+    }
+
     /// The model's estimate of the clean sample from its `output` for this request (e.g. a
     /// preview image while sampling step by step).
     ///
@@ -318,8 +333,12 @@ pub struct Progress<'a, F, D: Dimension> {
     pub level: NoiseLevel,
     /// The model input.
     pub x: ArrayView<'a, F, D>,
-    /// The model output.
+    /// The model output (the guided output, for guidance).
     pub output: ArrayView<'a, F, D>,
+    /// The conditional branch's output, when the model has branches ([`Guided`]).
+    pub cond: Option<ArrayView<'a, F, D>>,
+    /// The unconditional branch's output, when the model has one.
+    pub uncond: Option<ArrayView<'a, F, D>>,
     /// The model's prediction type.
     pub prediction: Prediction,
 }
@@ -338,6 +357,26 @@ impl<F: Float, D: Dimension> Progress<'_, F, D> {
             self.output.view(),
         )
     }
+
+    /// The conditional branch's estimate of the clean sample, when the model has branches.
+    ///
+    /// # Errors
+    /// As [`Request::x0`].
+    pub fn cond_x0(&self) -> Option<Result<Array<F, D>>> {
+        self.cond
+            .as_ref()
+            .map(|c| x0_estimate(self.step, self.level, self.prediction, self.x.view(), c.view()))
+    }
+
+    /// The unconditional branch's estimate of the clean sample, when the model has one.
+    ///
+    /// # Errors
+    /// As [`Request::x0`].
+    pub fn uncond_x0(&self) -> Option<Result<Array<F, D>>> {
+        self.uncond
+            .as_ref()
+            .map(|u| x0_estimate(self.step, self.level, self.prediction, self.x.view(), u.view()))
+    }
 }
 
 /// The model's output for a pending [`Request`], with the coefficients that turn it into the x0
@@ -349,6 +388,11 @@ pub struct Estimate<F, D: Dimension> {
     pub(crate) co: F,
     pub(crate) step: usize,
     pub(crate) level: NoiseLevel,
+    /// The unconditional branch's raw output, for CFG++ samplers (its x0 estimate is
+    /// `ucx input + uco uncond`).
+    pub(crate) uncond: Option<Array<F, D>>,
+    pub(crate) ucx: F,
+    pub(crate) uco: F,
 }
 
 impl<F: Float, D: Dimension> Estimate<F, D> {
@@ -419,8 +463,9 @@ impl<F: Float, D: Dimension> Estimate<F, D> {
         Ok(x0::thresholds(&self.out, t, scratch))
     }
 
-    pub(crate) fn into_buffer(self) -> Array<F, D> {
-        self.out
+    /// The output buffer and the unconditional branch's buffer.
+    pub(crate) fn into_buffers(self) -> (Array<F, D>, Option<Array<F, D>>) {
+        (self.out, self.uncond)
     }
 }
 
@@ -436,6 +481,12 @@ pub(crate) fn attribute<F: Float, D: Dimension>(
     }
     let what = if est.out.iter().any(|v| !v.is_finite()) {
         "model output"
+    } else if est
+        .uncond
+        .as_ref()
+        .is_some_and(|u| u.iter().any(|v| !v.is_finite()))
+    {
+        "unconditional model output"
     } else if z.is_some_and(|z| z.iter().any(|v| !v.is_finite())) {
         "noise"
     } else {

@@ -3,7 +3,7 @@
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
 
 use super::{Estimate, Request, SamplerState};
-use crate::denoiser::Prediction;
+use crate::denoiser::{Guided, Prediction};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::level::NoiseLevel;
@@ -102,17 +102,50 @@ impl<F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F>> Run<F, D,
     /// from the sample in shape; [`Error::Undetermined`] if the prediction type cannot give
     /// `x0` at this level; [`Error::NonFinite`] from the update.
     pub fn respond(&mut self, output: Array<F, D>) -> Result<()> {
-        let (step, level, shape_ok) = {
+        self.respond_guided(Guided::plain(output))
+    }
+
+    /// Answers the pending request with a guided output and its branches ([`Guided`], what
+    /// [`Denoiser::denoise_call`](crate::Denoiser::denoise_call) returns): the CFG++ samplers
+    /// renoise with the unconditional branch; the others use the guided output alone.
+    ///
+    /// ```
+    /// use diffusion_samplers::prelude::*;
+    /// use diffusion_samplers::{Guided, Preset};
+    /// use ndarray::Array2;
+    /// let schedule = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+    /// let (sampler, grid) = Preset::get("euler_cfg_pp")?.build(&schedule, 8)?;
+    /// let x = grid.initial_sample::<f64, _, _, _>((2, 1), &mut SeededNoise::new(0))?;
+    /// let mut run = sampler.start(x, &grid, Prediction::Sample, SeededNoise::new(1))?;
+    /// while let Some(req) = run.request() {
+    ///     let (cond, uncond) = (Array2::from_elem((2, 1), 1.0), Array2::from_elem((2, 1), 0.0));
+    ///     let guided = &uncond + 3.0 * (&cond - &uncond); // CFG, scale 3, in x0 space
+    ///     run.respond_guided(Guided { output: guided, cond: Some(cond), uncond: Some(uncond) })?;
+    /// }
+    /// assert!(run.sample().iter().all(|v| (v - 3.0).abs() < 1e-9));
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`respond`](Self::respond), for either branch.
+    pub fn respond_guided(&mut self, output: Guided<F, D>) -> Result<()> {
+        let (step, level) = {
             let req = self.request().ok_or(Error::Finished)?;
-            (req.step, req.level, req.x.shape() == output.shape())
+            (req.step, req.level)
         };
-        if !shape_ok {
-            return Err(Error::ShapeMismatch {
-                step,
-                level,
-                expected: self.state.sample().shape().to_vec(),
-                got: output.shape().to_vec(),
-            });
+        let sample = self.state.sample();
+        for a in [Some(&output.output), output.uncond.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if a.shape() != sample.shape() {
+                return Err(Error::ShapeMismatch {
+                    step,
+                    level,
+                    expected: sample.shape().to_vec(),
+                    got: a.shape().to_vec(),
+                });
+            }
         }
         let c = self.prediction.to_x0(&level).ok_or(Error::Undetermined {
             step,
@@ -120,19 +153,21 @@ impl<F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F>> Run<F, D,
             prediction: self.prediction,
             what: "x0",
         })?;
+        let (cx, co) = (F::cast(c.x), F::cast(c.out));
         let est = Estimate {
-            out: output,
-            cx: F::cast(c.x),
-            co: F::cast(c.out),
+            out: output.output,
+            cx,
+            co,
             step,
             level,
+            uncond: output.uncond,
+            ucx: cx,
+            uco: co,
         };
         match self.state.advance(est, &mut self.noise) {
-            Ok(spare) => {
-                if let Some(buf) = spare
-                    && self.pooled
-                {
-                    self.spares.push(buf);
+            Ok(spares) => {
+                if self.pooled {
+                    self.spares.extend(spares.into_iter().flatten());
                 }
                 Ok(())
             }
@@ -164,7 +199,9 @@ impl<F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F>> Run<F, D,
     pub fn output_buffer(&mut self) -> ArrayViewMut<'_, F, D> {
         if !self.pooled {
             self.pooled = true;
-            let n = self.state.buffers_held() + 1;
+            // The history and working buffers the state may hold, the output's, an
+            // unconditional branch's.
+            let n = self.state.buffers_held() + 2;
             self.spares.reserve(n + 1);
             let dim = self.state.sample().raw_dim();
             for _ in 0..n {
@@ -215,6 +252,62 @@ impl<F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F>> Run<F, D,
         }
         let buf = self.spares.pop().ok_or(Error::Finished)?;
         self.respond(buf)
+    }
+
+    /// The pending request with two output buffers — the guided output and the unconditional
+    /// branch's — for a guider that writes both in place (then call
+    /// [`respond_in_place_guided`](Self::respond_in_place_guided)). `None` once the run is
+    /// finished.
+    ///
+    /// ```
+    /// use diffusion_samplers::prelude::*;
+    /// use diffusion_samplers::Preset;
+    /// use ndarray::Array2;
+    /// let schedule = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+    /// let (sampler, grid) = Preset::get("dpmpp_2m_cfg_pp")?.build(&schedule, 6)?;
+    /// let mut run = sampler.start(Array2::<f32>::zeros((2, 3)), &grid, Prediction::Sample, SeededNoise::new(0))?;
+    /// while let Some((_req, mut guided, mut uncond)) = run.request_with_branches() {
+    ///     uncond.fill(0.0);
+    ///     guided.fill(2.0); // x0: u + 2 (c - u) with c = 1, u = 0
+    ///     run.respond_in_place_guided()?;
+    /// }
+    /// assert!(run.sample().iter().all(|v| (v - 2.0).abs() < 1e-5));
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    #[allow(clippy::type_complexity, reason = "a request and two buffers")]
+    pub fn request_with_branches(
+        &mut self,
+    ) -> Option<(Request<'_, F, D>, ArrayViewMut<'_, F, D>, ArrayViewMut<'_, F, D>)> {
+        if self.failed || self.state.pending().is_none() {
+            return None;
+        }
+        self.output_buffer();
+        while self.spares.len() < 2 {
+            self.spares.push(Array::zeros(self.state.sample().raw_dim()));
+        }
+        let n = self.spares.len();
+        let (rest, last) = self.spares.split_at_mut(n - 1);
+        let req = self.state.pending()?;
+        Some((req, last[0].view_mut(), rest[n - 2].view_mut()))
+    }
+
+    /// Answers the pending request with the two buffers of
+    /// [`request_with_branches`](Self::request_with_branches): the guided output and the
+    /// unconditional branch's.
+    ///
+    /// # Errors
+    /// As [`respond`](Self::respond).
+    pub fn respond_in_place_guided(&mut self) -> Result<()> {
+        while self.spares.len() < 2 {
+            self.spares.push(Array::zeros(self.state.sample().raw_dim()));
+        }
+        let output = self.spares.pop().ok_or(Error::Finished)?;
+        let uncond = self.spares.pop().ok_or(Error::Finished)?;
+        self.respond_guided(Guided {
+            output,
+            cond: None,
+            uncond: Some(uncond),
+        })
     }
 
     /// The current sample (the final sample once finished).

@@ -13,7 +13,7 @@ use super::kernel::{Affine, Clamps, Finish, Lin, Store, affine_step, finish_step
 use super::options::{Churn, Stochastic};
 use super::walk::Walk;
 use super::x0::{Clamp, X0Policy};
-use super::{Estimate, Request, SamplerState, attribute};
+use super::{Estimate, Request, SamplerState, Spares, attribute};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::grid::{Grid, ScheduleFamily};
@@ -154,6 +154,8 @@ pub struct Core<F, D: Dimension> {
     pub(crate) stage: usize,
     /// Steps completed.
     pub(crate) steps_done: usize,
+    /// Model calls answered.
+    pub(crate) calls: usize,
     pub(crate) hist: History<F, D>,
     /// Working buffers (predictor points, derivatives, a block's start), allocated on first use.
     pub(crate) bufs: [Option<Array<F, D>>; 3],
@@ -248,6 +250,7 @@ impl<F: Float, D: Dimension> Core<F, D> {
             input: Input::Sample,
             stage: 0,
             steps_done: 0,
+            calls: 0,
             hist: History::new(history),
             bufs: [None, None, None],
             z: None,
@@ -356,6 +359,8 @@ impl<F: Float, D: Dimension, M: Method> SamplerState<F, D> for State<F, D, M> {
             step: self.core.walk.step(),
             level: self.core.req,
             x: self.core.input_view(),
+            index: self.core.calls,
+            steps: self.core.walk.grid_steps(),
         })
     }
 
@@ -363,7 +368,7 @@ impl<F: Float, D: Dimension, M: Method> SamplerState<F, D> for State<F, D, M> {
         &mut self,
         mut est: Estimate<F, D>,
         noise: &mut N,
-    ) -> Result<Option<Array<F, D>>> {
+    ) -> Result<Spares<F, D>> {
         let outcome = self.method.update(&mut Step {
             core: &mut self.core,
             est: &mut est,
@@ -371,10 +376,12 @@ impl<F: Float, D: Dimension, M: Method> SamplerState<F, D> for State<F, D, M> {
             vars: &mut self.vars,
         })?;
         let core = &mut self.core;
+        core.calls += 1;
+        let (out, uncond) = est.into_buffers();
         let spare = match outcome.keep {
-            Keep::Release => Some(est.into_buffer()),
-            Keep::History(level) => core.hist.push(est.into_buffer(), level),
-            Keep::Buf(i) => core.bufs[i].replace(est.into_buffer()),
+            Keep::Release => Some(out),
+            Keep::History(level) => core.hist.push(out, level),
+            Keep::Buf(i) => core.bufs[i].replace(out),
         };
         match outcome.next {
             Next::Stage(level, input) => {
@@ -388,7 +395,7 @@ impl<F: Float, D: Dimension, M: Method> SamplerState<F, D> for State<F, D, M> {
                 core.enter_step(self.method.churn(), noise)?;
             }
         }
-        Ok(spare)
+        Ok([spare, uncond])
     }
 
     fn sample(&self) -> ArrayView<'_, F, D> {

@@ -10,7 +10,7 @@ use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::{Coords, get_ancestral_step};
 use crate::sampler::core::options::{Stochastic, noise_builders, setters};
-use crate::sampler::{Estimate, Request, Sampler, SamplerState};
+use crate::sampler::{Estimate, Request, Sampler, SamplerState, Spares};
 
 /// Adaptive DPM-Solver[^dpm] (k-diffusion's `sample_dpm_adaptive`, ComfyUI's `dpm_adaptive`,
 /// AUTOMATIC1111's "DPM adaptive"): each attempt takes an embedded pair of DPM-Solver steps in
@@ -241,6 +241,8 @@ pub struct DpmAdaptiveState<F, D: Dimension> {
     pending: NoiseLevel,
     stage: usize,
     done: bool,
+    /// Model calls answered.
+    calls: usize,
     pid: Pid,
     info: AdaptiveInfo,
 }
@@ -408,6 +410,8 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmAdaptiveState<F, D> {
             step: self.info.steps,
             level: self.pending,
             x: x.view(),
+            index: self.calls,
+            steps: 0,
         })
     }
 
@@ -415,10 +419,12 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmAdaptiveState<F, D> {
         &mut self,
         est: Estimate<F, D>,
         noise: &mut N,
-    ) -> Result<Option<Array<F, D>>> {
+    ) -> Result<Spares<F, D>> {
         if self.done {
-            return Ok(Some(est.out));
+            let (out, uncond) = est.into_buffers();
+            return Ok([Some(out), uncond]);
         }
+        self.calls += 1;
         let (cx, co) = (est.cx, est.co);
         let f = F::cast;
         let sig = |t: f64| (-t).exp();
@@ -533,7 +539,8 @@ impl<F: Float, D: Dimension> SamplerState<F, D> for DpmAdaptiveState<F, D> {
                 self.conclude(noise)?;
             }
         }
-        Ok(Some(est.out))
+        let (out, uncond) = est.into_buffers();
+        Ok([Some(out), uncond])
     }
 
     fn sample(&self) -> ArrayView<'_, F, D> {
@@ -627,6 +634,7 @@ impl Sampler for DpmAdaptive {
             pending: start,
             stage: 0,
             done: false,
+            calls: 0,
             pid,
             info: AdaptiveInfo::default(),
         };
