@@ -8,9 +8,9 @@ use diffusion_samplers::edit::{self, DdimInversion, Inpaint};
 use diffusion_samplers::forward::LossWeighting;
 use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
-    AncestralSplit, DpmAdaptive, DpmFast, DpmPpSde, EdmDeis, EdmIpndm, ErSde, ErSdeScaler, Expecting,
-    GradientEstimation, HeunPp2, NoiseLevel, ResMultistep, SaSolver, Seeds2, Seeds3, SeedsSolver, SolverType,
-    ThirdOrder, UniPcVariant,
+    AncestralSplit, CfgPpUd10Ab, DpmAdaptive, DpmFast, DpmPp2mCfgPp, DpmPp2sAncestralCfgPp, DpmPpSde,
+    EdmDeis, EdmIpndm, ErSde, ErSdeScaler, EulerCfgPp, Expecting, GradientEstimation, HeunPp2, NoiseLevel,
+    ResMultistep, SaSolver, Seeds2, Seeds3, SeedsSolver, SolverType, ThirdOrder, UniPcVariant,
 };
 use ndarray::{Array2, ArrayView2};
 use proptest::prelude::*;
@@ -232,7 +232,7 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
         1 => (mostly(0.5..1.0), mostly(1.0..3.0)).prop_map(|(ratio, max)| Some(Thresholding { ratio, max })),
     ];
     (
-        0usize..30,
+        0usize..34,
         (mostly(0.0..1.5), mostly(0.5..1.5)),
         (
             mostly(0.0..20.0),
@@ -356,7 +356,7 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
                     .order(order)
                     .points(if b1 { 64 } else { order.saturating_sub(1) })
                     .into(),
-                18 => GradientEstimation::new().gamma(sc / 5.0).into(),
+                18 => GradientEstimation::new().gamma(sc / 5.0).cfg_pp(b2).into(),
                 19 => HeunPp2::new()
                     .s_churn(sc)
                     .s_tmin(tmin)
@@ -370,6 +370,7 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
                 }
                 .eta(eta)
                 .s_noise(s_noise)
+                .cfg_pp(b2)
                 .into(),
                 21 => DpmPpSde::new().r(tmin).eta(eta).s_noise(s_noise).into(),
                 22 => Seeds2::new()
@@ -409,6 +410,10 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
                     .eta(if b1 { eta } else { 0.0 })
                     .reverse(b2 && !b1)
                     .into(),
+                30 => EulerCfgPp::new().eta(eta).s_noise(s_noise).into(),
+                31 => DpmPp2sAncestralCfgPp::new().eta(eta).s_noise(s_noise).into(),
+                32 => DpmPp2mCfgPp::new().into(),
+                33 => CfgPpUd10Ab::new().into(),
                 28 => EulerAncestral::new()
                     .split(if b1 {
                         AncestralSplit::RectifiedFlow

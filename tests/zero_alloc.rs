@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
-    AncestralSplit, Deis, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde,
-    DpmSolverSinglestep, EdmDeis, EdmIpndm, ErSde, FlowSchedule, FlowShift, GradientEstimation, Heun,
-    HeunPp2, Ipndm, Lcm, Lms, Pndm, ResMultistep, SaSolver, Seeds2, Seeds3, UniPc,
+    AncestralSplit, CfgPpUd10Ab, Deis, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2mCfgPp,
+    DpmPp2sAncestral, DpmPp2sAncestralCfgPp, DpmPpSde, DpmSolverSinglestep, EdmDeis, EdmIpndm, ErSde,
+    EulerCfgPp, FlowSchedule, FlowShift, GradientEstimation, Heun, HeunPp2, Ipndm, Lcm, Lms, Pndm,
+    ResMultistep, SaSolver, Seeds2, Seeds3, UniPc,
 };
 use ndarray::{Array4, Zip};
 use rand::{SeedableRng, rngs::SmallRng};
@@ -137,6 +138,20 @@ fn steps_do_not_allocate() {
     check("GradientEstimation", &GradientEstimation::new(), &grids);
     check("HeunPp2", &HeunPp2::new(), &grids);
     check("ResMultistep ancestral", &ResMultistep::ancestral(), &grids);
+    check(
+        "ResMultistep CFG++",
+        &ResMultistep::ancestral().cfg_pp(true),
+        &grids,
+    );
+    check(
+        "GradientEstimation CFG++",
+        &GradientEstimation::new().cfg_pp(true),
+        &grids,
+    );
+    check("EulerCfgPp ancestral", &EulerCfgPp::ancestral(), &grids);
+    check("DpmPp2sAncestralCfgPp", &DpmPp2sAncestralCfgPp::new(), &grids);
+    check("DpmPp2mCfgPp", &DpmPp2mCfgPp::new(), &grids);
+    check("CfgPpUd10Ab", &CfgPpUd10Ab::new(), &grids);
     check("DpmPpSde", &DpmPpSde::new(), &grids);
     check("Seeds2", &Seeds2::new(), &grids);
     check("Seeds2 exp_heun sde", &Seeds2::exp_heun().eta(1.0), &grids);
@@ -171,6 +186,7 @@ fn steps_do_not_allocate() {
         &flow_grids,
     );
     torch_noise_sources_do_not_allocate();
+    guided_steps_do_not_allocate();
 }
 
 /// As [`allocations_after_warmup`], with the given noise source and warm-up length.
@@ -236,4 +252,60 @@ fn torch_noise_sources_do_not_allocate() {
     .with_cache_nodes(16);
     let n = allocations_with_noise(&DpmPpSde::new(), &grid, tree, 12);
     assert_eq!(n, 0, "TorchBrownianTree, two trees, DPM++ SDE");
+}
+
+/// Guided steps answered in place: both branches written into the run's two buffers, combined
+/// by the rule in place, CFG++ samplers reading the unconditional one — no allocation after the
+/// first steps. Called from the file's one test.
+fn guided_steps_do_not_allocate() {
+    use diffusion_samplers::guidance::{Cfg, Context, GuidanceRule};
+    let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)
+        .unwrap()
+        .grid(12, Spacing::KARRAS)
+        .unwrap();
+    fn count<S: Sampler>(sampler: &S, grid: &Grid, rule: &mut Cfg) -> usize {
+        let x = Array4::<f32>::from_elem((1, 4, 8, 8), 0.3);
+        let mut run = sampler
+            .start(x, grid, Prediction::Sample, SmallRng::seed_from_u64(1))
+            .unwrap();
+        let mut steps_seen = 0;
+        let mut last_step = usize::MAX;
+        ALLOCS.store(0, Ordering::SeqCst);
+        while let Some((req, mut guided, mut uncond)) = run.request_with_branches() {
+            if req.step != last_step {
+                last_step = req.step;
+                steps_seen += 1;
+                if steps_seen == 3 {
+                    COUNTING.store(true, Ordering::SeqCst);
+                }
+            }
+            Zip::from(&mut guided).and(&req.x).for_each(|o, &x| *o = 0.8 * x);
+            Zip::from(&mut uncond).and(&req.x).for_each(|o, &x| *o = 0.5 * x);
+            let ctx = Context::new(req.x.view(), req.call(), Prediction::Sample);
+            rule.combine(&ctx, guided.view_mut(), uncond.view()).unwrap();
+            run.respond_in_place_guided().unwrap();
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+        assert!(steps_seen >= 6);
+        ALLOCS.load(Ordering::SeqCst)
+    }
+    let mut rule = Cfg::new(2.0);
+    for (name, s) in [
+        (
+            "euler_ancestral_cfg_pp",
+            AnySampler::from(EulerCfgPp::ancestral()),
+        ),
+        ("dpmpp_2s_ancestral_cfg_pp", DpmPp2sAncestralCfgPp::new().into()),
+        ("dpmpp_2m_cfg_pp", DpmPp2mCfgPp::new().into()),
+        ("res_multistep_cfg_pp", ResMultistep::new().cfg_pp(true).into()),
+        (
+            "gradient_estimation_cfg_pp",
+            GradientEstimation::new().cfg_pp(true).into(),
+        ),
+        ("cfgpp_ud10_ab", CfgPpUd10Ab::new().into()),
+        ("dpmpp_2m (plain, guided)", DpmSolver::new().into()),
+    ] {
+        let n = count(&s, &grid, &mut rule);
+        assert_eq!(n, 0, "{name}: {n} allocations in steady-state guided steps");
+    }
 }

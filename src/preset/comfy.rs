@@ -2,16 +2,21 @@
 
 use crate::grid::ModelSampling;
 use crate::sampler::{
-    AncestralSplit, AnySampler, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde,
-    DpmSolver, EdmDeis, EdmIpndm, ErSde, Euler, EulerAncestral, GradientEstimation, Heun, HeunPp2, Lcm, Lms,
-    ResMultistep, SaSolver, Seeds2, Seeds3, SolverType, UniPc, UniPcVariant,
+    AncestralSplit, AnySampler, CfgPpUd10Ab, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2mCfgPp,
+    DpmPp2sAncestral, DpmPp2sAncestralCfgPp, DpmPpSde, DpmSolver, EdmDeis, EdmIpndm, ErSde, Euler,
+    EulerAncestral, EulerCfgPp, GradientEstimation, Heun, HeunPp2, Lcm, Lms, ResMultistep, SaSolver, Seeds2,
+    Seeds3, SolverType, UniPc, UniPcVariant,
 };
 
-/// ComfyUI's sampler names (`comfy/samplers.py`, `SAMPLER_NAMES` without the CFG++ ones, which
-/// need both guidance branches), in ComfyUI's order.
-pub const PRESETS: [&str; 37] = [
+/// ComfyUI's sampler names (`comfy/samplers.py`'s `SAMPLER_NAMES`, with the newer
+/// `cfgpp_ud10_ab`), in ComfyUI's order. The CFG++ ones (`*_cfg_pp`, `cfgpp_ud10_ab`) renoise
+/// with the unconditional branch of a guided model (the crate's guidance wrappers, or
+/// [`Run::respond_guided`](crate::Run::respond_guided)).
+pub const PRESETS: [&str; 45] = [
     "euler",
+    "euler_cfg_pp",
     "euler_ancestral",
+    "euler_ancestral_cfg_pp",
     "heun",
     "heunpp2",
     "exp_heun_2_x0",
@@ -22,9 +27,11 @@ pub const PRESETS: [&str; 37] = [
     "dpm_fast",
     "dpm_adaptive",
     "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp",
     "dpmpp_sde",
     "dpmpp_sde_gpu",
     "dpmpp_2m",
+    "dpmpp_2m_cfg_pp",
     "dpmpp_2m_sde",
     "dpmpp_2m_sde_gpu",
     "dpmpp_2m_sde_heun",
@@ -36,9 +43,13 @@ pub const PRESETS: [&str; 37] = [
     "ipndm",
     "ipndm_v",
     "deis",
+    "cfgpp_ud10_ab",
     "res_multistep",
+    "res_multistep_cfg_pp",
     "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp",
     "gradient_estimation",
+    "gradient_estimation_cfg_pp",
     "er_sde",
     "seeds_2",
     "seeds_3",
@@ -54,6 +65,14 @@ pub(crate) fn sampler(name: &str, ms: &ModelSampling) -> Option<AnySampler> {
     let s: AnySampler = match name {
         "euler" | "ddim" => Euler::new().into(),
         "euler_ancestral" => EulerAncestral::new().into(),
+        "euler_cfg_pp" => EulerCfgPp::new().into(),
+        "euler_ancestral_cfg_pp" => EulerCfgPp::ancestral().into(),
+        "dpmpp_2s_ancestral_cfg_pp" => DpmPp2sAncestralCfgPp::new().into(),
+        "dpmpp_2m_cfg_pp" => DpmPp2mCfgPp::new().into(),
+        "cfgpp_ud10_ab" => CfgPpUd10Ab::new().into(),
+        "res_multistep_cfg_pp" => ResMultistep::new().cfg_pp(true).into(),
+        "res_multistep_ancestral_cfg_pp" => ResMultistep::ancestral().cfg_pp(true).into(),
+        "gradient_estimation_cfg_pp" => GradientEstimation::new().cfg_pp(true).into(),
         "heun" => Heun::new().into(),
         "heunpp2" => HeunPp2::new().into(),
         "exp_heun_2_x0" => Seeds2::exp_heun().into(),

@@ -172,4 +172,8 @@ any_sampler! {
     SaSolver(SaSolver) => SaSolverState,
     DpmFast(DpmFast) => DpmFastState,
     DpmAdaptive(DpmAdaptive) => DpmAdaptiveState,
+    EulerCfgPp(EulerCfgPp) => EulerCfgPpState,
+    DpmPp2sAncestralCfgPp(DpmPp2sAncestralCfgPp) => DpmPp2sAncestralCfgPpState,
+    DpmPp2mCfgPp(DpmPp2mCfgPp) => DpmPp2mCfgPpState,
+    CfgPpUd10Ab(CfgPpUd10Ab) => CfgPpUd10AbState,
 }

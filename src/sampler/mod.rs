@@ -41,12 +41,14 @@
 //! | `exponential` (exponential integrators in log-SNR) | [`DpmSolver`], [`DpmSolverSinglestep`], [`UniPc`] |
 //! | `linear_multistep` (Adams methods) | [`Lms`], [`Deis`], [`Pndm`], [`Ipndm`], [`EdmIpndm`], [`EdmDeis`], [`GradientEstimation`] |
 //! | `consistency` | [`Lcm`] |
+//! | `cfg_pp` (CFG++: the unconditional branch renoises) | [`EulerCfgPp`], [`DpmPp2sAncestralCfgPp`], [`DpmPp2mCfgPp`], [`CfgPpUd10Ab`] (and [`ResMultistep::cfg_pp`], [`GradientEstimation::cfg_pp`]) |
 
 #[macro_use]
 mod fused;
 
 mod ancestral;
 mod any;
+mod cfg_pp;
 mod consistency;
 pub(crate) mod core;
 mod exponential;
@@ -60,6 +62,7 @@ pub use self::core::{Core, Input, Method, Outcome, Step};
 pub use self::core::{Estimate, Expecting, Progress, Request, Run, Sampler, SamplerState, Spares, State};
 pub use ancestral::{Ddim, Ddpm, DdpmVariance, Euler, EulerAncestral};
 pub use any::{AnySampler, AnyState};
+pub use cfg_pp::{CfgPpUd10Ab, DpmPp2mCfgPp, DpmPp2sAncestralCfgPp, EulerCfgPp};
 pub use consistency::Lcm;
 pub use exponential::{
     AdaptiveInfo, DpmAdaptive, DpmAdaptiveState, DpmFast, DpmPpSde, DpmSolver, DpmSolverSinglestep, ErSde,
@@ -98,6 +101,10 @@ impl_sampler!(
     Seeds3,
     ErSde,
     SaSolver,
+    EulerCfgPp,
+    DpmPp2sAncestralCfgPp,
+    DpmPp2mCfgPp,
+    CfgPpUd10Ab,
 );
 
 /// The state of a run of each sampler (the generic [`State`] of its method).
@@ -136,4 +143,8 @@ state_aliases!(
     ErSdeState = ErSde,
     SaSolverState = SaSolver,
     DpmFastState = DpmFast,
+    EulerCfgPpState = EulerCfgPp,
+    DpmPp2sAncestralCfgPpState = DpmPp2sAncestralCfgPp,
+    DpmPp2mCfgPpState = DpmPp2mCfgPp,
+    CfgPpUd10AbState = CfgPpUd10Ab,
 );

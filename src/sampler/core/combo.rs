@@ -33,14 +33,20 @@ pub(crate) enum Slot {
 }
 
 /// What the model-output buffer holds after the pass (it may then be kept as history or a
-/// working buffer): the raw output (untouched), the x0 estimate, `ex input + ed x0`, or the
-/// unconditional branch's x0 estimate (CFG++ samplers that remember it).
+/// working buffer): the raw output (untouched), the x0 estimate, `ex input + ed x0`, or `ex
+/// input + ed x0_u` with the unconditional branch's x0 estimate (CFG++ samplers that remember
+/// it; `x0` itself for a model without branches).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Keep {
     Raw,
     X0,
     Lin { ex: f64, ed: f64 },
-    X0Uncond,
+    LinUncond { ex: f64, ed: f64 },
+}
+
+impl Keep {
+    /// The unconditional branch's x0 estimate.
+    pub(crate) const X0_UNCOND: Keep = Keep::LinUncond { ex: 0.0, ed: 1.0 };
 }
 
 /// `into <- sum (slot, c) in terms: c * slot` (a term on `into` reads its old value), and the
@@ -104,11 +110,15 @@ pub(crate) fn combo_pass<F: Float, D: Dimension>(
     let uncond = est.uncond.as_ref();
     let mut c_in = 0.0;
     let keep = match (c.keep, uncond) {
-        (Keep::X0Uncond, None) => Keep::X0,
+        (Keep::LinUncond { ex, ed }, None) => Keep::Lin { ex, ed },
         (k, _) => k,
     };
     // The unconditional output, when the output buffer is to keep its x0.
-    let keep_u = if keep == Keep::X0Uncond { uncond } else { None };
+    let keep_u = if matches!(keep, Keep::LinUncond { .. }) {
+        uncond
+    } else {
+        None
+    };
     let out = &mut est.out;
     // Every array must share the target's memory layout for the slice path.
     let target_ro: &Array<F, D> = target;
@@ -254,7 +264,7 @@ impl<F: Float> Pass<F> {
             Keep::Raw => (0.0, 1.0, 0.0),
             Keep::X0 => (cx, co, 0.0),
             Keep::Lin { ex, ed } => (ex + ed * cx, ed * co, 0.0),
-            Keep::X0Uncond => (self.ucx, 0.0, self.uco),
+            Keep::LinUncond { ex, ed } => (ex + ed * self.ucx, 0.0, ed * self.uco),
         };
         (F::cast(b_in), F::cast(b_o), F::cast(b_u))
     }
@@ -274,10 +284,14 @@ fn pass<F: Float, const N: usize>(
 ) -> bool {
     match (inp, k.keep) {
         (None, Keep::Raw) => pass_with::<F, N, false, false, false>(t, o, &[], unc, k, srcs, coefs),
-        (None, Keep::X0Uncond) => pass_with::<F, N, false, true, true>(t, o, &[], unc, k, srcs, coefs),
+        (None, Keep::LinUncond { .. }) => {
+            pass_with::<F, N, false, true, true>(t, o, &[], unc, k, srcs, coefs)
+        }
         (None, _) => pass_with::<F, N, false, true, false>(t, o, &[], unc, k, srcs, coefs),
         (Some(i), Keep::Raw) => pass_with::<F, N, true, false, false>(t, o, i, unc, k, srcs, coefs),
-        (Some(i), Keep::X0Uncond) => pass_with::<F, N, true, true, true>(t, o, i, unc, k, srcs, coefs),
+        (Some(i), Keep::LinUncond { .. }) => {
+            pass_with::<F, N, true, true, true>(t, o, i, unc, k, srcs, coefs)
+        }
         (Some(i), _) => pass_with::<F, N, true, true, false>(t, o, i, unc, k, srcs, coefs),
     }
 }

@@ -8,7 +8,7 @@ use crate::float::Float;
 use crate::noise::NoiseSource;
 use crate::sampler::core::coefs::get_ancestral_step;
 use crate::sampler::core::combo::{Combo, Keep, Slot};
-use crate::sampler::core::options::{Stochastic, noise_builders};
+use crate::sampler::core::options::{Stochastic, noise_builders, setters};
 use crate::sampler::{Method, Outcome, Step};
 
 /// The second-order RES multistep method[^res] (ComfyUI's `res_multistep`, and with noise
@@ -26,6 +26,11 @@ use crate::sampler::{Method, Outcome, Step};
 /// `res_multistep`, the default here; 1 for `res_multistep_ancestral`), and `phi1(u) =
 /// (e^u - 1)/u`, `phi2(u) = (phi1(u) - 1)/u`. The first step and the last (to the clean level)
 /// are Euler steps. One model call per step.
+///
+/// With [`cfg_pp`](Self::cfg_pp) (ComfyUI's `res_multistep_cfg_pp`,
+/// `res_multistep_ancestral_cfg_pp`) the unconditional branch `x0_u` renoises and is the node
+/// remembered: `y_down = e^{-h} (y + x0_g - x0_u) + h (b1 x0_u + b2 x0_u,prev)`, and the Euler
+/// steps `y_down = x0_g + tau_down (y - x0_u) / tau`.
 ///
 /// # Example
 /// ```
@@ -48,12 +53,14 @@ use crate::sampler::{Method, Outcome, Step};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ResMultistep {
     noise: Stochastic,
+    cfg_pp: bool,
 }
 
 impl Default for ResMultistep {
     fn default() -> Self {
         ResMultistep {
             noise: Stochastic::new(0.0),
+            cfg_pp: false,
         }
     }
 }
@@ -68,10 +75,17 @@ impl ResMultistep {
     pub fn ancestral() -> Self {
         ResMultistep {
             noise: Stochastic::new(1.0),
+            cfg_pp: false,
         }
     }
 
     noise_builders!();
+
+    setters! {
+        /// CFG++: renoise with the unconditional branch of a guided model (ComfyUI's
+        /// `res_multistep_cfg_pp`, `res_multistep_ancestral_cfg_pp`; see the type's docs).
+        cfg_pp: bool,
+    }
 }
 
 fn or_zero(v: f64) -> f64 {
@@ -120,18 +134,26 @@ impl Method for ResMultistep {
         };
         let z = ct * up * self.noise.s_noise;
         let noisy = z != 0.0 && tau_next > 0.0;
+        // CFG++: y' = ky (y + x0_g - x0_u) + kd x0_u + kh x0_u,prev on multistep steps, and
+        // x0_g + ky (y - x0_u) on Euler ones (ky = down / tau, kd = 1 - ky).
+        let (k_d, k_u) = match (self.cfg_pp, old.is_some() && down != 0.0) {
+            (false, _) => (kd, 0.0),
+            (true, true) => (ky, kd - ky),
+            (true, false) => (1.0, -ky),
+        };
         let terms = [
             (Slot::X, ct * ky / cf),
-            (Slot::X0, ct * kd),
+            (Slot::X0, ct * k_d),
             (Slot::Hist(0), ct * kh),
+            (Slot::X0Uncond, ct * k_u),
             (Slot::Noise, z),
         ];
-        let terms = if noisy { &terms[..] } else { &terms[..3] };
+        let terms = if noisy { &terms[..] } else { &terms[..4] };
         s.combo(
             &Combo {
                 into: Slot::X,
                 terms,
-                keep: Keep::X0,
+                keep: if self.cfg_pp { Keep::X0_UNCOND } else { Keep::X0 },
             },
             noisy.then_some((from, to)),
         )?;

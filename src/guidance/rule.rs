@@ -1,0 +1,191 @@
+//! The guidance rule interface: how the branches' outputs become the guided output.
+
+use ndarray::{ArrayView, ArrayViewMut, Axis, Dimension, Zip};
+
+use crate::denoiser::{Call, Prediction};
+use crate::error::{Error, Result};
+use crate::float::Float;
+
+/// What a guidance rule sees besides the branches: the model input, where the run is, and the
+/// model's prediction type (for rules that work in another space).
+#[derive(Debug)]
+pub struct Context<'a, F, D: Dimension> {
+    /// The model input `x` (in the model's native scaling).
+    pub x: ArrayView<'a, F, D>,
+    /// The sampler's call: step, number of steps, level, and the call's index in the run (0:
+    /// reset any state).
+    pub call: Call,
+    /// What the branches' outputs are.
+    pub prediction: Prediction,
+}
+
+impl<'a, F: Float, D: Dimension> Context<'a, F, D> {
+    /// A context (for calling a rule by hand).
+    pub fn new(x: ArrayView<'a, F, D>, call: Call, prediction: Prediction) -> Self {
+        Context { x, call, prediction }
+    }
+
+    /// `(a, b)` with `space_value = a x + b output`: the conversion of this call's model output
+    /// into `space`.
+    ///
+    /// # Errors
+    /// [`Error::Undetermined`] where the prediction type does not determine that space here
+    /// (epsilon at zero SNR for x0).
+    pub fn to_space(&self, space: Space) -> Result<(f64, f64)> {
+        let level = &self.call.level;
+        let undetermined = |what| Error::Undetermined {
+            step: self.call.step,
+            level: *level,
+            prediction: self.prediction,
+            what,
+        };
+        Ok(match space {
+            Space::Output => (0.0, 1.0),
+            Space::X0 => {
+                let c = self.prediction.to_x0(level).ok_or_else(|| undetermined("x0"))?;
+                (c.x, c.out)
+            }
+            Space::Eps => {
+                let c = self.prediction.to_eps(level).ok_or_else(|| undetermined("eps"))?;
+                (c.x, c.out)
+            }
+            Space::Velocity | Space::Flow => {
+                let to = if space == Space::Velocity {
+                    Prediction::Velocity
+                } else {
+                    Prediction::Flow
+                };
+                let (tx0, teps) = to.target_coefficients(level);
+                let (mut a, mut b) = (0.0, 0.0);
+                if tx0 != 0.0 {
+                    let c = self.prediction.to_x0(level).ok_or_else(|| undetermined("x0"))?;
+                    a += tx0 * c.x;
+                    b += tx0 * c.out;
+                }
+                if teps != 0.0 {
+                    let c = self.prediction.to_eps(level).ok_or_else(|| undetermined("eps"))?;
+                    a += teps * c.x;
+                    b += teps * c.out;
+                }
+                (a, b)
+            }
+            Space::Residual => {
+                // x - x0 = (1 - cx) x - co output.
+                let c = self.prediction.to_x0(level).ok_or_else(|| undetermined("x0"))?;
+                (1.0 - c.x, -c.out)
+            }
+        })
+    }
+
+    /// Converts `a` (a model output) into `space` in place.
+    ///
+    /// # Errors
+    /// As [`to_space`](Self::to_space).
+    pub fn convert_into(&self, space: Space, mut a: ArrayViewMut<'_, F, D>) -> Result<()> {
+        let (ka, kb) = self.to_space(space)?;
+        if (ka, kb) == (0.0, 1.0) {
+            return Ok(());
+        }
+        let (ka, kb) = (F::cast(ka), F::cast(kb));
+        Zip::from(&mut a)
+            .and(&self.x)
+            .for_each(|v, &x| *v = ka * x + kb * *v);
+        Ok(())
+    }
+
+    /// Converts `a` back from `space` into a model output in place.
+    ///
+    /// # Errors
+    /// As [`to_space`](Self::to_space); [`Error::Undetermined`] where `space` does not
+    /// determine the output (a zero coefficient).
+    pub fn convert_from(&self, space: Space, mut a: ArrayViewMut<'_, F, D>) -> Result<()> {
+        let (ka, kb) = self.to_space(space)?;
+        if (ka, kb) == (0.0, 1.0) {
+            return Ok(());
+        }
+        if kb == 0.0 || !kb.is_finite() {
+            return Err(Error::Undetermined {
+                step: self.call.step,
+                level: self.call.level,
+                prediction: self.prediction,
+                what: "the model output from the guidance space",
+            });
+        }
+        let (ka, ikb) = (F::cast(ka), F::cast(1.0 / kb));
+        Zip::from(&mut a)
+            .and(&self.x)
+            .for_each(|v, &x| *v = (*v - ka * x) * ikb);
+        Ok(())
+    }
+}
+
+/// The space a nonlinear guidance rule works in. Plain CFG is the same in every space (it is
+/// linear); APG, rescale, CFG-Zero* and the others are not, and the Python tools differ:
+/// diffusers' guiders take the model's raw output ([`Output`](Self::Output): epsilon for Stable
+/// Diffusion, the flow velocity for SD3 / Flux), ComfyUI's nodes the x0 estimate
+/// ([`X0`](Self::X0)) or `x - x0` ([`Residual`](Self::Residual)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Space {
+    /// The model's own output, whatever its prediction type (diffusers).
+    Output,
+    /// The x0 estimate ("denoised", ComfyUI).
+    X0,
+    /// The noise estimate.
+    Eps,
+    /// The v-prediction target `alpha eps - sigma x0`.
+    Velocity,
+    /// The flow velocity `eps - x0`.
+    Flow,
+    /// `x - x0`, what ComfyUI's `sampler_cfg_function` hooks receive as `cond` / `uncond`.
+    Residual,
+}
+
+/// How the branches' outputs of one model call become the guided output: classifier-free
+/// guidance ([`Cfg`](super::Cfg)) and its variants. A rule may keep state across the calls of a
+/// run (APG's momentum), reset when `ctx.call.index == 0`.
+///
+/// Rules combine in place: `cond` holds the conditional output and becomes the guided one, so
+/// that a step-by-step run answering in place ([`Run::request_with_branches`](crate::Run::request_with_branches))
+/// allocates nothing.
+pub trait GuidanceRule {
+    /// Checks the options.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] naming the option.
+    fn check(&self) -> Result<()>;
+
+    /// Whether this call needs the unconditional branch: when not (guidance switched off at this
+    /// step or level, a scale of 1), the conditional output is the guided output as it is, and
+    /// the unconditional model call is saved.
+    fn needs_uncond(&self, call: &Call) -> bool;
+
+    /// Combines the branches: `cond` (the conditional output) becomes the guided output.
+    ///
+    /// # Errors
+    /// [`Error::Undetermined`] if the rule's space is not determined at this level;
+    /// [`Error::InvalidParameter`] for options out of range.
+    fn combine<F: Float, D: Dimension>(
+        &mut self,
+        ctx: &Context<'_, F, D>,
+        cond: ArrayViewMut<'_, F, D>,
+        uncond: ArrayView<'_, F, D>,
+    ) -> Result<()>;
+}
+
+/// Per batch element (axis 0; the whole array for 0-dimensional ones): calls `f` with each
+/// element's views.
+pub(crate) fn per_element<F: Float, D: Dimension>(
+    a: ArrayViewMut<'_, F, D>,
+    b: ArrayView<'_, F, D>,
+    mut f: impl FnMut(ArrayViewMut<'_, F, ndarray::IxDyn>, ArrayView<'_, F, ndarray::IxDyn>),
+) {
+    let (mut a, b) = (a.into_dyn(), b.into_dyn());
+    if a.ndim() == 0 {
+        f(a, b);
+        return;
+    }
+    for (ai, bi) in a.axis_iter_mut(Axis(0)).zip(b.axis_iter(Axis(0))) {
+        f(ai, bi);
+    }
+}
