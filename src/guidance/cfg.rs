@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayView, ArrayViewMut, Dimension, Zip};
 
-use super::rule::{Context, GuidanceRule, per_element};
+use super::rule::{Context, GuidanceRule, Space, Work, per_element};
 use crate::denoiser::Call;
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -29,7 +29,7 @@ use crate::float::Float;
 /// let (x, l) = (array![0.0f64, 0.0], NoiseLevel::from_alpha_bar(500.0, 0.5));
 /// let ctx = Context::new(x.view(), Call::new(0, 0, 10, l), Prediction::Epsilon);
 /// let mut c = array![1.0, 2.0];
-/// Cfg::new(3.0).combine(&ctx, c.view_mut(), array![0.0, 1.0].view())?;
+/// Cfg::new(3.0).combine(&ctx, c.view_mut(), Some(array![0.0, 1.0].view()))?;
 /// assert_eq!(c, array![3.0, 4.0]);
 /// # Ok::<(), diffusion_samplers::Error>(())
 /// ```
@@ -37,12 +37,15 @@ use crate::float::Float;
 /// [^cfg]: J. Ho, T. Salimans, *Classifier-Free Diffusion Guidance*, arXiv:2207.12598; S. Lin,
 ///     B. Liu, J. Li, X. Yang, *Common Diffusion Noise Schedules and Sample Steps are Flawed*,
 ///     arXiv:2305.08891.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Cfg {
     scale: f64,
     rescale: f64,
+    rescale_space: Space,
     original: bool,
     uncond_at_one: bool,
+    work: Work,
+    g: Vec<f64>,
 }
 
 impl Cfg {
@@ -51,8 +54,11 @@ impl Cfg {
         Cfg {
             scale,
             rescale: 0.0,
+            rescale_space: Space::Output,
             original: false,
             uncond_at_one: false,
+            work: Work::default(),
+            g: Vec::new(),
         }
     }
 
@@ -64,6 +70,15 @@ impl Cfg {
     /// Guidance rescale `phi` in [0, 1] (0.7 with zero-terminal-SNR models, Lin et al.).
     pub fn rescale(mut self, phi: f64) -> Self {
         self.rescale = phi;
+        self
+    }
+
+    /// The space the rescale works in: the model's output (diffusers' `guidance_rescale`, the
+    /// default), or [`Space::Velocity`] — ComfyUI's `RescaleCFG` node, which always rescales in
+    /// v-prediction space (on VP models the same as diffusers' for v-prediction models; on flow
+    /// models ComfyUI's node uses VP formulas with the flow sigma, which this does not).
+    pub fn rescale_space(mut self, space: Space) -> Self {
+        self.rescale_space = space;
         self
     }
 
@@ -80,31 +95,41 @@ impl Cfg {
         self
     }
 
+    /// Checks a scale and a rescale factor.
+    pub(crate) fn check_values(scale: f64, rescale: f64) -> Result<()> {
+        if !scale.is_finite() {
+            return Err(Error::InvalidParameter {
+                name: "scale",
+                value: scale,
+                reason: "must be finite",
+            });
+        }
+        if !(0.0..=1.0).contains(&rescale) {
+            return Err(Error::InvalidParameter {
+                name: "rescale",
+                value: rescale,
+                reason: "guidance rescale must be in [0, 1]",
+            });
+        }
+        Ok(())
+    }
+
+    /// The scale at which guidance is off: 1, or 0 in the original formulation.
+    pub(crate) fn off_target(&self) -> f64 {
+        if self.original { 0.0 } else { 1.0 }
+    }
+
     /// Whether guidance is off at this scale (`math.isclose(scale, 1)` or, in the original
     /// formulation, 0, as diffusers decides).
     pub(crate) fn off(&self) -> bool {
-        let target = if self.original { 0.0 } else { 1.0 };
+        let target = self.off_target();
         (self.scale - target).abs() <= 1e-9 * self.scale.abs().max(target.abs())
     }
 }
 
 impl GuidanceRule for Cfg {
     fn check(&self) -> Result<()> {
-        if !self.scale.is_finite() {
-            return Err(Error::InvalidParameter {
-                name: "scale",
-                value: self.scale,
-                reason: "must be finite",
-            });
-        }
-        if !(0.0..=1.0).contains(&self.rescale) {
-            return Err(Error::InvalidParameter {
-                name: "rescale",
-                value: self.rescale,
-                reason: "guidance rescale must be in [0, 1]",
-            });
-        }
-        Ok(())
+        Cfg::check_values(self.scale, self.rescale)
     }
 
     fn needs_uncond(&self, _call: &Call) -> bool {
@@ -115,16 +140,33 @@ impl GuidanceRule for Cfg {
         &mut self,
         _ctx: &Context<'_, F, D>,
         cond: ArrayViewMut<'_, F, D>,
-        uncond: ArrayView<'_, F, D>,
+        uncond: Option<ArrayView<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
-        if self.off() {
+        let Some(uncond) = uncond.filter(|_| !self.off()) else {
             return Ok(());
-        }
+        };
         let s = F::cast(self.scale);
         if self.rescale == 0.0 {
             cfg_into(cond, uncond, s, self.original);
             return Ok(());
+        }
+        if self.rescale_space != Space::Output {
+            let mut cond = cond;
+            self.work.load(_ctx, self.rescale_space, &cond, Some(&uncond))?;
+            let (sc, original) = (self.scale, self.original);
+            let Work { c, u, batch, .. } = &self.work;
+            self.g.clear();
+            self.g.extend(
+                c.iter()
+                    .zip(u)
+                    .map(|(&c, &u)| (if original { c } else { u }) + sc * (c - u)),
+            );
+            rescale_slices(&mut self.g, c, *batch, self.rescale);
+            let g = std::mem::take(&mut self.g);
+            let r = self.work.store(_ctx, &g, &mut cond);
+            self.g = g;
+            return r;
         }
         let phi = self.rescale;
         let original = self.original;
@@ -167,4 +209,22 @@ pub(crate) fn unbiased_std<F: Float>(it: impl Iterator<Item = F> + Clone) -> f64
     let mean = it.clone().map(|v| v.as_f64()).sum::<f64>() / n as f64;
     let var = it.map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     var.sqrt()
+}
+
+/// diffusers' `rescale_noise_cfg` on flat slices of `batch` elements: `pred <- phi pred std(c) /
+/// std(pred) + (1 - phi) pred` per element, unbiased standard deviations.
+pub(crate) fn rescale_slices(pred: &mut [f64], c: &[f64], batch: usize, phi: f64) {
+    let per = pred.len() / batch.max(1);
+    if per == 0 {
+        return;
+    }
+    for (p, c) in pred.chunks_mut(per).zip(c.chunks(per)) {
+        let (sc, sp) = (unbiased_std(c.iter().copied()), unbiased_std(p.iter().copied()));
+        let k = if sp > 0.0 {
+            phi * sc / sp + (1.0 - phi)
+        } else {
+            1.0
+        };
+        p.iter_mut().for_each(|v| *v *= k);
+    }
 }

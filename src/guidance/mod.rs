@@ -13,11 +13,25 @@
 //! guidance (PAG), self-attention guidance (SAG), skip-layer guidance (SLG), smoothed-energy
 //! guidance and autoguidance (a second, weaker model is a plain [`Guidance`] of two models).
 
+mod apg;
 mod cfg;
+mod freq;
+mod interval;
+mod post;
 mod rule;
+mod tangential;
+mod triple;
+mod zero_star;
 
+pub use apg::{Apg, ApgMix};
 pub use cfg::Cfg;
+pub use freq::{FreSca, FrequencyDecoupled};
+pub use interval::Interval;
+pub use post::{CfgNorm, EpsScaling, Mahiro};
 pub use rule::{Context, GuidanceRule, Space};
+pub use tangential::{MagnitudeAware, Tangential};
+pub use triple::{DualCfg, PerpNeg, TripleGuidance, TripleRule};
+pub use zero_star::CfgZeroStar;
 
 use ndarray::{Array, ArrayView, Axis, Dimension, concatenate};
 
@@ -36,25 +50,24 @@ fn apply<F: Float, D: Dimension, R: GuidanceRule>(
     c: Array<F, D>,
     u: Option<Array<F, D>>,
 ) -> Result<Guided<F, D>, BoxError> {
-    let Some(u) = u else {
-        return Ok(Guided {
-            output: c.clone(),
-            cond: Some(c),
-            uncond: None,
-        });
-    };
-    check_branches(&c, &u)?;
+    if let Some(u) = &u {
+        check_branches(&c, u)?;
+    }
     let mut output = c.clone();
-    rule.combine(&Context::new(x, *call, prediction), output.view_mut(), u.view())?;
+    rule.combine(
+        &Context::new(x, *call, prediction),
+        output.view_mut(),
+        u.as_ref().map(|u| u.view()),
+    )?;
     Ok(Guided {
         output,
         cond: Some(c),
-        uncond: Some(u),
+        uncond: u,
     })
 }
 
 /// The two branches' outputs must agree in shape.
-fn check_branches<F, D: Dimension>(c: &Array<F, D>, u: &Array<F, D>) -> Result<(), BoxError> {
+pub(crate) fn check_branches<F, D: Dimension>(c: &Array<F, D>, u: &Array<F, D>) -> Result<(), BoxError> {
     if c.shape() == u.shape() {
         Ok(())
     } else {
@@ -477,7 +490,7 @@ mod tests {
         );
         Cfg::new(scale)
             .rescale(rescale)
-            .combine(&ctx, out.view_mut(), u.view())
+            .combine(&ctx, out.view_mut(), Some(u.view()))
             .unwrap();
         out
     }

@@ -49,7 +49,8 @@ impl<'a, F: Float, D: Dimension> Context<'a, F, D> {
                 let c = self.prediction.to_eps(level).ok_or_else(|| undetermined("eps"))?;
                 (c.x, c.out)
             }
-            Space::Velocity | Space::Flow => {
+            Space::Residual if self.prediction != Prediction::Flow => return self.to_space(Space::Eps),
+            Space::Velocity | Space::Flow | Space::Residual => {
                 let to = if space == Space::Velocity {
                     Prediction::Velocity
                 } else {
@@ -68,11 +69,6 @@ impl<'a, F: Float, D: Dimension> Context<'a, F, D> {
                     b += teps * c.out;
                 }
                 (a, b)
-            }
-            Space::Residual => {
-                // x - x0 = (1 - cx) x - co output.
-                let c = self.prediction.to_x0(level).ok_or_else(|| undetermined("x0"))?;
-                (1.0 - c.x, -c.out)
             }
         })
     }
@@ -137,7 +133,10 @@ pub enum Space {
     Velocity,
     /// The flow velocity `eps - x0`.
     Flow,
-    /// `x - x0`, what ComfyUI's `sampler_cfg_function` hooks receive as `cond` / `uncond`.
+    /// `x - x0` in ComfyUI's coordinates, what its `sampler_cfg_function` hooks receive as
+    /// `cond` / `uncond`, up to its factor `sigma` (which the rules using it are blind to): the
+    /// noise for models that are not flow models, the flow velocity for flow models (told
+    /// apart by the prediction type).
     Residual,
 }
 
@@ -156,11 +155,13 @@ pub trait GuidanceRule {
     fn check(&self) -> Result<()>;
 
     /// Whether this call needs the unconditional branch: when not (guidance switched off at this
-    /// step or level, a scale of 1), the conditional output is the guided output as it is, and
-    /// the unconditional model call is saved.
+    /// step or level, a scale of 1), the unconditional model call is saved and
+    /// [`combine`](Self::combine) gets `None` for it.
     fn needs_uncond(&self, call: &Call) -> bool;
 
     /// Combines the branches: `cond` (the conditional output) becomes the guided output.
+    /// `uncond` is `None` where [`needs_uncond`](Self::needs_uncond) said so (most rules then
+    /// leave `cond` as it is).
     ///
     /// # Errors
     /// [`Error::Undetermined`] if the rule's space is not determined at this level;
@@ -169,8 +170,86 @@ pub trait GuidanceRule {
         &mut self,
         ctx: &Context<'_, F, D>,
         cond: ArrayViewMut<'_, F, D>,
-        uncond: ArrayView<'_, F, D>,
+        uncond: Option<ArrayView<'_, F, D>>,
     ) -> Result<()>;
+}
+
+/// Working copies of a call's arrays in `f64` and in a rule's space, kept by the rule between
+/// calls (no allocation once sized): `c`, `u` (the branches in the space) and `x`, in logical
+/// order, with the batch size.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Work {
+    pub c: Vec<f64>,
+    pub u: Vec<f64>,
+    pub x: Vec<f64>,
+    /// Batch elements (the first axis; 1 for 0-dimensional arrays).
+    pub batch: usize,
+    /// The space conversion `value = ka x + kb output`.
+    pub ka: f64,
+    pub kb: f64,
+}
+
+impl Work {
+    /// Loads the call's arrays converted into `space` (`u` only when given).
+    pub(crate) fn load<F: Float, D: Dimension>(
+        &mut self,
+        ctx: &Context<'_, F, D>,
+        space: Space,
+        cond: &ArrayViewMut<'_, F, D>,
+        uncond: Option<&ArrayView<'_, F, D>>,
+    ) -> Result<()> {
+        let (ka, kb) = ctx.to_space(space)?;
+        self.ka = ka;
+        self.kb = kb;
+        self.batch = if cond.ndim() == 0 {
+            1
+        } else {
+            cond.shape()[0].max(1)
+        };
+        self.x.clear();
+        self.x.extend(ctx.x.iter().map(|v| v.as_f64()));
+        self.c.clear();
+        self.c
+            .extend(cond.iter().zip(&self.x).map(|(c, x)| ka * x + kb * c.as_f64()));
+        self.u.clear();
+        if let Some(u) = uncond {
+            self.u
+                .extend(u.iter().zip(&self.x).map(|(u, x)| ka * x + kb * u.as_f64()));
+        }
+        Ok(())
+    }
+
+    /// Writes `g` (a result in the loaded space) back into `cond` as a model output.
+    pub(crate) fn store<F: Float, D: Dimension>(
+        &self,
+        ctx: &Context<'_, F, D>,
+        g: &[f64],
+        cond: &mut ArrayViewMut<'_, F, D>,
+    ) -> Result<()> {
+        if self.kb == 0.0 || !self.kb.is_finite() {
+            return Err(Error::Undetermined {
+                step: ctx.call.step,
+                level: ctx.call.level,
+                prediction: ctx.prediction,
+                what: "the model output from the guidance space",
+            });
+        }
+        let ikb = 1.0 / self.kb;
+        for ((o, &g), &x) in cond.iter_mut().zip(g).zip(&self.x) {
+            *o = F::cast((g - self.ka * x) * ikb);
+        }
+        Ok(())
+    }
+
+    /// The number of values per batch element.
+    pub(crate) fn per(&self) -> usize {
+        self.c.len() / self.batch.max(1)
+    }
+}
+
+/// `sum a b` over a slice pair.
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
 }
 
 /// Per batch element (axis 0; the whole array for 0-dimensional ones): calls `f` with each
