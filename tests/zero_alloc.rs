@@ -282,7 +282,7 @@ fn guided_steps_do_not_allocate() {
             Zip::from(&mut guided).and(&req.x).for_each(|o, &x| *o = 0.8 * x);
             Zip::from(&mut uncond).and(&req.x).for_each(|o, &x| *o = 0.5 * x);
             let ctx = Context::new(req.x.view(), req.call(), Prediction::Sample);
-            rule.combine(&ctx, guided.view_mut(), Some(uncond.view()))
+            rule.combine(&ctx, guided.view_mut(), Some(uncond.view_mut()))
                 .unwrap();
             run.respond_in_place_guided().unwrap();
         }

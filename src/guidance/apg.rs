@@ -1,6 +1,6 @@
 //! Adaptive projected guidance (Sadat et al. 2024), and APG-mix.
 
-use ndarray::{ArrayView, ArrayViewMut, Dimension};
+use ndarray::{ArrayViewMut, Dimension};
 
 use super::cfg::Cfg;
 use super::rule::{Context, GuidanceRule, Space, Work, dot};
@@ -50,10 +50,10 @@ enum Reset {
 /// use ndarray::array;
 /// let (x, l) = (array![[0.0f64, 0.0]], NoiseLevel::from_alpha_bar(500.0, 0.5));
 /// let ctx = Context::new(x.view(), Call::new(0, 0, 10, l), Prediction::Epsilon);
-/// let (c, u) = (array![[1.0, 2.0]], array![[0.5, -1.0]]);
+/// let (c, mut u) = (array![[1.0, 2.0]], array![[0.5, -1.0]]);
 /// let (mut a, mut b) = (c.clone(), c.clone());
-/// Apg::new(4.0).eta(1.0).norm_threshold(0.0).combine(&ctx, a.view_mut(), Some(u.view()))?;
-/// Cfg::new(4.0).combine(&ctx, b.view_mut(), Some(u.view()))?;
+/// Apg::new(4.0).eta(1.0).norm_threshold(0.0).combine(&ctx, a.view_mut(), Some(u.view_mut()))?;
+/// Cfg::new(4.0).combine(&ctx, b.view_mut(), Some(u.view_mut()))?;
 /// assert!((&a - &b).iter().all(|d| d.abs() < 1e-12)); // eta 1, no threshold: CFG
 /// # Ok::<(), diffusion_samplers::Error>(())
 /// ```
@@ -212,7 +212,7 @@ impl GuidanceRule for Apg {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         let Some(uncond) = uncond.filter(|_| !self.off()) else {
@@ -333,7 +333,7 @@ impl GuidanceRule for ApgMix {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         let Some(uncond) = uncond.filter(|_| !self.cfg.off()) else {
             return Ok(());

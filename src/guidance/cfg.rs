@@ -29,7 +29,7 @@ use crate::float::Float;
 /// let (x, l) = (array![0.0f64, 0.0], NoiseLevel::from_alpha_bar(500.0, 0.5));
 /// let ctx = Context::new(x.view(), Call::new(0, 0, 10, l), Prediction::Epsilon);
 /// let mut c = array![1.0, 2.0];
-/// Cfg::new(3.0).combine(&ctx, c.view_mut(), Some(array![0.0, 1.0].view()))?;
+/// Cfg::new(3.0).combine(&ctx, c.view_mut(), Some(array![0.0, 1.0].view_mut()))?;
 /// assert_eq!(c, array![3.0, 4.0]);
 /// # Ok::<(), diffusion_samplers::Error>(())
 /// ```
@@ -140,7 +140,7 @@ impl GuidanceRule for Cfg {
         &mut self,
         _ctx: &Context<'_, F, D>,
         cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         let Some(uncond) = uncond.filter(|_| !self.off()) else {
@@ -148,7 +148,7 @@ impl GuidanceRule for Cfg {
         };
         let s = F::cast(self.scale);
         if self.rescale == 0.0 {
-            cfg_into(cond, uncond, s, self.original);
+            cfg_into(cond, uncond.view(), s, self.original);
             return Ok(());
         }
         if self.rescale_space != Space::Output {
@@ -170,7 +170,7 @@ impl GuidanceRule for Cfg {
         }
         let phi = self.rescale;
         let original = self.original;
-        per_element(cond, uncond, |mut c, u| {
+        per_element(cond, uncond.view(), |mut c, u| {
             let std_c = unbiased_std(c.iter().copied());
             cfg_into(c.view_mut(), u, s, original);
             let std_g = unbiased_std(c.iter().copied());

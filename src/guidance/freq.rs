@@ -3,7 +3,7 @@
 
 use std::f64::consts::PI;
 
-use ndarray::{ArrayView, ArrayViewMut, Dimension};
+use ndarray::{ArrayViewMut, Dimension};
 
 use super::cfg::{Cfg, rescale_slices};
 use super::rule::{Context, GuidanceRule, Space, Work, dot};
@@ -97,11 +97,11 @@ fn twiddles(n: usize) -> Vec<(f64, f64)> {
 /// let l = NoiseLevel::from_alpha_bar(500.0, 0.5);
 /// let x = Array4::<f64>::from_shape_fn((1, 2, 8, 8), |(_, c, h, w)| ((c + h * w) as f64).sin());
 /// let ctx = Context::new(x.view(), Call::new(0, 0, 10, l), Prediction::Sample);
-/// let u = x.mapv(|v| 0.5 * v);
+/// let mut u = x.mapv(|v| 0.5 * v);
 /// // Both scales 1: plain CFG.
 /// let (mut a, mut b) = (x.clone(), x.clone());
-/// FreSca::new(3.0).scale_high(1.0).combine(&ctx, a.view_mut(), Some(u.view()))?;
-/// Cfg::new(3.0).combine(&ctx, b.view_mut(), Some(u.view()))?;
+/// FreSca::new(3.0).scale_high(1.0).combine(&ctx, a.view_mut(), Some(u.view_mut()))?;
+/// Cfg::new(3.0).combine(&ctx, b.view_mut(), Some(u.view_mut()))?;
 /// assert!((&a - &b).iter().all(|d| d.abs() < 1e-12));
 /// # Ok::<(), diffusion_samplers::Error>(())
 /// ```
@@ -172,7 +172,7 @@ impl GuidanceRule for FreSca {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         let Some(uncond) = uncond.filter(|_| !self.cfg.off()) else {
@@ -440,7 +440,7 @@ impl GuidanceRule for FrequencyDecoupled {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         let Some(uncond) = uncond.filter(|_| self.needs_uncond(&ctx.call)) else {

@@ -1,7 +1,7 @@
 //! Guidance only on part of the run: step fractions (diffusers' `start` / `stop`) or a range of
 //! noise levels (Kynkäänniemi et al. 2024's guidance interval).
 
-use ndarray::{ArrayView, ArrayViewMut, Dimension};
+use ndarray::{ArrayViewMut, Dimension};
 
 use super::rule::{Context, GuidanceRule};
 use crate::denoiser::Call;
@@ -138,7 +138,7 @@ impl<R: GuidanceRule> GuidanceRule for Interval<R> {
         &mut self,
         ctx: &Context<'_, F, D>,
         cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         if self.contains(&ctx.call) {
             self.inner.combine(ctx, cond, uncond)

@@ -48,7 +48,7 @@ fn apply<F: Float, D: Dimension, R: GuidanceRule>(
     call: &Call,
     prediction: Prediction,
     c: Array<F, D>,
-    u: Option<Array<F, D>>,
+    mut u: Option<Array<F, D>>,
 ) -> Result<Guided<F, D>, BoxError> {
     if let Some(u) = &u {
         check_branches(&c, u)?;
@@ -57,7 +57,7 @@ fn apply<F: Float, D: Dimension, R: GuidanceRule>(
     rule.combine(
         &Context::new(x, *call, prediction),
         output.view_mut(),
-        u.as_ref().map(|u| u.view()),
+        u.as_mut().map(|u| u.view_mut()),
     )?;
     Ok(Guided {
         output,
@@ -482,6 +482,7 @@ mod tests {
         rescale: f64,
     ) -> ndarray::Array2<f64> {
         let mut out = c;
+        let mut u = u.clone();
         let x = ndarray::Array2::<f64>::zeros(out.raw_dim());
         let ctx = Context::new(
             x.view(),
@@ -490,7 +491,7 @@ mod tests {
         );
         Cfg::new(scale)
             .rescale(rescale)
-            .combine(&ctx, out.view_mut(), Some(u.view()))
+            .combine(&ctx, out.view_mut(), Some(u.view_mut()))
             .unwrap();
         out
     }

@@ -1,6 +1,6 @@
 //! Rules that post-process another rule's result, and Mahiro (ComfyUI's post-CFG nodes).
 
-use ndarray::{ArrayView, ArrayViewMut, Dimension};
+use ndarray::{ArrayViewMut, Dimension};
 
 use super::cfg::Cfg;
 use super::rule::{Context, GuidanceRule, Space, Work};
@@ -77,7 +77,7 @@ impl<R: GuidanceRule> GuidanceRule for CfgNorm<R> {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         // x0_c, before the inner rule overwrites the conditional output.
@@ -158,7 +158,7 @@ impl<R: GuidanceRule> GuidanceRule for EpsScaling<R> {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         self.inner.combine(ctx, cond.view_mut(), uncond)?;
@@ -210,7 +210,7 @@ impl GuidanceRule for Mahiro {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         let Some(uncond) = uncond.filter(|_| !self.cfg.off()) else {

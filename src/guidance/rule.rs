@@ -161,7 +161,10 @@ pub trait GuidanceRule {
 
     /// Combines the branches: `cond` (the conditional output) becomes the guided output.
     /// `uncond` is `None` where [`needs_uncond`](Self::needs_uncond) said so (most rules then
-    /// leave `cond` as it is).
+    /// leave `cond` as it is). A rule that guides against a modified unconditional estimate
+    /// (TCFG's tangential-filtered one) writes that estimate into `uncond`, a model output
+    /// like `cond`: that is what CFG++ samplers then renoise with, as ComfyUI's
+    /// `uncond_denoised` after the guider's post-CFG step. Other rules leave it as it is.
     ///
     /// # Errors
     /// [`Error::Undetermined`] if the rule's space is not determined at this level;
@@ -170,7 +173,7 @@ pub trait GuidanceRule {
         &mut self,
         ctx: &Context<'_, F, D>,
         cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()>;
 }
 
@@ -196,7 +199,7 @@ impl Work {
         ctx: &Context<'_, F, D>,
         space: Space,
         cond: &ArrayViewMut<'_, F, D>,
-        uncond: Option<&ArrayView<'_, F, D>>,
+        uncond: Option<&ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         let (ka, kb) = ctx.to_space(space)?;
         self.ka = ka;

@@ -1,6 +1,6 @@
 //! Tangential damping CFG and magnitude-aware guidance (MAMBO-G).
 
-use ndarray::{ArrayView, ArrayViewMut, Dimension};
+use ndarray::{ArrayViewMut, Dimension};
 
 use super::cfg::{Cfg, rescale_slices};
 use super::rule::{Context, GuidanceRule, Space, Work, dot};
@@ -18,7 +18,8 @@ use crate::float::Float;
 /// ```
 ///
 /// [`new`](Self::new) works on the model's raw output (diffusers), [`comfyui`](Self::comfyui) on
-/// `x - x0` (ComfyUI: the noise, or the flow velocity).
+/// `x - x0` (ComfyUI: the noise, or the flow velocity). The damped `u_t` is written back into
+/// the unconditional branch (as ComfyUI's pre-CFG hook does), so CFG++ samplers renoise with it.
 ///
 /// ```
 /// use diffusion_samplers::guidance::{Context, GuidanceRule, Tangential};
@@ -27,8 +28,8 @@ use crate::float::Float;
 /// let (x, l) = (array![[0.0f64, 0.0, 0.0]], NoiseLevel::from_alpha_bar(500.0, 0.5));
 /// let ctx = Context::new(x.view(), Call::new(0, 0, 10, l), Prediction::Epsilon);
 /// // u parallel to c: nothing to damp, plain CFG.
-/// let (mut c, u) = (array![[1.0, 2.0, 2.0]], array![[0.5, 1.0, 1.0]]);
-/// Tangential::new(3.0).combine(&ctx, c.view_mut(), Some(u.view()))?;
+/// let (mut c, mut u) = (array![[1.0, 2.0, 2.0]], array![[0.5, 1.0, 1.0]]);
+/// Tangential::new(3.0).combine(&ctx, c.view_mut(), Some(u.view_mut()))?;
 /// assert!((&c - &array![[2.0, 4.0, 4.0]]).iter().all(|d| d.abs() < 1e-12));
 /// # Ok::<(), diffusion_samplers::Error>(())
 /// ```
@@ -41,6 +42,7 @@ pub struct Tangential {
     space: Space,
     rescale: f64,
     work: Work,
+    ut: Vec<f64>,
     out: Vec<f64>,
 }
 
@@ -52,6 +54,7 @@ impl Tangential {
             space: Space::Output,
             rescale: 0.0,
             work: Work::default(),
+            ut: Vec::new(),
             out: Vec::new(),
         }
     }
@@ -114,7 +117,7 @@ impl GuidanceRule for Tangential {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         let Some(uncond) = uncond.filter(|_| !self.cfg.off()) else {
@@ -123,23 +126,27 @@ impl GuidanceRule for Tangential {
         self.work.load(ctx, self.space, &cond, Some(&uncond))?;
         let per = self.work.per().max(1);
         let (s, original) = (self.cfg.scale(), self.cfg.off_target() == 0.0);
-        let out = &mut self.out;
-        out.clear();
+        let (ut, out) = (&mut self.ut, &mut self.out);
+        ut.clear();
         for (c, u) in self.work.c.chunks(per).zip(self.work.u.chunks(per)) {
-            let start = out.len();
-            tangential_part(c, u, out);
-            for (o, &cv) in out[start..].iter_mut().zip(c) {
-                let ut = *o;
-                *o = (if original { cv } else { ut }) + s * (cv - ut);
-            }
+            tangential_part(c, u, ut);
         }
+        out.clear();
+        out.extend(
+            self.work
+                .c
+                .iter()
+                .zip(ut.iter())
+                .map(|(&cv, &ut)| (if original { cv } else { ut }) + s * (cv - ut)),
+        );
         if self.rescale > 0.0 {
             rescale_slices(out, &self.work.c, self.work.batch, self.rescale);
         }
-        let g = std::mem::take(&mut self.out);
-        let r = self.work.store(ctx, &g, &mut cond);
-        self.out = g;
-        r
+        // The damped unconditional estimate replaces the branch (ComfyUI's pre-CFG step: what
+        // CFG++ samplers renoise with).
+        let mut uncond = uncond;
+        self.work.store(ctx, &self.ut, &mut uncond)?;
+        self.work.store(ctx, &self.out, &mut cond)
     }
 }
 
@@ -221,7 +228,7 @@ impl GuidanceRule for MagnitudeAware {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         let Some(uncond) = uncond.filter(|_| !self.cfg.off()) else {

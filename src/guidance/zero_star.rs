@@ -1,7 +1,7 @@
 //! CFG-Zero* (Fan et al. 2025): an optimised scale on the unconditional branch, and zero
 //! initialisation.
 
-use ndarray::{ArrayView, ArrayViewMut, Dimension};
+use ndarray::{ArrayViewMut, Dimension};
 
 use super::cfg::{Cfg, rescale_slices};
 use super::rule::{Context, GuidanceRule, Space, Work, dot};
@@ -111,7 +111,7 @@ impl GuidanceRule for CfgZeroStar {
         &mut self,
         ctx: &Context<'_, F, D>,
         mut cond: ArrayViewMut<'_, F, D>,
-        uncond: Option<ArrayView<'_, F, D>>,
+        uncond: Option<ArrayViewMut<'_, F, D>>,
     ) -> Result<()> {
         self.check()?;
         if self.zero(&ctx.call) {
