@@ -5,6 +5,7 @@ use ndarray::{ArrayView, ArrayViewMut, Axis, Dimension, Zip};
 use crate::denoiser::{Call, Prediction};
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::level::NoiseLevel;
 
 /// What a guidance rule sees besides the branches: the model input, where the run is, and the
 /// model's prediction type (for rules that work in another space).
@@ -49,8 +50,27 @@ impl<'a, F: Float, D: Dimension> Context<'a, F, D> {
                 let c = self.prediction.to_eps(level).ok_or_else(|| undetermined("eps"))?;
                 (c.x, c.out)
             }
-            Space::Residual if self.prediction != Prediction::Flow => return self.to_space(Space::Eps),
-            Space::Velocity | Space::Flow | Space::Residual => {
+            Space::Residual => {
+                // ComfyUI's x - x0: on flow levels its x is ours, x - x0 = sigma (eps - x0);
+                // elsewhere its x is x / alpha, x / alpha - x0 = sigma_ve eps. At alpha = 0 (a
+                // flow model's first level, a zero-terminal-SNR model's last) x = sigma eps:
+                // sigma (eps - x0) where the prediction determines x0 there, else the noise (the
+                // rules using this space are blind to its scale).
+                let sigma = level.sigma;
+                let scaled = |(a, b): (f64, f64), k: f64| (k * a, k * b);
+                if level.alpha == 0.0 {
+                    return match self.to_space(Space::Flow) {
+                        Ok(c) => Ok(scaled(c, sigma)),
+                        Err(_) => self.to_space(Space::Eps),
+                    };
+                }
+                if flow_level(level) {
+                    scaled(self.to_space(Space::Flow)?, sigma)
+                } else {
+                    scaled(self.to_space(Space::Eps)?, level.sigma_ve())
+                }
+            }
+            Space::Velocity | Space::Flow => {
                 let to = if space == Space::Velocity {
                     Prediction::Velocity
                 } else {
@@ -115,6 +135,11 @@ impl<'a, F: Float, D: Dimension> Context<'a, F, D> {
     }
 }
 
+/// Whether `level` is a flow level, `alpha + sigma = 1` (to rounding), strictly between the ends.
+pub(crate) fn flow_level(level: &NoiseLevel) -> bool {
+    level.sigma > 0.0 && level.alpha > 0.0 && (level.alpha + level.sigma - 1.0).abs() <= 1e-12
+}
+
 /// The space a nonlinear guidance rule works in. Plain CFG is the same in every space (it is
 /// linear); APG, rescale, CFG-Zero* and the others are not, and the Python tools differ:
 /// diffusers' guiders take the model's raw output ([`Output`](Self::Output): epsilon for Stable
@@ -134,9 +159,10 @@ pub enum Space {
     /// The flow velocity `eps - x0`.
     Flow,
     /// `x - x0` in ComfyUI's coordinates, what its `sampler_cfg_function` hooks receive as
-    /// `cond` / `uncond`, up to its factor `sigma` (which the rules using it are blind to): the
-    /// noise for models that are not flow models, the flow velocity for flow models (told
-    /// apart by the prediction type).
+    /// `cond` / `uncond`: on flow levels (`alpha + sigma = 1`, ComfyUI's `CONST` models, whose
+    /// `x` is this crate's) `sigma (eps - x0)`, the scaled flow velocity; on other levels
+    /// (ComfyUI's `x` is `x / alpha`) `sigma_ve eps`, the scaled noise. Told apart by the level,
+    /// not the prediction type, so an x0-predicting model on a flow grid works as ComfyUI's.
     Residual,
 }
 

@@ -335,7 +335,7 @@ pub struct Progress<'a, F, D: Dimension> {
     pub x: ArrayView<'a, F, D>,
     /// The model output (the guided output, for guidance).
     pub output: ArrayView<'a, F, D>,
-    /// The conditional branch's output, when the model has branches ([`Guided`]).
+    /// The conditional branch's output, when the model has branches ([`Guided`](crate::Guided)).
     pub cond: Option<ArrayView<'a, F, D>>,
     /// The unconditional branch's output, when the model has one.
     pub uncond: Option<ArrayView<'a, F, D>>,
