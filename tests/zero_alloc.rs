@@ -258,12 +258,15 @@ fn torch_noise_sources_do_not_allocate() {
 /// by the rule in place, CFG++ samplers reading the unconditional one — no allocation after the
 /// first steps. Called from the file's one test.
 fn guided_steps_do_not_allocate() {
-    use diffusion_samplers::guidance::{Cfg, Context, GuidanceRule};
+    use diffusion_samplers::guidance::{
+        Apg, ApgMix, Cfg, CfgNorm, CfgZeroStar, Context, EpsScaling, FreSca, FrequencyDecoupled,
+        GuidanceRule, Interval, MagnitudeAware, Mahiro, Space, Tangential,
+    };
     let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)
         .unwrap()
         .grid(12, Spacing::KARRAS)
         .unwrap();
-    fn count<S: Sampler>(sampler: &S, grid: &Grid, rule: &mut Cfg) -> usize {
+    fn count<S: Sampler, R: GuidanceRule>(sampler: &S, grid: &Grid, rule: &mut R) -> usize {
         let x = Array4::<f32>::from_elem((1, 4, 8, 8), 0.3);
         let mut run = sampler
             .start(x, grid, Prediction::Sample, SmallRng::seed_from_u64(1))
@@ -309,4 +312,68 @@ fn guided_steps_do_not_allocate() {
         let n = count(&s, &grid, &mut rule);
         assert_eq!(n, 0, "{name}: {n} allocations in steady-state guided steps");
     }
+    // Every rule, on a CFG++ sampler (which reads the branch a rule may rewrite): the buffers a
+    // rule keeps (momentum, its work arrays, TCFG's SVD) are sized at its first active call, so
+    // phases start within the warm-up (APG-mix switches after step 0, the interval is open from
+    // the first level and closes later).
+    let sampler = AnySampler::from(DpmPp2mCfgPp::new());
+    let mut check = |name: &str, n: usize| {
+        assert_eq!(n, 0, "{name}: {n} allocations in steady-state guided steps");
+    };
+    check(
+        "CFG rescaled",
+        count(&sampler, &grid, &mut Cfg::new(3.0).rescale(0.7)),
+    );
+    check(
+        "CFG rescaled in x - x0",
+        count(
+            &sampler,
+            &grid,
+            &mut Cfg::new(3.0).rescale(0.7).rescale_space(Space::Residual),
+        ),
+    );
+    check(
+        "APG",
+        count(&sampler, &grid, &mut Apg::new(4.0).momentum(Some(-0.5))),
+    );
+    check(
+        "ComfyUI APG",
+        count(&sampler, &grid, &mut Apg::comfyui(4.0).eta(0.3)),
+    );
+    check(
+        "APG mix",
+        count(&sampler, &grid, &mut ApgMix::new().scale(4.0).start_step(0)),
+    );
+    check("CFG-Zero*", count(&sampler, &grid, &mut CfgZeroStar::new(4.0)));
+    check(
+        "ComfyUI CFG-Zero*",
+        count(&sampler, &grid, &mut CfgZeroStar::comfyui(4.0)),
+    );
+    check("TCFG", count(&sampler, &grid, &mut Tangential::comfyui(4.0)));
+    check("MAMBO-G", count(&sampler, &grid, &mut MagnitudeAware::new(4.0)));
+    check(
+        "FreSca",
+        count(&sampler, &grid, &mut FreSca::new(4.0).freq_cutoff(2)),
+    );
+    check(
+        "FDG",
+        count(&sampler, &grid, &mut FrequencyDecoupled::new(vec![6.0, 3.0])),
+    );
+    check(
+        "CFGNorm",
+        count(&sampler, &grid, &mut CfgNorm::new(Cfg::new(4.0))),
+    );
+    check(
+        "epsilon scaling",
+        count(&sampler, &grid, &mut EpsScaling::new(Cfg::new(4.0)).factor(1.01)),
+    );
+    check("Mahiro", count(&sampler, &grid, &mut Mahiro::new(4.0)));
+    check(
+        "interval",
+        count(
+            &sampler,
+            &grid,
+            &mut Interval::sigmas(Apg::new(4.0).momentum(Some(-0.5)), 2.0, f64::INFINITY).unwrap(),
+        ),
+    );
 }

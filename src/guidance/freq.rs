@@ -29,14 +29,12 @@ fn project_axis(
     h: usize,
     w: usize,
     rows: bool,
-    keep: &[bool],
-    tw: &[(f64, f64)],
+    (keep, tw): (&[bool], &[(f64, f64)]),
+    (fr, fi): (&mut [f64], &mut [f64]),
 ) {
     let n = if rows { w } else { h };
     let lines = if rows { h } else { w };
     let at = |line: usize, k: usize| if rows { line * w + k } else { k * w + line };
-    let mut fr = vec![0.0; n];
-    let mut fi = vec![0.0; n];
     for line in 0..lines {
         // Forward DFT, the kept coefficients only.
         for k in 0..n {
@@ -67,14 +65,54 @@ fn project_axis(
     }
 }
 
-/// `(cos, sin)` of `2 pi k / n`.
-fn twiddles(n: usize) -> Vec<(f64, f64)> {
-    (0..n)
-        .map(|k| {
-            let a = 2.0 * PI * k as f64 / n as f64;
-            (a.cos(), a.sin())
-        })
-        .collect()
+/// `(cos, sin)` of `2 pi k / n`, into `out`.
+fn twiddles(n: usize, out: &mut Vec<(f64, f64)>) {
+    out.clear();
+    out.extend((0..n).map(|k| {
+        let a = 2.0 * PI * k as f64 / n as f64;
+        (a.cos(), a.sin())
+    }));
+}
+
+/// FreSca's per-size tables and buffers, rebuilt only when the image size or cutoff changes.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Spectral {
+    key: Option<(usize, usize, usize)>,
+    keep_h: Vec<bool>,
+    keep_w: Vec<bool>,
+    tw_h: Vec<(f64, f64)>,
+    tw_w: Vec<(f64, f64)>,
+    re: Vec<f64>,
+    im: Vec<f64>,
+    fr: Vec<f64>,
+    fi: Vec<f64>,
+}
+
+impl Spectral {
+    fn prepare(&mut self, h: usize, w: usize, cutoff: usize) {
+        if self.key == Some((h, w, cutoff)) {
+            return;
+        }
+        self.key = Some((h, w, cutoff));
+        // The box per axis, in unshifted DFT indices: shifted index (k + n/2) mod n in
+        // [n/2 - f, n/2 + f).
+        let boxed = |n: usize, k: usize| {
+            let cc = n / 2;
+            let f = cutoff.min(cc);
+            let j = (k + cc) % n;
+            j + f >= cc && j < cc + f
+        };
+        self.keep_h.clear();
+        self.keep_h.extend((0..h).map(|k| boxed(h, k)));
+        self.keep_w.clear();
+        self.keep_w.extend((0..w).map(|k| boxed(w, k)));
+        twiddles(h, &mut self.tw_h);
+        twiddles(w, &mut self.tw_w);
+        self.re.resize(h * w, 0.0);
+        self.im.resize(h * w, 0.0);
+        self.fr.resize(h.max(w), 0.0);
+        self.fi.resize(h.max(w), 0.0);
+    }
 }
 
 /// FreSca[^fresca] (ComfyUI's `FreSca` node): the guidance direction `x0_c - x0_u` rescaled per
@@ -116,6 +154,7 @@ pub struct FreSca {
     cutoff: usize,
     work: Work,
     g: Vec<f64>,
+    spectral: Spectral,
 }
 
 impl FreSca {
@@ -128,6 +167,7 @@ impl FreSca {
             cutoff: 20,
             work: Work::default(),
             g: Vec::new(),
+            spectral: Spectral::default(),
         }
     }
 
@@ -178,8 +218,9 @@ impl GuidanceRule for FreSca {
         let Some(uncond) = uncond.filter(|_| !self.cfg.off()) else {
             return Ok(());
         };
-        let shape = cond.shape().to_vec();
-        let Some((h, w, images)) = image_axes(&shape) else {
+        let dim = cond.raw_dim();
+        let shape = dim.slice();
+        let Some((h, w, images)) = image_axes(shape) else {
             return Err(Error::InvalidParameter {
                 name: "dimensions",
                 value: shape.len() as f64,
@@ -192,23 +233,20 @@ impl GuidanceRule for FreSca {
         let g = &mut self.g;
         g.clear();
         g.extend(c.iter().zip(u).map(|(c, u)| c - u));
-        // The box per axis, in unshifted DFT indices: shifted index (k + n/2) mod n in
-        // [n/2 - f, n/2 + f).
-        let boxed = |n: usize, k: usize| {
-            let cc = n / 2;
-            let f = self.cutoff.min(cc);
-            let j = (k + cc) % n;
-            j + f >= cc && j < cc + f
-        };
-        let (keep_h, keep_w): (Vec<bool>, Vec<bool>) = (
-            (0..h).map(|k| boxed(h, k)).collect(),
-            (0..w).map(|k| boxed(w, k)).collect(),
-        );
-        let (tw_h, tw_w) = (twiddles(h), twiddles(w));
+        self.spectral.prepare(h, w, self.cutoff);
+        let Spectral {
+            keep_h,
+            keep_w,
+            tw_h,
+            tw_w,
+            re,
+            im,
+            fr,
+            fi,
+            ..
+        } = &mut self.spectral;
         // The frame-axis part of the box (axes 2 .. n-2), per image.
         let lead = &shape[..shape.len() - 2];
-        let mut re = vec![0.0; h * w];
-        let mut im = vec![0.0; h * w];
         for img in 0..images {
             let slice = &mut g[img * h * w..(img + 1) * h * w];
             // Is this image inside the box along the leading axes from the third on?
@@ -230,9 +268,9 @@ impl GuidanceRule for FreSca {
             // high g + (low - high) Re(P_h P_w g).
             re.copy_from_slice(slice);
             im.iter_mut().for_each(|v| *v = 0.0);
-            project_axis(&mut re, &mut im, h, w, true, &keep_w, &tw_w);
-            project_axis(&mut re, &mut im, h, w, false, &keep_h, &tw_h);
-            for (v, &p) in slice.iter_mut().zip(&re) {
+            project_axis(re, im, h, w, true, (keep_w, tw_w), (fr, fi));
+            project_axis(re, im, h, w, false, (keep_h, tw_h), (fr, fi));
+            for (v, &p) in slice.iter_mut().zip(re.iter()) {
                 *v = self.high * *v + (self.low - self.high) * p;
             }
         }
@@ -270,6 +308,7 @@ pub struct FrequencyDecoupled {
     original: bool,
     rescale: f64,
     work: Work,
+    pyramids: Pyramids,
 }
 
 impl FrequencyDecoupled {
@@ -282,6 +321,7 @@ impl FrequencyDecoupled {
             original: false,
             rescale: 0.0,
             work: Work::default(),
+            pyramids: Pyramids::default(),
         }
     }
 
@@ -344,24 +384,26 @@ fn blur(img: &[f64], h: usize, w: usize, out: &mut [f64], tmp: &mut [f64]) {
     }
 }
 
-/// Blur, then halve by bilinear resampling (align_corners false: the mean of 2 × 2 blocks).
-fn pyr_down(img: &[f64], h: usize, w: usize) -> Vec<f64> {
-    let (mut b, mut t) = (vec![0.0; h * w], vec![0.0; h * w]);
-    blur(img, h, w, &mut b, &mut t);
+/// Blur, then halve by bilinear resampling (align_corners false: the mean of 2 × 2 blocks), into
+/// `out` (`h/2 × w/2`); `b`, `t` hold at least `h w` values.
+fn pyr_down(img: &[f64], h: usize, w: usize, out: &mut [f64], (b, t): (&mut [f64], &mut [f64])) {
+    let (b, t) = (&mut b[..h * w], &mut t[..h * w]);
+    blur(img, h, w, b, t);
     let (h2, w2) = (h / 2, w / 2);
-    let mut out = vec![0.0; h2 * w2];
     for r in 0..h2 {
         for c in 0..w2 {
             let at = |i: usize, j: usize| b[(2 * r + i) * w + 2 * c + j];
             out[r * w2 + c] = 0.25 * (at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1));
         }
     }
-    out
 }
 
-/// Double by bilinear resampling (align_corners false), then blur.
-fn pyr_up(img: &[f64], h: usize, w: usize) -> Vec<f64> {
+/// Double by bilinear resampling (align_corners false), then blur, adding `sign` times the
+/// result to `out` (`2h × 2w`); `up`, `b`, `t` hold at least `4 h w` values.
+fn pyr_up_add(img: &[f64], h: usize, w: usize, out: &mut [f64], sign: f64, (up, b, t): Bufs<'_>) {
     let (h2, w2) = (2 * h, 2 * w);
+    let n = h2 * w2;
+    let (up, b, t) = (&mut up[..n], &mut b[..n], &mut t[..n]);
     // Source coordinate (i + 0.5) / 2 - 0.5, clamped at 0: weights 0.75 / 0.25.
     let src = |i: usize, n: usize| -> (usize, usize, f64) {
         let s = ((i as f64 + 0.5) / 2.0 - 0.5).max(0.0);
@@ -369,7 +411,6 @@ fn pyr_up(img: &[f64], h: usize, w: usize) -> Vec<f64> {
         let i1 = (i0 + 1).min(n - 1);
         (i0.min(n - 1), i1, s - i0 as f64)
     };
-    let mut up = vec![0.0; h2 * w2];
     for r in 0..h2 {
         let (r0, r1, fr) = src(r, h);
         for c in 0..w2 {
@@ -379,29 +420,89 @@ fn pyr_up(img: &[f64], h: usize, w: usize) -> Vec<f64> {
             up[r * w2 + c] = (1.0 - fr) * top + fr * bot;
         }
     }
-    let (mut out, mut t) = (vec![0.0; h2 * w2], vec![0.0; h2 * w2]);
-    blur(&up, h2, w2, &mut out, &mut t);
-    out
+    blur(up, h2, w2, b, t);
+    for (o, v) in out.iter_mut().zip(b.iter()) {
+        *o += sign * v;
+    }
 }
 
-/// The Laplacian pyramid of an image: band-pass levels, finest first, the last the low-pass
-/// residual.
-fn laplacian(img: &[f64], h: usize, w: usize, levels: usize) -> Vec<(Vec<f64>, usize, usize)> {
-    let mut gauss = vec![(img.to_vec(), h, w)];
-    for _ in 1..levels {
-        let (g, gh, gw) = gauss.last().unwrap();
-        let d = pyr_down(g, *gh, *gw);
-        gauss.push((d, gh / 2, gw / 2));
+type Bufs<'a> = (&'a mut [f64], &'a mut [f64], &'a mut [f64]);
+
+/// The Laplacian pyramids of all images of an array, one flat buffer per level (finest first,
+/// the last the low-pass residual; image `i` of level `k` at `i hk wk`), with the scratch the
+/// resampling needs — sized once per image size.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Pyramids {
+    key: Option<(usize, usize, usize, usize)>,
+    c: Vec<Vec<f64>>,
+    u: Vec<Vec<f64>>,
+    up: Vec<f64>,
+    b: Vec<f64>,
+    t: Vec<f64>,
+}
+
+impl Pyramids {
+    fn prepare(&mut self, h: usize, w: usize, levels: usize, images: usize) {
+        if self.key == Some((h, w, levels, images)) {
+            return;
+        }
+        self.key = Some((h, w, levels, images));
+        for p in [&mut self.c, &mut self.u] {
+            p.resize_with(levels, Vec::new);
+            for (k, lv) in p.iter_mut().enumerate() {
+                lv.resize(images * (h >> k) * (w >> k), 0.0);
+            }
+        }
+        for v in [&mut self.up, &mut self.b, &mut self.t] {
+            v.resize(h * w, 0.0);
+        }
     }
-    let mut out = Vec::with_capacity(levels);
-    for k in 0..levels - 1 {
-        let (g, gh, gw) = &gauss[k];
-        let (n, nh, nw) = &gauss[k + 1];
-        let up = pyr_up(n, *nh, *nw);
-        out.push((g.iter().zip(&up).map(|(a, b)| a - b).collect(), *gh, *gw));
+
+    /// Decomposes `v` (all images) into the pyramid `which` (false: `c`, true: `u`).
+    fn decompose(&mut self, v: &[f64], which: bool, h: usize, w: usize) {
+        let Pyramids { c, u, up, b, t, .. } = self;
+        let p = if which { u } else { c };
+        let levels = p.len();
+        let images = v.len() / (h * w).max(1);
+        p[0].copy_from_slice(v);
+        // Gaussian levels downward, then each band minus the next level up-sampled.
+        for k in 1..levels {
+            let (fine, coarse) = p.split_at_mut(k);
+            let (fh, fw) = (h >> (k - 1), w >> (k - 1));
+            for i in 0..images {
+                let src = &fine[k - 1][i * fh * fw..(i + 1) * fh * fw];
+                let dst = &mut coarse[0][i * (fh / 2) * (fw / 2)..(i + 1) * (fh / 2) * (fw / 2)];
+                pyr_down(src, fh, fw, dst, (b, t));
+            }
+        }
+        for k in 0..levels.saturating_sub(1) {
+            let (fine, coarse) = p.split_at_mut(k + 1);
+            let (fh, fw) = (h >> k, w >> k);
+            let (ch, cw) = (fh / 2, fw / 2);
+            for i in 0..images {
+                let src = &coarse[0][i * ch * cw..(i + 1) * ch * cw];
+                let dst = &mut fine[k][i * fh * fw..(i + 1) * fh * fw];
+                pyr_up_add(src, ch, cw, dst, -1.0, (up, b, t));
+            }
+        }
     }
-    out.push(gauss.pop().unwrap());
-    out
+
+    /// Collapses the pyramid `c` in place (level 0 ends up holding the images).
+    fn collapse(&mut self, h: usize, w: usize) {
+        let Pyramids { c, up, b, t, .. } = self;
+        let levels = c.len();
+        let images = c[0].len() / (h * w).max(1);
+        for k in (0..levels.saturating_sub(1)).rev() {
+            let (fine, coarse) = c.split_at_mut(k + 1);
+            let (fh, fw) = (h >> k, w >> k);
+            let (ch, cw) = (fh / 2, fw / 2);
+            for i in 0..images {
+                let src = &coarse[0][i * ch * cw..(i + 1) * ch * cw];
+                let dst = &mut fine[k][i * fh * fw..(i + 1) * fh * fw];
+                pyr_up_add(src, ch, cw, dst, 1.0, (up, b, t));
+            }
+        }
+    }
 }
 
 impl GuidanceRule for FrequencyDecoupled {
@@ -446,10 +547,11 @@ impl GuidanceRule for FrequencyDecoupled {
         let Some(uncond) = uncond.filter(|_| self.needs_uncond(&ctx.call)) else {
             return Ok(());
         };
-        let shape = cond.shape().to_vec();
+        let dim = cond.raw_dim();
+        let shape = dim.slice();
         let levels = self.scales.len();
         let div = 1usize << (levels - 1);
-        let (h, w, images) = match image_axes(&shape) {
+        let (h, w, images) = match image_axes(shape) {
             Some((h, w, n)) if h % div == 0 && w % div == 0 && h > 0 && w > 0 => (h, w, n),
             _ => {
                 return Err(Error::InvalidParameter {
@@ -462,67 +564,42 @@ impl GuidanceRule for FrequencyDecoupled {
         self.work.load(ctx, Space::Output, &cond, Some(&uncond))?;
         let batch = self.work.batch;
         let per_batch = images / batch.max(1);
-        let mut result = vec![0.0; self.work.c.len()];
-        // Per batch element: the projections run over all of its images together.
-        for b in 0..batch {
-            let range = b * per_batch..(b + 1) * per_batch;
-            let pyr = |v: &[f64]| -> Vec<Vec<(Vec<f64>, usize, usize)>> {
-                range
-                    .clone()
-                    .map(|i| laplacian(&v[i * h * w..(i + 1) * h * w], h, w, levels))
-                    .collect()
-            };
-            let (pc, pu) = (pyr(&self.work.c), pyr(&self.work.u));
-            let mut guided: Vec<Vec<Vec<f64>>> = vec![Vec::with_capacity(levels); per_batch];
-            for k in 0..levels {
-                let (g, wk) = (self.scales[k], self.weights[k]);
-                let off = self.level_off(k);
+        let per_elem = |k: usize| per_batch * (h >> k) * (w >> k);
+        self.pyramids.prepare(h, w, levels, images);
+        self.pyramids.decompose(&self.work.c, false, h, w);
+        self.pyramids.decompose(&self.work.u, true, h, w);
+        // Per level and batch element (the projection runs over all of its images), the
+        // guided level replaces the conditional one.
+        for k in 0..levels {
+            let (g, wk) = (self.scales[k], self.weights[k]);
+            if self.level_off(k) {
+                continue;
+            }
+            let n = per_elem(k);
+            let (pc, pu) = (&mut self.pyramids.c[k], &self.pyramids.u[k]);
+            for (c, u) in pc.chunks_mut(n.max(1)).zip(pu.chunks(n.max(1))) {
                 // The parallel part's coefficient over all images of this element.
-                let proj = if off || (wk - 1.0).abs() <= 1e-9 {
+                let proj = if (wk - 1.0).abs() <= 1e-9 {
                     None
                 } else {
-                    let (mut sd, mut cc) = (0.0, 0.0);
-                    for i in 0..per_batch {
-                        let (c, u) = (&pc[i][k].0, &pu[i][k].0);
-                        sd += c.iter().zip(u).map(|(c, u)| (c - u) * c).sum::<f64>();
-                        cc += dot(c, c);
-                    }
-                    Some(sd / cc.max(1e-24))
+                    let sd: f64 = c.iter().zip(u).map(|(c, u)| (c - u) * c).sum();
+                    Some(sd / dot(c, c).max(1e-24))
                 };
-                for i in 0..per_batch {
-                    let (c, u) = (&pc[i][k].0, &pu[i][k].0);
-                    let lvl = if off {
-                        c.clone()
-                    } else {
-                        c.iter()
-                            .zip(u)
-                            .map(|(&c, &u)| {
-                                let shift = c - u;
-                                let shift = match proj {
-                                    Some(p) => wk * p * c + (shift - p * c),
-                                    None => shift,
-                                };
-                                (if self.original { c } else { u }) + g * shift
-                            })
-                            .collect()
+                for (c, &u) in c.iter_mut().zip(u) {
+                    let shift = *c - u;
+                    let shift = match proj {
+                        Some(p) => wk * p * *c + (shift - p * *c),
+                        None => shift,
                     };
-                    guided[i].push(lvl);
+                    *c = (if self.original { *c } else { u }) + g * shift;
                 }
-            }
-            for (i, img) in range.clone().enumerate() {
-                // Collapse: up(coarser) + level, from the coarsest.
-                let mut acc = guided[i][levels - 1].clone();
-                for k in (0..levels - 1).rev() {
-                    let (_, lh, lw) = pc[i][k + 1];
-                    let up = pyr_up(&acc, lh, lw);
-                    acc = up.iter().zip(&guided[i][k]).map(|(a, b)| a + b).collect();
-                }
-                result[img * h * w..(img + 1) * h * w].copy_from_slice(&acc);
             }
         }
+        self.pyramids.collapse(h, w);
+        let result = &mut self.pyramids.c[0];
         if self.rescale > 0.0 {
-            rescale_slices(&mut result, &self.work.c, batch, self.rescale);
+            rescale_slices(result, &self.work.c, batch, self.rescale);
         }
-        self.work.store(ctx, &result, &mut cond)
+        self.work.store(ctx, result, &mut cond)
     }
 }
