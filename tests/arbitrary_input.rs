@@ -634,6 +634,28 @@ fn config() -> impl Strategy<Value = Map<String, Value>> {
 }
 
 /// Cases per property: 400 in the suite; set `ARBITRARY_CASES` for a deeper search.
+/// A guided run with `rule` on a CFG++ sampler (which renoises with the branch a rule may
+/// rewrite), a multistep one or an ancestral one.
+fn guided_run<R: diffusion_samplers::guidance::GuidanceRule>(
+    rule: R,
+    sampler: usize,
+    g: &Grid,
+    x: Array2<f64>,
+    pred: Prediction,
+) -> Result<Array2<f64>, Error> {
+    let cond = gmm().with_prediction(pred);
+    let uncond = GaussianMixture::gaussian(vec![0.0, 0.0, 0.0], vec![1.0, 1.0, 1.0])
+        .unwrap()
+        .with_prediction(pred);
+    let mut m = Guidance::with_rule(cond, uncond, rule);
+    let mut noise = SeededNoise::new(0);
+    match sampler {
+        0 => DpmPp2mCfgPp::new().sample(&mut m, x, g, &mut noise),
+        1 => EulerCfgPp::ancestral().sample(&mut m, x, g, &mut noise),
+        _ => DpmSolver::new().sample(&mut m, x, g, &mut noise),
+    }
+}
+
 fn cases() -> u32 {
     std::env::var("ARBITRARY_CASES")
         .ok()
@@ -746,6 +768,39 @@ proptest! {
                 let batched = FnDenoiser::new(Prediction::Epsilon, move |x: ArrayView2<'_, f64>, l: &NoiseLevel| cond.clone().denoise(x, l));
                 DpmSolver::new().sample(&mut BatchedGuidance::new(batched, scale).rescale(rescale), x, &g, &mut SeededNoise::new(0))
             }
+        };
+        if let Ok(out) = r { prop_assert!(finite(&out)); }
+    }
+
+    /// Every guidance rule with any parameters, on any grid and input, through three samplers.
+    #[test]
+    fn guidance_rules(which in 0usize..16, a in wild(), b in wild(), k in count(), levels in 1usize..4, g in grid(), x in array(4), pred in prediction(), sampler in 0usize..3) {
+        use diffusion_samplers::guidance::*;
+        let Ok(g) = g else { return Ok(()) };
+        let k = k % 64;
+        let r = match which {
+            0 => guided_run(Cfg::new(a).rescale(b).rescale_space(Space::Residual), sampler, &g, x, pred),
+            1 => guided_run(Apg::new(a).eta(b).momentum(Some(b)).norm_threshold(k as f64), sampler, &g, x, pred),
+            2 => guided_run(Apg::comfyui(a).eta(b).space(Space::Flow), sampler, &g, x, pred),
+            3 => guided_run(ApgMix::new().scale(a).apg(Apg::new(b)).start_step(k), sampler, &g, x, pred),
+            4 => guided_run(CfgZeroStar::new(a).zero_init_steps(k).with_rescale(b), sampler, &g, x, pred),
+            5 => guided_run(CfgZeroStar::comfyui(a), sampler, &g, x, pred),
+            6 => guided_run(Tangential::comfyui(a).with_rescale(b), sampler, &g, x, pred),
+            7 => guided_run(MagnitudeAware::new(a).alpha(b), sampler, &g, x, pred),
+            8 => guided_run(FreSca::new(a).scale_low(b).freq_cutoff(k), sampler, &g, x, pred),
+            9 => guided_run(FrequencyDecoupled::new(vec![a; levels]).parallel_weights(vec![b; levels]), sampler, &g, x, pred),
+            10 => guided_run(CfgNorm::new(Cfg::new(a)).strength(b), sampler, &g, x, pred),
+            11 => guided_run(EpsScaling::new(Cfg::new(a)).factor(b), sampler, &g, x, pred),
+            12 => guided_run(Mahiro::new(a), sampler, &g, x, pred),
+            13 => match Interval::steps(Apg::new(a), b, k as f64 / 10.0) {
+                Ok(rule) => guided_run(rule, sampler, &g, x, pred),
+                Err(e) => Err(e),
+            },
+            14 => match Interval::sigmas(Cfg::new(a), b, k as f64) {
+                Ok(rule) => guided_run(rule, sampler, &g, x, pred),
+                Err(e) => Err(e),
+            },
+            _ => guided_run(Cfg::new(a).original_formulation(true).uncond_at_one(true), sampler, &g, x, pred),
         };
         if let Ok(out) = r { prop_assert!(finite(&out)); }
     }
