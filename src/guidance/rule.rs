@@ -235,15 +235,11 @@ impl Work {
         } else {
             cond.shape()[0].max(1)
         };
-        self.x.clear();
-        self.x.extend(ctx.x.iter().map(|v| v.as_f64()));
-        self.c.clear();
-        self.c
-            .extend(cond.iter().zip(&self.x).map(|(c, x)| ka * x + kb * c.as_f64()));
-        self.u.clear();
-        if let Some(u) = uncond {
-            self.u
-                .extend(u.iter().zip(&self.x).map(|(u, x)| ka * x + kb * u.as_f64()));
+        load_f64(&mut self.x, ctx.x.view(), &[], (0.0, 1.0));
+        load_f64(&mut self.c, cond.view(), &self.x, (ka, kb));
+        match uncond {
+            Some(u) => load_f64(&mut self.u, u.view(), &self.x, (ka, kb)),
+            None => self.u.clear(),
         }
         Ok(())
     }
@@ -263,9 +259,12 @@ impl Work {
                 what: "the model output from the guidance space",
             });
         }
-        let ikb = 1.0 / self.kb;
-        for ((o, &g), &x) in cond.iter_mut().zip(g).zip(&self.x) {
-            *o = F::cast((g - self.ka * x) * ikb);
+        let (ka, ikb) = (self.ka, 1.0 / self.kb);
+        let put = |(o, (&g, &x)): (&mut F, (&f64, &f64))| *o = F::cast((g - ka * x) * ikb);
+        match cond.as_slice_mut() {
+            // Contiguous arrays (the usual case) as slices: a loop the compiler vectorises.
+            Some(o) => o.iter_mut().zip(g.iter().zip(&self.x)).for_each(put),
+            None => cond.iter_mut().zip(g.iter().zip(&self.x)).for_each(put),
         }
         Ok(())
     }
@@ -276,9 +275,43 @@ impl Work {
     }
 }
 
-/// `sum a b` over a slice pair.
+/// `dst <- ka x + kb a` in `f64`, in logical order (`x` empty: `ka` ignored).
+fn load_f64<F: Float, D: Dimension>(
+    dst: &mut Vec<f64>,
+    a: ArrayView<'_, F, D>,
+    x: &[f64],
+    (ka, kb): (f64, f64),
+) {
+    dst.clear();
+    dst.reserve(a.len());
+    match (a.as_slice(), x.is_empty()) {
+        // Contiguous arrays (the usual case) as slices: a loop the compiler vectorises.
+        (Some(a), true) => dst.extend(a.iter().map(|v| kb * v.as_f64())),
+        (Some(a), false) => dst.extend(a.iter().zip(x).map(|(v, x)| ka * x + kb * v.as_f64())),
+        (None, true) => dst.extend(a.iter().map(|v| kb * v.as_f64())),
+        (None, false) => dst.extend(a.iter().zip(x).map(|(v, x)| ka * x + kb * v.as_f64())),
+    }
+}
+
+/// `sum a b` over a slice pair, in eight interleaved partial sums (independent additions the
+/// compiler can vectorise; a single running sum is bound by the addition's latency).
 pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(a, b)| a * b).sum()
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// Per batch element (axis 0; the whole array for 0-dimensional ones): calls `f` with each
