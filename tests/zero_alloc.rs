@@ -317,7 +317,7 @@ fn guided_steps_do_not_allocate() {
     // phases start within the warm-up (APG-mix switches after step 0, the interval is open from
     // the first level and closes later).
     let sampler = AnySampler::from(DpmPp2mCfgPp::new());
-    let mut check = |name: &str, n: usize| {
+    let check = |name: &str, n: usize| {
         assert_eq!(n, 0, "{name}: {n} allocations in steady-state guided steps");
     };
     check(

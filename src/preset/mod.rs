@@ -409,7 +409,7 @@ impl Preset {
     }
 
     /// Every name [`get`](Self::get) resolves in ComfyUI's spelling: each of [`PRESETS`] alone
-    /// and with each suffix of [`PresetSigmas::ALL`] (`37 × 13`).
+    /// and with each suffix of [`PresetSigmas::ALL`] (`45 × 13`).
     pub fn all_names() -> impl Iterator<Item = String> {
         PRESETS.into_iter().flat_map(|p| {
             std::iter::once(p.to_string()).chain(PresetSigmas::ALL.map(|s| format!("{p}_{}", s.name())))
