@@ -110,6 +110,7 @@ pub mod sampler;
 pub mod schedule;
 mod special;
 mod text;
+pub mod tune;
 
 // Inlined, so that the crate root lists every struct, enum, trait and function it offers.
 #[doc(inline)]

@@ -449,6 +449,25 @@ impl Grid {
         }
     }
 
+    /// The grid through the levels at `indices` (increasing, the first 0 and the last the final
+    /// level's), keeping this grid's schedule for off-grid levels and its starting scale.
+    pub(crate) fn subset(&self, indices: &[usize]) -> Result<Self> {
+        let levels = indices
+            .iter()
+            .map(|&i| {
+                self.levels.get(i).copied().ok_or(Error::InvalidValue {
+                    what: "grid indices",
+                    index: i,
+                    value: i as f64,
+                    reason: "beyond the grid",
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut g = Self::checked(levels, self.first_timestep, self.map.clone())?;
+        g.initial_scale = self.initial_scale;
+        Ok(g)
+    }
+
     /// All levels: `steps() + 1` entries, the last the final level.
     pub fn levels(&self) -> &[NoiseLevel] {
         &self.levels

@@ -1,0 +1,574 @@
+//! Grids tuned on the user's own model: the fewest model calls for a given accuracy.
+//!
+//! Published step schedules (Align Your Steps, GITS) are tables for a few public models.
+//! [`tune_grid`] makes one for *your* model and sampler from a batch of starting samples:
+//!
+//! 1. **Teacher.** One run of a third-order solver over a fine grid records the trajectory
+//!    `x_i` and the model's x0 estimates at every fine level (`fine.steps()` model calls).
+//! 2. **Dynamic programme** (GITS, Chen et al. 2024). The cost of jumping from fine level `i`
+//!    to level `j` is the distance of one DDIM step from the teacher's `x_i` (with the stored
+//!    estimate, no model call) to the teacher's `x_j`; the path of `K` jumps from the first
+//!    level to the last with the least total cost is found exactly. `K` is the number of steps
+//!    at which the sampler costs exactly the asked number of calls.
+//! 3. **Refinement.** Starting from the better of that path and the fine grid thinned evenly
+//!    (for a Karras fine grid, the Karras grid), a pattern search moves each interior level
+//!    along the fine grid while the *sampler's own* end point, from the same starting samples,
+//!    gets closer to the reference end point (the teacher's, or an adaptive solver's at a tight
+//!    tolerance: [`Reference`]). Each try costs one run of `nfe` calls.
+//!
+//! The result is a plain [`Grid`] on the fine grid's schedule: it runs with any sampler, and it
+//! saves as its sigmas or timesteps ([`Grid::sigmas_ve`], [`python_sigmas`]) and loads back with
+//! [`NoiseSchedule::grid_from_sigmas`](crate::NoiseSchedule::grid_from_sigmas) (or
+//! [`Grid::ve`] for VE grids). [`Tuner::tune`] also reports what tuning spent.
+//!
+//! Errors are the mean over the batch of the Euclidean distance (over each element's values)
+//! to the reference end point. Stochastic samplers are tuned against the ODE's end point with a
+//! fixed noise seed ([`Tuner::seed`]): that is rarely what one wants; tune a deterministic
+//! sampler and use its grid.
+
+use std::time::Instant;
+
+use ndarray::{Array, ArrayView, Axis, Dimension};
+
+use crate::denoiser::Denoiser;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::grid::Grid;
+use crate::level::NoiseLevel;
+use crate::noise::SeededNoise;
+use crate::sampler::{DpmAdaptive, DpmSolver, Sampler, ThirdOrder};
+
+/// What the tuned sampler's end point is compared with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reference {
+    /// The teacher's own end point (third-order DPM-Solver++ over the fine grid).
+    Teacher,
+    /// Adaptive DPM-Solver ([`DpmAdaptive`]) from the first level to the fine grid's last
+    /// level with noise at these tolerances, then the teacher's final step: independent of the
+    /// fine grid's resolution.
+    Adaptive {
+        /// Relative tolerance.
+        rtol: f64,
+        /// Absolute tolerance.
+        atol: f64,
+    },
+}
+
+/// Options of [`tune_grid`]; [`Tuner::tune`] also reports what tuning spent.
+///
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::tune::Tuner;
+/// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+/// let fine = s.grid(60, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::new(
+///     vec![0.5, 0.5],
+///     vec![vec![-1.0, 0.0], vec![1.0, 0.5]],
+///     vec![vec![0.02, 0.02], vec![0.02, 0.02]],
+/// )?;
+/// let x: ndarray::Array2<f64> = fine.initial_sample((64, 2), &mut SeededNoise::new(0))?;
+/// let tuned = Tuner::new().tune(&DpmSolver::new(), &mut model, x.view(), &fine, 6)?;
+/// assert_eq!(tuned.grid.steps(), 6);
+/// assert!(tuned.report.error <= tuned.report.error_dp);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tuner {
+    rounds: usize,
+    reference: Reference,
+    seed: u64,
+}
+
+impl Default for Tuner {
+    fn default() -> Self {
+        Tuner {
+            rounds: 8,
+            reference: Reference::Teacher,
+            seed: 0,
+        }
+    }
+}
+
+/// A tuned grid and what tuning it took.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tuned {
+    /// The grid.
+    pub grid: Grid,
+    /// What tuning spent and reached.
+    pub report: TuneReport,
+}
+
+/// What [`Tuner::tune`] spent and reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TuneReport {
+    /// Model calls in all (teacher, reference, refinement runs).
+    pub model_calls: usize,
+    /// Of these, the teacher's.
+    pub teacher_calls: usize,
+    /// Of these, the adaptive reference's (0 with [`Reference::Teacher`]).
+    pub reference_calls: usize,
+    /// Sampler runs made to measure and refine grids (each `nfe` calls).
+    pub runs: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// The sampler's error on the dynamic programme's grid.
+    pub error_dp: f64,
+    /// The sampler's error on the returned grid.
+    pub error: f64,
+    /// The returned grid's levels as indices into the fine grid.
+    pub indices: Vec<usize>,
+}
+
+impl Tuner {
+    /// Eight refinement rounds, the teacher as reference, noise seed 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Refinement rounds: passes of the pattern search over the interior levels (0: the dynamic
+    /// programme's grid as is, with one run to measure it).
+    pub fn rounds(mut self, rounds: usize) -> Self {
+        self.rounds = rounds;
+        self
+    }
+
+    /// The reference end point.
+    pub fn reference(mut self, reference: Reference) -> Self {
+        self.reference = reference;
+        self
+    }
+
+    /// The noise seed of stochastic samplers' runs.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Tunes a grid for `sampler` on `model` (see the [module docs](self)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] (`"nfe"`) when no grid on `fine` costs exactly `nfe` calls
+    /// with `sampler` (e.g. an even number for Heun, `2N - 1` calls), or the sampler's calls are
+    /// not known in advance (adaptive samplers); (`"fine"`) for a fine grid with fewer than two
+    /// steps; [`Error::NonFinite`] for a non-finite starting sample; the model's and the
+    /// samplers' errors from the runs.
+    pub fn tune<S, F, D, M>(
+        &self,
+        sampler: &S,
+        model: &mut M,
+        x: ArrayView<'_, F, D>,
+        fine: &Grid,
+        nfe: usize,
+    ) -> Result<Tuned>
+    where
+        S: Sampler,
+        F: Float,
+        D: Dimension,
+        M: Denoiser<F, D> + ?Sized,
+    {
+        let clock = Instant::now();
+        sampler.validate()?;
+        if fine.steps() < 2 {
+            return Err(Error::InvalidParameter {
+                name: "fine",
+                value: fine.steps() as f64,
+                reason: "the fine grid needs at least two steps",
+            });
+        }
+        if let Some(v) = x.iter().find(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                step: 0,
+                level: fine.levels()[0],
+                what: if v.is_nan() {
+                    "starting sample (NaN)"
+                } else {
+                    "starting sample (infinite)"
+                },
+            });
+        }
+        let steps = steps_for(sampler, fine, nfe)?;
+        let teacher = Teacher::record(model, x.view(), fine)?;
+        let (target, reference_calls) = match self.reference {
+            Reference::Teacher => (teacher.end.clone(), 0),
+            Reference::Adaptive { rtol, atol } => adaptive_end(model, x.view(), fine, rtol, atol)?,
+        };
+        let dp = teacher.path(fine, steps);
+        let mut eval = Evaluator {
+            sampler,
+            x,
+            fine,
+            target: &target,
+            seed: self.seed,
+            runs: 0,
+        };
+        let error_dp = eval.error(model, &dp)?;
+        // Refine from the better of the programme's path and the fine grid's own spacing thinned
+        // evenly (a Karras fine grid gives a Karras grid): the result is never worse than either
+        // on the tuning batch.
+        let (start, error_start) = if self.rounds > 0 {
+            let even = uniform(fine.steps(), steps);
+            match eval.error(model, &even) {
+                Ok(e) if e < error_dp => (even, e),
+                _ => (dp, error_dp),
+            }
+        } else {
+            (dp, error_dp)
+        };
+        let (indices, error) = refine(&mut eval, model, start, error_start, fine.steps(), self.rounds)?;
+        let grid = fine.subset(&indices)?;
+        if sampler.exact_model_calls(&grid) != Some(nfe) {
+            return Err(no_grid(
+                nfe,
+                "the tuned grid's calls differ (a sampler whose calls depend on the levels)",
+            ));
+        }
+        Ok(Tuned {
+            grid,
+            report: TuneReport {
+                model_calls: teacher.calls + reference_calls + eval.runs * nfe,
+                teacher_calls: teacher.calls,
+                reference_calls,
+                runs: eval.runs,
+                seconds: clock.elapsed().as_secs_f64(),
+                error_dp,
+                error,
+                indices,
+            },
+        })
+    }
+}
+
+/// A grid of `nfe` model calls with `sampler` on `fine`'s levels, tuned on `model` from the
+/// starting samples `x` (at `fine`'s first level) against a fine reference run: [`Tuner`]'s
+/// defaults (see the [module docs](self)).
+///
+/// # Errors
+/// As [`Tuner::tune`].
+pub fn tune_grid<S, F, D, M>(
+    sampler: &S,
+    model: &mut M,
+    x: ArrayView<'_, F, D>,
+    fine: &Grid,
+    nfe: usize,
+) -> Result<Grid>
+where
+    S: Sampler,
+    F: Float,
+    D: Dimension,
+    M: Denoiser<F, D> + ?Sized,
+{
+    Tuner::new().tune(sampler, model, x, fine, nfe).map(|t| t.grid)
+}
+
+/// The end point of the probability-flow ODE from `x` at `grid`'s first level to its final
+/// level, by adaptive DPM-Solver (order 3) at `rtol` / `atol` down to the last level with
+/// noise, then one step of the teacher to the final level; returns it and the model calls it
+/// took. A high-accuracy reference that costs far fewer calls than a 1000-step run (about 150
+/// at `rtol = 1e-4` on Stable Diffusion's schedule).
+///
+/// # Errors
+/// As [`DpmAdaptive`]'s runs; the model's errors.
+pub fn adaptive_end<F, D, M>(
+    model: &mut M,
+    x: ArrayView<'_, F, D>,
+    grid: &Grid,
+    rtol: f64,
+    atol: f64,
+) -> Result<(Array<F, D>, usize)>
+where
+    F: Float,
+    D: Dimension,
+    M: Denoiser<F, D> + ?Sized,
+{
+    let adaptive = DpmAdaptive::new().rtol(rtol).atol(atol);
+    let mut calls = 0;
+    let mut run = adaptive.start(x.to_owned(), grid, model.prediction(), SeededNoise::new(0))?;
+    while let Some(req) = run.request() {
+        let call = req.call();
+        let out = model
+            .denoise_call(req.x.view(), &call)
+            .map_err(|source| Error::Model {
+                step: req.step,
+                level: req.level,
+                source,
+            })?;
+        calls += 1;
+        run.respond_guided(out)?;
+    }
+    let y = run.into_sample();
+    // The last step: from the last level with noise to the final one.
+    let n = grid.steps();
+    let last = grid.levels()[n - 1];
+    if grid.levels()[n].sigma_ve() >= last.sigma_ve() || last != grid.last_noisy() {
+        return Ok((y, calls));
+    }
+    let tail = grid.subset(&[n - 1, n])?;
+    let out = teacher_sampler().sample(model, y, &tail, &mut SeededNoise::new(0))?;
+    Ok((out, calls + 1))
+}
+
+/// k-diffusion's `sigmas=` list of a grid: its sigmas `sigma / alpha`, the final one included,
+/// each printed so that it parses back to the same `f64`.
+///
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// let g = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(3, Spacing::KARRAS)?;
+/// let text = diffusion_samplers::tune::python_sigmas(&g);
+/// assert!(text.starts_with("sigmas=[14.6"));
+/// assert!(text.ends_with(", 0.0]"));
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+pub fn python_sigmas(grid: &Grid) -> String {
+    let s: Vec<String> = grid.sigmas_ve().iter().map(|v| format!("{v:?}")).collect();
+    format!("sigmas=[{}]", s.join(", "))
+}
+
+fn teacher_sampler() -> DpmSolver {
+    DpmSolver::new().order(3).third_order(ThirdOrder::Corrected)
+}
+
+fn no_grid(nfe: usize, reason: &'static str) -> Error {
+    Error::InvalidParameter {
+        name: "nfe",
+        value: nfe as f64,
+        reason,
+    }
+}
+
+/// The number of steps at which `sampler` costs exactly `nfe` calls on `fine`'s levels.
+fn steps_for<S: Sampler>(sampler: &S, fine: &Grid, nfe: usize) -> Result<usize> {
+    let m = fine.steps();
+    for k in 1..=m {
+        let idx = uniform(m, k);
+        let grid = fine.subset(&idx)?;
+        match sampler.exact_model_calls(&grid) {
+            None => {
+                return Err(no_grid(
+                    nfe,
+                    "the sampler's calls are not known in advance (adaptive)",
+                ));
+            }
+            Some(c) if c == nfe => return Ok(k),
+            Some(c) if c > nfe => break,
+            Some(_) => {}
+        }
+    }
+    Err(no_grid(
+        nfe,
+        "no grid on the fine grid costs exactly this many calls with this sampler",
+    ))
+}
+
+/// `k + 1` increasing indices from 0 to `m`, evenly spread.
+fn uniform(m: usize, k: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..=k).map(|i| (i * m + k / 2) / k).collect();
+    v[k] = m;
+    for i in 1..=k {
+        if v[i] <= v[i - 1] {
+            v[i] = v[i - 1] + 1;
+        }
+    }
+    v
+}
+
+/// The teacher's trajectory: the sample and the x0 estimate at every fine level, flattened in
+/// f64, per batch element.
+struct Teacher<F, D: Dimension> {
+    xs: Vec<Vec<f64>>,
+    x0s: Vec<Vec<f64>>,
+    end: Array<F, D>,
+    batch: usize,
+    calls: usize,
+}
+
+impl<F: Float, D: Dimension> Teacher<F, D> {
+    fn record<M: Denoiser<F, D> + ?Sized>(
+        model: &mut M,
+        x: ArrayView<'_, F, D>,
+        fine: &Grid,
+    ) -> Result<Self> {
+        let prediction = model.prediction();
+        let mut run = teacher_sampler().start(x.to_owned(), fine, prediction, SeededNoise::new(0))?;
+        let (mut xs, mut x0s) = (Vec::new(), Vec::new());
+        let mut calls = 0;
+        while let Some(req) = run.request() {
+            let (step, level) = (req.step, req.level);
+            let call = req.call();
+            let out = model
+                .denoise_call(req.x.view(), &call)
+                .map_err(|source| Error::Model { step, level, source })?;
+            if out.output.shape() == req.x.shape() {
+                let c = prediction.to_x0(&level).ok_or(Error::Undetermined {
+                    step,
+                    level,
+                    prediction,
+                    what: "x0",
+                })?;
+                xs.push(req.x.iter().map(|v| v.as_f64()).collect::<Vec<f64>>());
+                x0s.push(
+                    req.x
+                        .iter()
+                        .zip(out.output.iter())
+                        .map(|(x, o)| c.x * x.as_f64() + c.out * o.as_f64())
+                        .collect::<Vec<f64>>(),
+                );
+            }
+            calls += 1;
+            run.respond_guided(out)?;
+        }
+        let end = run.into_sample();
+        xs.push(end.iter().map(|v| v.as_f64()).collect());
+        let batch = if x.ndim() == 0 {
+            1
+        } else {
+            x.len_of(Axis(0)).max(1)
+        };
+        Ok(Teacher {
+            xs,
+            x0s,
+            end,
+            batch,
+            calls,
+        })
+    }
+
+    /// GITS's cost of the jump `i -> j`: one DDIM step from the teacher's point and estimate.
+    fn cost(&self, levels: &[NoiseLevel], i: usize, j: usize) -> f64 {
+        let (from, to) = (levels[i], levels[j]);
+        let (x, x0, target) = (&self.xs[i], &self.x0s[i], &self.xs[j]);
+        // x' = alpha' x0 + sigma' (x - alpha x0) / sigma.
+        let r = to.sigma / from.sigma;
+        let k0 = to.alpha - r * from.alpha;
+        mean_distance(
+            x.iter().zip(x0).map(|(&x, &x0)| r * x + k0 * x0),
+            target,
+            self.batch,
+        )
+    }
+
+    /// The path of `k` jumps from level 0 to the last fine level with the least total cost.
+    fn path(&self, fine: &Grid, k: usize) -> Vec<usize> {
+        let levels = fine.levels();
+        let m = self.xs.len() - 1;
+        let mut cost = vec![vec![f64::INFINITY; m + 1]; m + 1];
+        for (i, row) in cost.iter_mut().enumerate().take(m) {
+            for (j, c) in row.iter_mut().enumerate().skip(i + 1) {
+                *c = self.cost(levels, i, j);
+            }
+        }
+        // best[s][j]: the least cost of reaching j in s jumps; from[s][j] the level before.
+        let mut best = vec![vec![f64::INFINITY; m + 1]; k + 1];
+        let mut prev = vec![vec![0usize; m + 1]; k + 1];
+        best[0][0] = 0.0;
+        for s in 1..=k {
+            for j in s..=m {
+                for i in (s - 1)..j {
+                    let v = best[s - 1][i] + cost[i][j];
+                    if v < best[s][j] {
+                        best[s][j] = v;
+                        prev[s][j] = i;
+                    }
+                }
+            }
+        }
+        let mut path = vec![m];
+        let mut j = m;
+        for s in (1..=k).rev() {
+            j = prev[s][j];
+            path.push(j);
+        }
+        path.reverse();
+        path
+    }
+}
+
+/// The mean over `batch` elements of the Euclidean distance between `a` and `b` (flat, in
+/// logical order).
+fn mean_distance(a: impl Iterator<Item = f64>, b: &[f64], batch: usize) -> f64 {
+    let per = (b.len() / batch.max(1)).max(1);
+    let mut sums = vec![0.0; b.len().div_ceil(per)];
+    for (i, (a, &b)) in a.zip(b).enumerate() {
+        sums[i / per] += (a - b) * (a - b);
+    }
+    sums.iter().map(|s| s.sqrt()).sum::<f64>() / sums.len().max(1) as f64
+}
+
+/// Runs the sampler on candidate grids and measures the error to the target.
+struct Evaluator<'a, S, F, D: Dimension> {
+    sampler: &'a S,
+    x: ArrayView<'a, F, D>,
+    fine: &'a Grid,
+    target: &'a Array<F, D>,
+    seed: u64,
+    runs: usize,
+}
+
+impl<S: Sampler, F: Float, D: Dimension> Evaluator<'_, S, F, D> {
+    fn error<M: Denoiser<F, D> + ?Sized>(&mut self, model: &mut M, indices: &[usize]) -> Result<f64> {
+        let grid = self.fine.subset(indices)?;
+        self.runs += 1;
+        let out = self
+            .sampler
+            .sample(model, self.x.to_owned(), &grid, &mut SeededNoise::new(self.seed))?;
+        let target: Vec<f64> = self.target.iter().map(|v| v.as_f64()).collect();
+        let batch = if out.ndim() == 0 {
+            1
+        } else {
+            out.len_of(Axis(0)).max(1)
+        };
+        Ok(mean_distance(out.iter().map(|v| v.as_f64()), &target, batch))
+    }
+}
+
+/// Pattern search over the interior levels' positions on the fine grid: each level tries a
+/// move by `delta` fine steps either way, keeping a move that lowers the error; `delta` halves
+/// after a pass without improvement.
+fn refine<S: Sampler, F: Float, D: Dimension, M: Denoiser<F, D> + ?Sized>(
+    eval: &mut Evaluator<'_, S, F, D>,
+    model: &mut M,
+    mut path: Vec<usize>,
+    mut error: f64,
+    m: usize,
+    rounds: usize,
+) -> Result<(Vec<usize>, f64)> {
+    let k = path.len() - 1;
+    let mut delta = (m / (4 * k)).max(1);
+    let mut round = 0;
+    while round < rounds && k > 1 {
+        let mut improved = false;
+        for n in 1..k {
+            for dir in [-1isize, 1] {
+                let Some(candidate) = path[n].checked_add_signed(dir * delta as isize) else {
+                    continue;
+                };
+                if candidate <= path[n - 1] || candidate >= path[n + 1] {
+                    continue;
+                }
+                let mut trial = path.clone();
+                trial[n] = candidate;
+                // A candidate the sampler cannot run (e.g. a non-finite result) is skipped.
+                match eval.error(model, &trial) {
+                    Ok(e) if e < error => {
+                        error = e;
+                        path = trial;
+                        improved = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(Error::Model { step, level, source }) => {
+                        return Err(Error::Model { step, level, source });
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        if !improved {
+            if delta == 1 {
+                break;
+            }
+            delta /= 2;
+        }
+        round += 1;
+    }
+    Ok((path, error))
+}
