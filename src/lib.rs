@@ -56,13 +56,15 @@
 //! | `config` | (feature `serde`) diffusers' `scheduler_config.json` → schedule, grid and sampler, as diffusers builds them |
 //! | [`edit`] | img2img / SDEdit, inpainting, DDIM inversion |
 //! | [`analytic`] | exact Gaussian-mixture denoisers for tests and examples |
+//! | [`tune`] | grids tuned on the user's own model for a call budget |
 //!
 //! Samplers (each with diffusers' defaults from `new()`): [`Ddpm`], [`Ddim`], [`Euler`],
 //! [`EulerAncestral`], [`Heun`], [`Dpm2`], [`Dpm2Ancestral`], [`Lms`], [`Pndm`], [`Ipndm`],
 //! [`Deis`], [`DpmSolver`] (DPM-Solver++ multistep, ODE and SDE), [`DpmSolverSinglestep`],
 //! [`DpmPp2sAncestral`], [`UniPc`], [`Lcm`]; from k-diffusion and ComfyUI: [`DpmFast`],
 //! [`DpmAdaptive`], [`DpmPpSde`], [`ResMultistep`], [`Seeds2`], [`Seeds3`], [`ErSde`],
-//! [`SaSolver`], [`GradientEstimation`], [`HeunPp2`], [`EdmIpndm`], [`EdmDeis`]. Measured
+//! [`SaSolver`], [`GradientEstimation`], [`HeunPp2`], [`EdmIpndm`], [`EdmDeis`]; from
+//! AUTOMATIC1111: [`Restart`]. Measured
 //! convergence orders and an error-vs-NFE table are in `docs/samplers.md`.
 //!
 //! Start a run from [`Grid::initial_sample`]: the starting noise at the grid's first level in

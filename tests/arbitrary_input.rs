@@ -10,7 +10,8 @@ use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
     AncestralSplit, CfgPpUd10Ab, DpmAdaptive, DpmFast, DpmPp2mCfgPp, DpmPp2sAncestralCfgPp, DpmPpSde,
     EdmDeis, EdmIpndm, ErSde, ErSdeScaler, EulerCfgPp, Expecting, GradientEstimation, HeunPp2, NoiseLevel,
-    ResMultistep, SaSolver, Seeds2, Seeds3, SeedsSolver, SolverType, ThirdOrder, UniPcVariant,
+    ResMultistep, Restart, RestartInterval, SaSolver, Seeds2, Seeds3, SeedsSolver, SolverType, ThirdOrder,
+    UniPcVariant,
 };
 use ndarray::{Array2, ArrayView2};
 use proptest::prelude::*;
@@ -232,7 +233,7 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
         1 => (mostly(0.5..1.0), mostly(1.0..3.0)).prop_map(|(ratio, max)| Some(Thresholding { ratio, max })),
     ];
     (
-        0usize..34,
+        0usize..36,
         (mostly(0.0..1.5), mostly(0.5..1.5)),
         (
             mostly(0.0..20.0),
@@ -414,6 +415,16 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
                 31 => DpmPp2sAncestralCfgPp::new().eta(eta).s_noise(s_noise).into(),
                 32 => DpmPp2mCfgPp::new().into(),
                 33 => CfgPpUd10Ab::new().into(),
+                34 => Restart::new().s_noise(s_noise).into(),
+                35 => Restart::new()
+                    .s_noise(s_noise)
+                    .intervals(vec![RestartInterval {
+                        min_sigma: tmin,
+                        steps: order + dis.len(),
+                        times: dis.len(),
+                        max_sigma: sc,
+                    }])
+                    .into(),
                 28 => EulerAncestral::new()
                     .split(if b1 {
                         AncestralSplit::RectifiedFlow

@@ -463,9 +463,7 @@ impl Grid {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut g = Self::checked(levels, self.first_timestep, self.map.clone())?;
-        g.initial_scale = self.initial_scale;
-        Ok(g)
+        self.with_levels(levels)
     }
 
     /// All levels: `steps() + 1` entries, the last the final level.

@@ -176,4 +176,5 @@ any_sampler! {
     DpmPp2sAncestralCfgPp(DpmPp2sAncestralCfgPp) => DpmPp2sAncestralCfgPpState,
     DpmPp2mCfgPp(DpmPp2mCfgPp) => DpmPp2mCfgPpState,
     CfgPpUd10Ab(CfgPpUd10Ab) => CfgPpUd10AbState,
+    Restart(Restart) => RestartState,
 }

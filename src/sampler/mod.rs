@@ -37,7 +37,7 @@
 //! | family | samplers |
 //! |---|---|
 //! | `ancestral` (first order, with or without noise) | [`Ddpm`], [`Ddim`], [`Euler`], [`EulerAncestral`] |
-//! | `runge_kutta` (two model calls per step) | [`Heun`], [`Dpm2`], [`Dpm2Ancestral`], [`DpmPp2sAncestral`] |
+//! | `runge_kutta` (two model calls per step) | [`Heun`], [`Dpm2`], [`Dpm2Ancestral`], [`DpmPp2sAncestral`], [`Restart`] |
 //! | `exponential` (exponential integrators in log-SNR) | [`DpmSolver`], [`DpmSolverSinglestep`], [`UniPc`] |
 //! | `linear_multistep` (Adams methods) | [`Lms`], [`Deis`], [`Pndm`], [`Ipndm`], [`EdmIpndm`], [`EdmDeis`], [`GradientEstimation`] |
 //! | `consistency` | [`Lcm`] |
@@ -70,7 +70,9 @@ pub use exponential::{
     ThirdOrder, UniPc, UniPcVariant,
 };
 pub use linear_multistep::{Deis, DeisVars, EdmDeis, EdmIpndm, GradientEstimation, Ipndm, Lms, Pndm};
-pub use runge_kutta::{Dpm2, Dpm2Ancestral, DpmPp2sAncestral, Heun, HeunPp2};
+pub use runge_kutta::{
+    Dpm2, Dpm2Ancestral, DpmPp2sAncestral, Heun, HeunPp2, Restart, RestartInterval, RestartState,
+};
 
 use self::core::state::impl_sampler;
 
