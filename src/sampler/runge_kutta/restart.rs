@@ -225,6 +225,10 @@ impl Restart {
     }
 
     /// Each walk as a grid on `grid`'s schedule.
+    #[allow(
+        clippy::float_cmp,
+        reason = "a sigma copied from the grid finds its own level exactly"
+    )]
     fn grids(&self, grid: &Grid) -> Result<Vec<(Grid, bool)>> {
         let level = |s: f64| -> Result<NoiseLevel> {
             match grid.levels().iter().find(|l| l.sigma_ve() == s) {
