@@ -18,7 +18,7 @@ use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
     Deis, Denoiser, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde,
     DpmSolverSinglestep, EdmDeis, EdmIpndm, ErSde, GradientEstimation, Heun, HeunPp2, Ipndm, Lcm, Lms, Pndm,
-    ResMultistep, SaSolver, Seeds2, Seeds3, ThirdOrder, UniPc,
+    ResMultistep, Restart, SaSolver, Seeds2, Seeds3, ThirdOrder, UniPc,
 };
 use ndarray::{Array1, Array2, Axis};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -117,6 +117,7 @@ fn main() {
     println!("|---|---|---|---|---|");
     bench.row("DDIM (= Euler)", &Ddim::new(), true, &reference);
     bench.row("Heun", &Heun::new(), true, &reference);
+    bench.row("Restart (AUTOMATIC1111)", &Restart::new(), false, &reference);
     bench.row("DPM-2", &Dpm2::new(), true, &reference);
     bench.row("LMS (order 4)", &Lms::new(), true, &reference);
     bench.row("PLMS", &Pndm::new().skip_prk_steps(true), true, &reference);
