@@ -8,7 +8,9 @@
 //! the error is measured on another (2000): the mean distance to the exact probability-flow ODE
 //! end point from the same noise (adaptive DPM-Solver at rtol 1e-7). Rows: Karras and uniform
 //! (trailing) grids, Align Your Steps' SD 1.5 table and GITS's where they apply, the tuned grid;
-//! DDIM at 50 and 200 calls for scale. Tuning cost is printed per row (model calls and seconds).
+//! DDIM at 50 and 200 calls for scale; last, `tune::tune_solver` (a multistep solver whose
+//! coefficients are fitted with its grid). Tuning cost is printed per row (model calls of the
+//! 256-sample batch, and seconds).
 
 use std::time::Instant;
 
@@ -119,6 +121,25 @@ impl Case {
     }
 }
 
+impl Case {
+    /// `tune::tune_solver`: a fitted multistep solver and its grid.
+    fn fitted(&self) {
+        for nfe in [5, 10] {
+            let t = Instant::now();
+            let mut m = self.model.clone();
+            let (solver, tuned) = Tuner::new()
+                .tune_solver(&mut m, self.tune_x.view(), &self.fine, nfe)
+                .unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let e = self.err(&solver, &tuned.grid);
+            println!(
+                "| {} | fitted solver (`tune_solver`) | {nfe} | - | - | - | - | **{e:.4}** | {} calls, {secs:.1} s |",
+                self.name, tuned.report.model_calls
+            );
+        }
+    }
+}
+
 fn main() {
     let _ = StdRng::seed_from_u64(0);
     for (name, model) in [("2-D, 3 modes", mixture_2d()), ("8-D, 4 modes", mixture_8d())] {
@@ -141,5 +162,6 @@ fn main() {
         case.row("UniPC-3", &UniPc::new().order(3));
         case.row("iPNDM", &Ipndm::new());
         case.row("DEIS-3", &Deis::new().order(3));
+        case.fitted();
     }
 }

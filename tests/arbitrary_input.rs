@@ -9,9 +9,9 @@ use diffusion_samplers::forward::LossWeighting;
 use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
     AncestralSplit, CfgPpUd10Ab, DpmAdaptive, DpmFast, DpmPp2mCfgPp, DpmPp2sAncestralCfgPp, DpmPpSde,
-    EdmDeis, EdmIpndm, ErSde, ErSdeScaler, EulerCfgPp, Expecting, GradientEstimation, HeunPp2, NoiseLevel,
-    ResMultistep, Restart, RestartInterval, SaSolver, Seeds2, Seeds3, SeedsSolver, SolverType, ThirdOrder,
-    UniPcVariant,
+    EdmDeis, EdmIpndm, ErSde, ErSdeScaler, EulerCfgPp, Expecting, FittedMultistep, GradientEstimation,
+    HeunPp2, NoiseLevel, ResMultistep, Restart, RestartInterval, SaSolver, Seeds2, Seeds3, SeedsSolver,
+    SolverType, ThirdOrder, UniPcVariant,
 };
 use ndarray::{Array2, ArrayView2};
 use proptest::prelude::*;
@@ -233,7 +233,7 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
         1 => (mostly(0.5..1.0), mostly(1.0..3.0)).prop_map(|(ratio, max)| Some(Thresholding { ratio, max })),
     ];
     (
-        0usize..36,
+        0usize..37,
         (mostly(0.0..1.5), mostly(0.5..1.5)),
         (
             mostly(0.0..20.0),
@@ -416,6 +416,7 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
                 32 => DpmPp2mCfgPp::new().into(),
                 33 => CfgPpUd10Ab::new().into(),
                 34 => Restart::new().s_noise(s_noise).into(),
+                36 => FittedMultistep::new(vec![[eta, s_noise]; order + dis.len()]).into(),
                 35 => Restart::new()
                     .s_noise(s_noise)
                     .intervals(vec![RestartInterval {

@@ -164,6 +164,14 @@ fn steps_do_not_allocate() {
     let long = [s.grid(30, Spacing::KARRAS).unwrap()];
     check("DpmFast eta 1", &DpmFast::new().eta(1.0), &long);
     check("DpmAdaptive eta 1", &DpmAdaptive::new().eta(1.0), &long);
+    // A fitted solver's coefficients belong to one grid.
+    for g in &grids {
+        let fitted = diffusion_samplers::FittedMultistep::new(vec![[0.3, -0.1]; g.steps()]);
+        check("FittedMultistep", &fitted, std::slice::from_ref(g));
+    }
+    // Restart starts a Heun run per walk (a new run allocates its buffers): on these 12-step grids
+    // AUTOMATIC1111's configuration is one walk, and the wrapper adds nothing per step.
+    check("Restart", &diffusion_samplers::Restart::new(), &grids);
     check(
         "Dpm2Ancestral rectified flow",
         &Dpm2Ancestral::new().split(AncestralSplit::RectifiedFlow),

@@ -177,4 +177,5 @@ any_sampler! {
     DpmPp2mCfgPp(DpmPp2mCfgPp) => DpmPp2mCfgPpState,
     CfgPpUd10Ab(CfgPpUd10Ab) => CfgPpUd10AbState,
     Restart(Restart) => RestartState,
+    FittedMultistep(FittedMultistep) => FittedMultistepState,
 }

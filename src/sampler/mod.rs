@@ -38,7 +38,7 @@
 //! |---|---|
 //! | `ancestral` (first order, with or without noise) | [`Ddpm`], [`Ddim`], [`Euler`], [`EulerAncestral`] |
 //! | `runge_kutta` (two model calls per step) | [`Heun`], [`Dpm2`], [`Dpm2Ancestral`], [`DpmPp2sAncestral`], [`Restart`] |
-//! | `exponential` (exponential integrators in log-SNR) | [`DpmSolver`], [`DpmSolverSinglestep`], [`UniPc`] |
+//! | `exponential` (exponential integrators in log-SNR) | [`DpmSolver`], [`DpmSolverSinglestep`], [`UniPc`], [`FittedMultistep`] |
 //! | `linear_multistep` (Adams methods) | [`Lms`], [`Deis`], [`Pndm`], [`Ipndm`], [`EdmIpndm`], [`EdmDeis`], [`GradientEstimation`] |
 //! | `consistency` | [`Lcm`] |
 //! | `cfg_pp` (CFG++: the unconditional branch renoises) | [`EulerCfgPp`], [`DpmPp2sAncestralCfgPp`], [`DpmPp2mCfgPp`], [`CfgPpUd10Ab`] (and [`ResMultistep::cfg_pp`], [`GradientEstimation::cfg_pp`]) |
@@ -66,8 +66,8 @@ pub use cfg_pp::{CfgPpUd10Ab, DpmPp2mCfgPp, DpmPp2sAncestralCfgPp, EulerCfgPp};
 pub use consistency::Lcm;
 pub use exponential::{
     AdaptiveInfo, DpmAdaptive, DpmAdaptiveState, DpmFast, DpmPpSde, DpmSolver, DpmSolverSinglestep, ErSde,
-    ErSdeScaler, FastVars, ResMultistep, SaSolver, SaVars, Seeds2, Seeds3, SeedsSolver, SolverType,
-    ThirdOrder, UniPc, UniPcVariant,
+    ErSdeScaler, FastVars, FittedMultistep, ResMultistep, SaSolver, SaVars, Seeds2, Seeds3, SeedsSolver,
+    SolverType, ThirdOrder, UniPc, UniPcVariant,
 };
 pub use linear_multistep::{Deis, DeisVars, EdmDeis, EdmIpndm, GradientEstimation, Ipndm, Lms, Pndm};
 pub use runge_kutta::{
@@ -107,6 +107,7 @@ impl_sampler!(
     DpmPp2sAncestralCfgPp,
     DpmPp2mCfgPp,
     CfgPpUd10Ab,
+    FittedMultistep,
 );
 
 /// The state of a run of each sampler (the generic [`State`] of its method).
@@ -149,4 +150,5 @@ state_aliases!(
     DpmPp2sAncestralCfgPpState = DpmPp2sAncestralCfgPp,
     DpmPp2mCfgPpState = DpmPp2mCfgPp,
     CfgPpUd10AbState = CfgPpUd10Ab,
+    FittedMultistepState = FittedMultistep,
 );
