@@ -15,9 +15,10 @@
 //! `target/figures/unet.png` (real images, DPM-Solver++ 20 steps, DDIM 50 steps) and prints
 //! statistics of real and generated images side by side.
 //!
-//! `--budget`: 8 model calls instead of 20 or 50. A grid for DPM-Solver++(2M) at 8 calls is
-//! tuned on this model (`tune::Tuner`, 64 starting noises, a 100-step Karras fine grid) and
-//! compared with the 8-call Karras grid and DDIM at 50 calls on 512 fresh noises: the image
+//! `--budget`: 8 model calls instead of 20 or 50. Grids for DPM-Solver++(2M) and UniPC-3 at 8
+//! calls are tuned on this model (`tune::Tuner`, 64 starting noises, a 100-step Karras fine
+//! grid), a solver is fitted with its grid (`Tuner::tune_solver`, 32 noises, 400 tries), and all
+//! are compared with 8-call Karras grids and DDIM at 50 calls on 2048 fresh noises: the image
 //! statistics, their L1 distance to the real data's, and the tuning cost. Writes
 //! `target/figures/unet_budget.png`.
 
@@ -107,70 +108,124 @@ fn print_stats(names: &[&str], all: &[Stats]) {
 /// component sizes).
 fn stats_distance(a: &Stats, b: &Stats) -> f64 {
     let mut d = (a.foreground - b.foreground).abs();
-    d += a.n_components.iter().zip(&b.n_components).map(|(p, q)| (p - q).abs()).sum::<f64>();
-    d += a.sizes.iter().zip(&b.sizes).map(|(p, q)| (p.1 - q.1).abs()).sum::<f64>();
+    d += a
+        .n_components
+        .iter()
+        .zip(&b.n_components)
+        .map(|(p, q)| (p - q).abs())
+        .sum::<f64>();
+    d += a
+        .sizes
+        .iter()
+        .zip(&b.sizes)
+        .map(|(p, q)| (p.1 - q.1).abs())
+        .sum::<f64>();
     d
 }
 
 /// `--budget`: a tuned 8-call grid against the 8-call Karras grid and DDIM at 50 calls.
 fn budget(model: &mut UNet<f32>, schedule: &NoiseSchedule, args: &Args) -> Result<(), BoxError> {
     use diffusion_samplers::tune::Tuner;
-    let n = 512;
+    let n = 2048;
     let start = |grid: &Grid, n: usize, seed: u64| {
         grid.initial_sample::<f32, _, _, _>((n, 1, SIDE, SIDE), &mut SeededNoise::new(seed))
     };
     let fine = schedule.grid(100, Spacing::KARRAS)?;
-    let clock = Instant::now();
-    let tuned = Tuner::new().tune(&DpmSolver::new(), model, start(&fine, 64, 11)?.view(), &fine, 8)?;
-    let secs = clock.elapsed().as_secs_f64();
-    println!(
-        "tuned an 8-call grid for DPM-Solver++(2M) on 64 noises: {} model calls ({} teacher, {} runs of 8) in {secs:.1} s on {} threads",
-        tuned.report.model_calls,
-        tuned.report.teacher_calls,
-        tuned.report.runs,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
-    println!("{}", diffusion_samplers::tune::python_sigmas(&tuned.grid));
-    let karras = schedule.grid(8, Spacing::KARRAS)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut runs: Vec<(String, ndarray::Array4<f32>)> = Vec::new();
     let ddim_grid = schedule.grid(50, Spacing::Trailing)?;
-    let runs: Vec<(&str, ndarray::Array4<f32>)> = vec![
-        (
-            "DDIM, 50 calls",
-            Ddim::new().sample(model, start(&ddim_grid, n, 5)?, &ddim_grid, &mut SeededNoise::new(9))?,
-        ),
-        (
-            "DPM++ 2M, 8 calls, Karras",
-            DpmSolver::new().sample(model, start(&karras, n, 5)?, &karras, &mut SeededNoise::new(9))?,
-        ),
-        (
-            "DPM++ 2M, 8 calls, tuned",
-            DpmSolver::new().sample(model, start(&tuned.grid, n, 5)?, &tuned.grid, &mut SeededNoise::new(9))?,
-        ),
-    ];
+    runs.push((
+        "DDIM, 50 calls".into(),
+        Ddim::new().sample(
+            model,
+            start(&ddim_grid, n, 5)?,
+            &ddim_grid,
+            &mut SeededNoise::new(9),
+        )?,
+    ));
+    let karras = schedule.grid(8, Spacing::KARRAS)?;
+    for (name, sampler) in [
+        ("DPM++ 2M", AnySampler::from(DpmSolver::new())),
+        ("UniPC-3", AnySampler::from(UniPc::new().order(3))),
+    ] {
+        runs.push((
+            format!("{name}, 8, Karras"),
+            sampler.sample(model, start(&karras, n, 5)?, &karras, &mut SeededNoise::new(9))?,
+        ));
+        let clock = Instant::now();
+        let tuned = Tuner::new().tune(&sampler, model, start(&fine, 64, 11)?.view(), &fine, 8)?;
+        println!(
+            "{name}: tuned an 8-call grid on 64 noises: {} model calls ({} teacher, {} runs of 8) in {:.1} s on {threads} threads",
+            tuned.report.model_calls,
+            tuned.report.teacher_calls,
+            tuned.report.runs,
+            clock.elapsed().as_secs_f64()
+        );
+        println!("  {}", diffusion_samplers::tune::python_sigmas(&tuned.grid));
+        runs.push((
+            format!("{name}, 8, tuned"),
+            sampler.sample(
+                model,
+                start(&tuned.grid, n, 5)?,
+                &tuned.grid,
+                &mut SeededNoise::new(9),
+            )?,
+        ));
+    }
+    // A solver fitted with its grid, on a smaller batch and budget (each try: 8 calls on 32).
+    let clock = Instant::now();
+    let (fitted, fitted_grid) =
+        Tuner::new()
+            .max_runs(400)
+            .tune_solver(model, start(&fine, 32, 12)?.view(), &fine, 8)?;
+    println!(
+        "fitted an 8-call solver on 32 noises: {} model calls ({} runs of 8) in {:.1} s",
+        fitted_grid.report.model_calls,
+        fitted_grid.report.runs,
+        clock.elapsed().as_secs_f64()
+    );
+    runs.push((
+        "fitted, 8".into(),
+        fitted.sample(
+            model,
+            start(&fitted_grid.grid, n, 5)?,
+            &fitted_grid.grid,
+            &mut SeededNoise::new(9),
+        )?,
+    ));
     let real = shapes(n, SIDE, &mut StdRng::seed_from_u64(8));
     let real_stats = stats(real.view());
-    let mut names = vec!["real (512)"];
+    let mut names = vec!["real (2048)"];
     let mut all = vec![real_stats.clone()];
     for (name, out) in &runs {
-        names.push(name);
+        names.push(name.as_str());
         all.push(stats(out.view()));
     }
     print_stats(&names, &all);
-    let d: Vec<String> = all.iter().map(|s| format!("{:.3}", stats_distance(s, &real_stats))).collect();
+    let d: Vec<String> = all
+        .iter()
+        .map(|s| format!("{:.3}", stats_distance(s, &real_stats)))
+        .collect();
     println!("| L1 distance to real | {} |", d.join(" | "));
 
     let scale = 4;
     let tile = (SIDE * scale + 4) as i64;
     let block = 8 * tile + 20;
+    // The figure: real, DDIM at 50 calls, DPM++ 2M at 8 on Karras and tuned grids.
     let mut fig = Canvas::new(4 * block as usize + 10, (4 * tile + 30) as usize, WHITE);
-    let mut panels = vec![("real", real)];
-    panels.extend(runs.into_iter());
+    let mut panels = vec![("real".to_string(), real)];
+    panels.extend(runs.into_iter().take(3));
     for (p, (name, imgs)) in panels.iter().enumerate() {
         let x0 = 10 + p as i64 * block;
-        fig.text(x0, 6, name, 2, BLACK);
+        fig.text(x0, 6, name.as_str(), 2, BLACK);
         for i in 0..32 {
             let (r, c) = ((i / 8) as i64, (i % 8) as i64);
-            fig.image(x0 + c * tile, 24 + r * tile, imgs.slice(s![i, 0, .., ..]), scale as i64);
+            fig.image(
+                x0 + c * tile,
+                24 + r * tile,
+                imgs.slice(s![i, 0, .., ..]),
+                scale as i64,
+            );
         }
     }
     let out = args.out.with_file_name("unet_budget.png");
