@@ -156,7 +156,7 @@ impl Tuner {
     /// Fits a [`FittedMultistep`] solver and its grid for `nfe` calls on `model`: the grid
     /// starts as the one [`tune`](Self::tune) finds for DPM-Solver++(2M) and the coefficients
     /// as DPM-Solver++(2M)'s; then the coefficients `(a_i, b_i)` and the log-sigma spacing of
-    /// the levels between the fine grid's first and last noisy level are fitted together by a
+    /// the levels between that grid's first and last noisy level are fitted together by a
     /// Nelder–Mead search (restarted until it stalls) on the solver's own error from `x`
     /// against the reference end point. Each try is one run of `nfe` calls; the report counts
     /// them (`runs`). The fit is on `x`: measure on other noise.

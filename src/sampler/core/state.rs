@@ -108,6 +108,14 @@ pub trait Method: Clone + Debug {
     /// [`Error::InvalidParameter`] naming the option.
     fn check(&self) -> Result<()>;
 
+    /// Checks the options against the grid a run starts on (default: nothing to check).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] naming the option that does not fit the grid.
+    fn check_grid(&self, _grid: &Grid) -> Result<()> {
+        Ok(())
+    }
+
     /// Model calls of a run over `grid` (one per step taken by default).
     fn calls(&self, grid: &Grid) -> usize {
         Walk::effective_steps(grid)
@@ -343,6 +351,7 @@ impl<F: Float, D: Dimension, M: Method> State<F, D, M> {
         noise: &mut N,
     ) -> Result<Self> {
         method.check()?;
+        method.check_grid(grid)?;
         let mut core = Core::new(x, grid, method.history())?;
         core.enter_step(method.churn(), noise)?;
         Ok(State {

@@ -26,8 +26,8 @@ use crate::sampler::{Method, Outcome, Step};
 /// 2024): the coefficients belong to one grid and one model, and are data (they save and load as
 /// the numbers [`coefficients`](Self::coefficients) returns).
 ///
-/// One model call per step. A run on a grid with another number of steps than coefficients is
-/// an error.
+/// One model call per step. Starting a run on a grid with another number of steps than
+/// coefficients is an error (before any model call).
 ///
 /// ```
 /// use diffusion_samplers::prelude::*;
@@ -101,6 +101,18 @@ impl Method for FittedMultistep {
         Ok(())
     }
 
+    fn check_grid(&self, grid: &Grid) -> Result<()> {
+        if grid.steps() == self.coefs.len() {
+            Ok(())
+        } else {
+            Err(Error::InvalidParameter {
+                name: "coefficients",
+                value: self.coefs.len() as f64,
+                reason: "the solver was fitted for another number of steps than the grid has",
+            })
+        }
+    }
+
     fn history(&self) -> usize {
         2
     }
@@ -109,13 +121,6 @@ impl Method for FittedMultistep {
         &self,
         s: &mut Step<'_, F, D, N, ()>,
     ) -> Result<Outcome> {
-        if s.walk().grid_steps() != self.coefs.len() {
-            return Err(Error::InvalidParameter {
-                name: "coefficients",
-                value: self.coefs.len() as f64,
-                reason: "the solver was fitted for another number of steps than the grid has",
-            });
-        }
         let (from, to) = (s.from(), s.to());
         let i = s.core.steps_done;
         // History usable: entries before a level with alpha = 0 (no finite x0 there).
