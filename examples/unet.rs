@@ -207,6 +207,18 @@ fn budget(model: &mut UNet<f32>, schedule: &NoiseSchedule, args: &Args) -> Resul
         .map(|s| format!("{:.3}", stats_distance(s, &real_stats)))
         .collect();
     println!("| L1 distance to real | {} |", d.join(" | "));
+    // The statistic's own sampling noise: other sets of real images.
+    let floor: Vec<String> = [9, 10, 11]
+        .iter()
+        .map(|&seed| {
+            let other = stats(shapes(n, SIDE, &mut StdRng::seed_from_u64(seed)).view());
+            format!("{:.3}", stats_distance(&other, &real_stats))
+        })
+        .collect();
+    println!(
+        "L1 distance of three other real sets of {n}: {}",
+        floor.join(", ")
+    );
 
     let scale = 4;
     let tile = (SIDE * scale + 4) as i64;
