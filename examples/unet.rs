@@ -104,6 +104,32 @@ fn print_stats(names: &[&str], all: &[Stats]) {
     }
 }
 
+/// Side-by-side panels of `rows` rows of 8 images each, titled.
+fn figure(panels: &[(String, ndarray::Array4<f32>)], rows: usize) -> Canvas {
+    let scale = 4;
+    let tile = (SIDE * scale + 4) as i64;
+    let block = 8 * tile + 20;
+    let mut fig = Canvas::new(
+        panels.len() * block as usize + 10,
+        rows * tile as usize + 30,
+        WHITE,
+    );
+    for (p, (name, imgs)) in panels.iter().enumerate() {
+        let x0 = 10 + p as i64 * block;
+        fig.text(x0, 6, name, 2, BLACK);
+        for i in 0..rows * 8 {
+            let (r, c) = ((i / 8) as i64, (i % 8) as i64);
+            fig.image(
+                x0 + c * tile,
+                24 + r * tile,
+                imgs.slice(s![i, 0, .., ..]),
+                scale as i64,
+            );
+        }
+    }
+    fig
+}
+
 /// The L1 distance between two images' statistics (foreground fraction, component counts,
 /// component sizes).
 fn stats_distance(a: &Stats, b: &Stats) -> f64 {
@@ -220,26 +246,10 @@ fn budget(model: &mut UNet<f32>, schedule: &NoiseSchedule, args: &Args) -> Resul
         floor.join(", ")
     );
 
-    let scale = 4;
-    let tile = (SIDE * scale + 4) as i64;
-    let block = 8 * tile + 20;
     // The figure: real, DDIM at 50 calls, DPM++ 2M at 8 on Karras and tuned grids.
-    let mut fig = Canvas::new(4 * block as usize + 10, (4 * tile + 30) as usize, WHITE);
     let mut panels = vec![("real".to_string(), real)];
     panels.extend(runs.into_iter().take(3));
-    for (p, (name, imgs)) in panels.iter().enumerate() {
-        let x0 = 10 + p as i64 * block;
-        fig.text(x0, 6, name.as_str(), 2, BLACK);
-        for i in 0..32 {
-            let (r, c) = ((i / 8) as i64, (i % 8) as i64);
-            fig.image(
-                x0 + c * tile,
-                24 + r * tile,
-                imgs.slice(s![i, 0, .., ..]),
-                scale as i64,
-            );
-        }
-    }
+    let fig = figure(&panels, 4);
     let out = args.out.with_file_name("unet_budget.png");
     fig.save(&out)?;
     println!("wrote {}", out.display());
@@ -352,25 +362,9 @@ fn main() -> Result<(), BoxError> {
         outputs.push((name, sampler_out));
     }
 
-    let scale = 4;
-    let tile = (SIDE * scale + 4) as i64;
-    let block = 8 * tile + 20;
-    let mut fig = Canvas::new(3 * block as usize + 10, (8 * tile + 30) as usize, WHITE);
-    let mut panels = vec![("real", real.clone())];
-    panels.extend(outputs.iter().map(|(n, a)| (*n, a.clone())));
-    for (p, (name, imgs)) in panels.iter().enumerate() {
-        let x0 = 10 + p as i64 * block;
-        fig.text(x0, 6, name, 2, BLACK);
-        for i in 0..64 {
-            let (r, c) = ((i / 8) as i64, (i % 8) as i64);
-            fig.image(
-                x0 + c * tile,
-                24 + r * tile,
-                imgs.slice(s![i, 0, .., ..]),
-                scale as i64,
-            );
-        }
-    }
+    let mut panels = vec![("real".to_string(), real.clone())];
+    panels.extend(outputs.iter().map(|(n, a)| (n.to_string(), a.clone())));
+    let fig = figure(&panels, 8);
     fig.save(&args.out)?;
     println!("wrote {}\n", args.out.display());
 

@@ -28,7 +28,7 @@
 
 use std::time::Instant;
 
-use ndarray::{Array, ArrayView, Axis, Dimension};
+use ndarray::{Array, ArrayView, Dimension};
 
 use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
@@ -177,14 +177,7 @@ impl Tuner {
         M: Denoiser<F, D> + ?Sized,
     {
         let clock = Instant::now();
-        let start = self.tune(&DpmSolver::new(), model, x.view(), fine, nfe)?;
-        let (target, target_calls) = match self.reference {
-            Reference::Teacher => {
-                let t = Teacher::record(model, x.view(), fine)?;
-                (t.end, t.calls)
-            }
-            Reference::Adaptive { rtol, atol } => adaptive_end(model, x.view(), fine, rtol, atol)?,
-        };
+        let (start, target) = self.tune_with_target(&DpmSolver::new(), model, x.view(), fine, nfe)?;
         let levels = start.grid.levels().to_vec();
         let k = levels.len() - 1;
         let last = levels[k];
@@ -274,7 +267,7 @@ impl Tuner {
             Tuned {
                 grid,
                 report: TuneReport {
-                    model_calls: start.report.model_calls + target_calls + runs * nfe,
+                    model_calls: start.report.model_calls + runs * nfe,
                     teacher_calls: start.report.teacher_calls,
                     reference_calls: start.report.reference_calls,
                     runs: start.report.runs + runs,
@@ -309,6 +302,26 @@ impl Tuner {
         D: Dimension,
         M: Denoiser<F, D> + ?Sized,
     {
+        self.tune_with_target(sampler, model, x, fine, nfe)
+            .map(|(t, _)| t)
+    }
+
+    /// [`tune`](Self::tune), also returning the reference end point (flat, f64) it measured
+    /// against.
+    fn tune_with_target<S, F, D, M>(
+        &self,
+        sampler: &S,
+        model: &mut M,
+        x: ArrayView<'_, F, D>,
+        fine: &Grid,
+        nfe: usize,
+    ) -> Result<(Tuned, Vec<f64>)>
+    where
+        S: Sampler,
+        F: Float,
+        D: Dimension,
+        M: Denoiser<F, D> + ?Sized,
+    {
         let clock = Instant::now();
         sampler.validate()?;
         if fine.steps() < 2 {
@@ -332,8 +345,11 @@ impl Tuner {
         let steps = steps_for(sampler, fine, nfe)?;
         let teacher = Teacher::record(model, x.view(), fine)?;
         let (target, reference_calls) = match self.reference {
-            Reference::Teacher => (teacher.end.clone(), 0),
-            Reference::Adaptive { rtol, atol } => adaptive_end(model, x.view(), fine, rtol, atol)?,
+            Reference::Teacher => (teacher.xs[teacher.xs.len() - 1].clone(), 0),
+            Reference::Adaptive { rtol, atol } => {
+                let (end, calls) = adaptive_end(model, x.view(), fine, rtol, atol)?;
+                (flat(&end), calls)
+            }
         };
         let dp = teacher.path(fine, steps);
         let mut eval = Evaluator {
@@ -365,7 +381,7 @@ impl Tuner {
                 "the tuned grid's calls differ (a sampler whose calls depend on the levels)",
             ));
         }
-        Ok(Tuned {
+        let tuned = Tuned {
             grid,
             report: TuneReport {
                 model_calls: teacher.calls + reference_calls + eval.runs * nfe,
@@ -377,13 +393,24 @@ impl Tuner {
                 error,
                 indices,
             },
-        })
+        };
+        Ok((tuned, target))
     }
 }
 
 /// A grid of `nfe` model calls with `sampler` on `fine`'s levels, tuned on `model` from the
 /// starting samples `x` (at `fine`'s first level) against a fine reference run: [`Tuner`]'s
 /// defaults (see the [module docs](self)).
+///
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// let fine = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(40, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![1.0, -0.5], vec![0.05, 0.05])?;
+/// let x: ndarray::Array2<f64> = fine.initial_sample((16, 2), &mut SeededNoise::new(0))?;
+/// let grid = diffusion_samplers::tune::tune_grid(&DpmSolver::new(), &mut model, x.view(), &fine, 4)?;
+/// assert_eq!(DpmSolver::new().model_calls(&grid), 4);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 ///
 /// # Errors
 /// As [`Tuner::tune`].
@@ -409,6 +436,17 @@ where
 /// reach an accuracy, this usually can: on the sampler table's 2-D mixture, 5 calls reach the
 /// error DDIM has at 50 (docs/samplers.md).
 ///
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// let fine = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(40, Spacing::KARRAS)?;
+/// let mut model = GaussianMixture::gaussian(vec![1.0, -0.5], vec![0.05, 0.05])?;
+/// let x: ndarray::Array2<f64> = fine.initial_sample((16, 2), &mut SeededNoise::new(0))?;
+/// let (sampler, grid) = diffusion_samplers::tune::tune_solver(&mut model, x.view(), &fine, 3)?;
+/// assert_eq!(sampler.kind(), "FittedMultistep");
+/// assert_eq!(sampler.model_calls(&grid), 3);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// As [`Tuner::tune_solver`].
 pub fn tune_solver<F, D, M>(
@@ -432,6 +470,22 @@ where
 /// took. A high-accuracy reference that costs far fewer calls than a 1000-step run (about 150
 /// at `rtol = 1e-4` on Stable Diffusion's schedule).
 ///
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// // A grid ending at a level with noise: no final step, the ODE integrated all the way.
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?
+///     .grid(10, Spacing::KARRAS)?
+///     .with_final(FinalLevel::FirstTimestep);
+/// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.04])?;
+/// let x: ndarray::Array2<f64> = grid.initial_sample((8, 1), &mut SeededNoise::new(0))?;
+/// let (end, calls) = diffusion_samplers::tune::adaptive_end(&mut model, x.view(), &grid, 1e-5, 1e-5)?;
+/// // For a single Gaussian the ODE's end point is known exactly.
+/// let exact = model.ode_solution(x.view(), &grid.levels()[0], grid.levels().last().unwrap())?;
+/// assert!((&end - &exact).iter().all(|d| d.abs() < 1e-3));
+/// assert!(calls > 10);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
+///
 /// # Errors
 /// As [`DpmAdaptive`]'s runs; the model's errors.
 pub fn adaptive_end<F, D, M>(
@@ -448,20 +502,9 @@ where
 {
     let adaptive = DpmAdaptive::new().rtol(rtol).atol(atol);
     let mut calls = 0;
-    let mut run = adaptive.start(x.to_owned(), grid, model.prediction(), SeededNoise::new(0))?;
-    while let Some(req) = run.request() {
-        let call = req.call();
-        let out = model
-            .denoise_call(req.x.view(), &call)
-            .map_err(|source| Error::Model {
-                step: req.step,
-                level: req.level,
-                source,
-            })?;
-        calls += 1;
-        run.respond_guided(out)?;
-    }
-    let y = run.into_sample();
+    let y = adaptive.sample_with(model, x.to_owned(), grid, &mut SeededNoise::new(0), |_| {
+        calls += 1
+    })?;
     // The last step: from the last level with noise to the final one.
     let n = grid.steps();
     let last = grid.levels()[n - 1];
@@ -537,63 +580,46 @@ fn uniform(m: usize, k: usize) -> Vec<usize> {
     v
 }
 
-/// The teacher's trajectory: the sample and the x0 estimate at every fine level, flattened in
-/// f64, per batch element.
-struct Teacher<F, D: Dimension> {
+/// The teacher's trajectory: the sample at every fine level (the last its end point) and the x0
+/// estimate at every level with noise, flattened in f64.
+struct Teacher {
     xs: Vec<Vec<f64>>,
     x0s: Vec<Vec<f64>>,
-    end: Array<F, D>,
     batch: usize,
     calls: usize,
 }
 
-impl<F: Float, D: Dimension> Teacher<F, D> {
-    fn record<M: Denoiser<F, D> + ?Sized>(
+impl Teacher {
+    fn record<F: Float, D: Dimension, M: Denoiser<F, D> + ?Sized>(
         model: &mut M,
         x: ArrayView<'_, F, D>,
         fine: &Grid,
     ) -> Result<Self> {
-        let prediction = model.prediction();
-        let mut run = teacher_sampler().start(x.to_owned(), fine, prediction, SeededNoise::new(0))?;
         let (mut xs, mut x0s) = (Vec::new(), Vec::new());
-        let mut calls = 0;
-        while let Some(req) = run.request() {
-            let (step, level) = (req.step, req.level);
-            let call = req.call();
-            let out = model
-                .denoise_call(req.x.view(), &call)
-                .map_err(|source| Error::Model { step, level, source })?;
-            if out.output.shape() == req.x.shape() {
-                let c = prediction.to_x0(&level).ok_or(Error::Undetermined {
-                    step,
-                    level,
-                    prediction,
-                    what: "x0",
-                })?;
-                xs.push(req.x.iter().map(|v| v.as_f64()).collect::<Vec<f64>>());
-                x0s.push(
-                    req.x
-                        .iter()
-                        .zip(out.output.iter())
-                        .map(|(x, o)| c.x * x.as_f64() + c.out * o.as_f64())
-                        .collect::<Vec<f64>>(),
-                );
-            }
-            calls += 1;
-            run.respond_guided(out)?;
+        let mut failed = None;
+        // One call per fine level: each call's input is the trajectory at that level.
+        let end = teacher_sampler().sample_with(
+            model,
+            x.to_owned(),
+            fine,
+            &mut SeededNoise::new(0),
+            |p| match p.x0() {
+                Ok(x0) => {
+                    xs.push(p.x.iter().map(|v| v.as_f64()).collect());
+                    x0s.push(flat(&x0));
+                }
+                Err(e) => failed = failed.take().or(Some(e)),
+            },
+        )?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        let end = run.into_sample();
-        xs.push(end.iter().map(|v| v.as_f64()).collect());
-        let batch = if x.ndim() == 0 {
-            1
-        } else {
-            x.len_of(Axis(0)).max(1)
-        };
+        let calls = x0s.len();
+        xs.push(flat(&end));
         Ok(Teacher {
             xs,
             x0s,
-            end,
-            batch,
+            batch: batch(x.shape()),
             calls,
         })
     }
@@ -648,6 +674,16 @@ impl<F: Float, D: Dimension> Teacher<F, D> {
     }
 }
 
+/// The values of `a` in logical order, in f64.
+fn flat<F: Float, D: Dimension>(a: &Array<F, D>) -> Vec<f64> {
+    a.iter().map(|v| v.as_f64()).collect()
+}
+
+/// Batch elements of an array of `shape` (its first axis; 1 for 0-dimensional arrays).
+fn batch(shape: &[usize]) -> usize {
+    shape.first().map_or(1, |&b| b.max(1))
+}
+
 /// The mean over `batch` elements of the Euclidean distance between `a` and `b` (flat, in
 /// logical order).
 fn mean_distance(a: impl Iterator<Item = f64>, b: &[f64], batch: usize) -> f64 {
@@ -664,7 +700,7 @@ struct Evaluator<'a, S, F, D: Dimension> {
     sampler: &'a S,
     x: ArrayView<'a, F, D>,
     fine: &'a Grid,
-    target: &'a Array<F, D>,
+    target: &'a [f64],
     seed: u64,
     runs: usize,
 }
@@ -684,13 +720,11 @@ impl<S: Sampler, F: Float, D: Dimension> Evaluator<'_, S, F, D> {
     ) -> Result<f64> {
         self.runs += 1;
         let out = sampler.sample(model, self.x.to_owned(), grid, &mut SeededNoise::new(self.seed))?;
-        let target: Vec<f64> = self.target.iter().map(|v| v.as_f64()).collect();
-        let batch = if out.ndim() == 0 {
-            1
-        } else {
-            out.len_of(Axis(0)).max(1)
-        };
-        Ok(mean_distance(out.iter().map(|v| v.as_f64()), &target, batch))
+        Ok(mean_distance(
+            out.iter().map(|v| v.as_f64()),
+            self.target,
+            batch(out.shape()),
+        ))
     }
 }
 

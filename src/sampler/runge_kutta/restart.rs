@@ -14,6 +14,16 @@ use crate::sampler::{Estimate, HeunState, Request, Sampler, SamplerState, Spares
 /// max_sigma]}`. After the main walk reaches the level nearest `min_sigma`, the sample is noised
 /// up to the level nearest `max_sigma` and walked back down with `steps - 1` Heun steps on a
 /// Karras ramp, `times` times over. Sigmas are k-diffusion's (`sigma / alpha`).
+///
+/// ```
+/// use diffusion_samplers::prelude::*;
+/// use diffusion_samplers::{Restart, RestartInterval};
+/// let grid = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?.grid(10, Spacing::KARRAS)?;
+/// let r = Restart::new().intervals(vec![RestartInterval { min_sigma: 0.5, steps: 4, times: 2, max_sigma: 3.0 }]);
+/// // Ten main steps plus two restarts of three Heun steps each.
+/// assert_eq!(r.plan(&grid)?.len(), 10 + 2 * 3);
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RestartInterval {
     /// Where the interval ends (the main grid's sigma nearest it).
