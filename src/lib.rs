@@ -106,6 +106,7 @@ pub mod guidance;
 mod level;
 pub mod noise;
 mod par;
+pub mod precond;
 mod prediction;
 mod preset;
 pub mod sampler;

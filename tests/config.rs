@@ -10,8 +10,9 @@ mod common;
 use common::{f32_sigma_tol, f64s, fixture, gmm, shape, str_of};
 use diffusion_samplers::AnySampler;
 use diffusion_samplers::config::{DiffusersConfig, SchedulerClass};
+use diffusion_samplers::precond::Preconditioned;
 use diffusion_samplers::prelude::*;
-use ndarray::{Array, IxDyn};
+use ndarray::{Array, ArrayView, IxDyn};
 use serde_json::Value;
 
 /// diffusers keeps alphas_cumprod in float32: ~1e-7 relative; final samples agree to the
@@ -75,6 +76,11 @@ fn grids_match_diffusers_set_timesteps() {
                 cfg.class(),
                 SchedulerClass::Kdpm2 | SchedulerClass::Kdpm2Ancestral
             );
+            // EDM classes: the model's timestep is c_noise(sigma); the grid's own t is sigma.
+            let got_t = match cfg.edm_precond().unwrap() {
+                Some(p) => grid.levels()[..n].iter().map(|l| p.c_noise(l.sigma)).collect(),
+                None => got_t,
+            };
             let want_t = match cfg.class() {
                 SchedulerClass::Pndm | SchedulerClass::Heun => dedup(want_t),
                 _ if two_stage => want_t.iter().step_by(2).copied().collect(),
@@ -138,6 +144,36 @@ fn sampling_matches_diffusers_pipelines() {
         let sampler = cfg.sampler().unwrap();
         let mut model = gmm(meta).with_prediction(cfg.prediction().unwrap());
         let x = Array::from_shape_vec(IxDyn(&sh), f64s(&case["x_init"])).unwrap();
+        if let Some(p) = cfg.edm_precond().unwrap() {
+            // The raw EDM network of the analytic model, F = (x0 - c_skip x) / c_out, behind
+            // the crate's preconditioning wrapper.
+            let mut inner = gmm(meta).with_prediction(Prediction::Sample);
+            let net = move |x: ArrayView<'_, f64, IxDyn>, l: &NoiseLevel| {
+                let s = l.sigma / l.alpha;
+                let x_ve = x.mapv(|v| v / l.alpha);
+                let x0 = inner.denoise(x, l)?;
+                Ok::<_, BoxError>((x0 - x_ve * p.c_skip(s)) / p.c_out(s))
+            };
+            let mut wrapped = Preconditioned::new(net, p);
+            let noise: Vec<Vec<f64>> = case["noise"].as_array().unwrap().iter().map(f64s).collect();
+            let scale = cfg.initial_noise_scale(&grid);
+            let eps = f64s(&case["eps"]);
+            let d = x
+                .iter()
+                .zip(&eps)
+                .fold(0.0f64, |m, (a, e)| m.max((a - e * scale).abs()));
+            assert!(d < 1e-4, "{name}: initial latent scale {scale} is off by {d}");
+            let out = sampler
+                .sample(&mut wrapped, x, &grid, &mut ReplayNoise::new(noise))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let err = out
+                .iter()
+                .zip(&f64s(&case["final"]))
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            println!("{name:32} {:24} err {err:.1e}", sampler.kind());
+            assert!(err < SAMPLE_TOL, "{name}: final sample differs by {err:e}");
+            continue;
+        }
         // The pipeline's first latent is unit noise times initial_noise_scale.
         let scale = cfg.initial_noise_scale(&grid);
         let eps = f64s(&case["eps"]);

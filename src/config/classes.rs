@@ -36,11 +36,28 @@ pub enum SchedulerClass {
     FlowMatchEuler,
     /// `FlowMatchHeunDiscreteScheduler` → [`Heun`](crate::Heun) on a [`FlowSchedule`](crate::FlowSchedule).
     FlowMatchHeun,
+    /// `CogVideoXDDIMScheduler` → [`Ddim`](crate::Ddim) (no clipping) on the SNR-shifted schedule
+    /// ([`NoiseSchedule::with_snr_shift`](crate::NoiseSchedule::with_snr_shift)).
+    CogVideoXDdim,
+    /// `CogVideoXDPMScheduler` → second-order SDE [`DpmSolver`](crate::DpmSolver) on the
+    /// SNR-shifted schedule.
+    CogVideoXDpm,
+    /// `EDMEulerScheduler` → [`Euler`](crate::Euler) on EDM's variance-exploding sigmas, for a
+    /// network wrapped in [`Preconditioned`](crate::precond::Preconditioned).
+    EdmEuler,
+    /// `EDMDPMSolverMultistepScheduler` → [`DpmSolver`](crate::DpmSolver) on EDM's sigmas, for a
+    /// [`Preconditioned`](crate::precond::Preconditioned) network.
+    EdmDpm,
+    /// `CosineDPMSolverMultistepScheduler` (Stable Audio) → SDE [`DpmSolver`](crate::DpmSolver)
+    /// on its sigmas, for a [`Preconditioned`](crate::precond::Preconditioned) network
+    /// (`c_noise = atan(sigma) 2 / pi`); diffusers draws its noise from a Brownian tree
+    /// ([`TorchBrownianTree`](crate::noise::TorchBrownianTree) over `[0.3, 500]` reproduces it).
+    CosineDpm,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 16] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 21] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -57,6 +74,101 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 16] = [
     ("LCMScheduler", C::Lcm),
     ("FlowMatchEulerDiscreteScheduler", C::FlowMatchEuler),
     ("FlowMatchHeunDiscreteScheduler", C::FlowMatchHeun),
+    ("CogVideoXDDIMScheduler", C::CogVideoXDdim),
+    ("CogVideoXDPMScheduler", C::CogVideoXDpm),
+    ("EDMEulerScheduler", C::EdmEuler),
+    ("EDMDPMSolverMultistepScheduler", C::EdmDpm),
+    ("CosineDPMSolverMultistepScheduler", C::CosineDpm),
+];
+
+const DISCRETE: &str = "discrete (token) diffusion: the state is a sequence of token ids and the model outputs \
+                        logits; this crate samples Gaussian diffusion and flows of real arrays";
+
+/// The other scheduler classes of diffusers 0.42.1 (`diffusers.schedulers`): recognised, not
+/// built from a config, and why. Every class diffusers exports is either here or in
+/// [`CLASSES`].
+pub(super) const NOT_BUILT: &[(&str, &str)] = &[
+    ("AmusedScheduler", DISCRETE),
+    ("VQDiffusionScheduler", DISCRETE),
+    ("BlockRefinementScheduler", DISCRETE),
+    ("DiscreteDDIMScheduler", DISCRETE),
+    ("EntropyBoundScheduler", DISCRETE),
+    (
+        "PiflowScheduler",
+        "out of scope: one pi-Flow model call returns a policy (several x0 predictions and their \
+         weights) that the scheduler integrates between calls, not one output per call",
+    ),
+    (
+        "RFD4ProteinaScheduler",
+        "out of scope: protein-structure diffusion of residue frames (rotations and \
+         translations), not a Gaussian diffusion of an array",
+    ),
+    (
+        "DDIMInverseScheduler",
+        "an inversion, not a sampler: use edit::DdimInversion (with clip_sample(Some(1.0)) for \
+         diffusers' default) on the forward DDIM grid",
+    ),
+    (
+        "DPMSolverMultistepInverseScheduler",
+        "an inversion, not a sampler: use edit::DpmSolverInversion on the forward grid",
+    ),
+    ("DPMSolverSDEScheduler", "not built from a config yet"),
+    ("TCDScheduler", "not built from a config yet"),
+    ("CMStochasticIterativeScheduler", "not built from a config yet"),
+    ("SCMScheduler", "not built from a config yet"),
+    ("FlowMatchLCMScheduler", "not built from a config yet"),
+    ("SASolverScheduler", "not built from a config yet"),
+    ("LTXEulerAncestralRFScheduler", "not built from a config yet"),
+    (
+        "ScoreSdeVeScheduler",
+        "not built from a config yet (a predictor-corrector sampler)",
+    ),
+    (
+        "RePaintScheduler",
+        "not built from a config yet (a resampling inpainting workflow)",
+    ),
+    (
+        "DDPMParallelScheduler",
+        "not built from a config yet (a parallel-sampling driver)",
+    ),
+    (
+        "DDIMParallelScheduler",
+        "not built from a config yet (a parallel-sampling driver)",
+    ),
+    (
+        "UnCLIPScheduler",
+        "not built from a config yet (DDPM with a learned variance)",
+    ),
+    ("DDPMWuerstchenScheduler", "not built from a config yet"),
+    (
+        "IPNDMScheduler",
+        "not built from a config yet: Ipndm on its sine schedule reproduces the update",
+    ),
+    (
+        "KarrasVeScheduler",
+        "not built from a config yet: Heun with churn on a VE grid reproduces the update",
+    ),
+    (
+        "ScoreSdeVpScheduler",
+        "not built from a config yet (an Euler-Maruyama VP-SDE sampler)",
+    ),
+    (
+        "ConsistencyDecoderScheduler",
+        "not built from a config yet (a consistency sampler of the DALL-E 3 decoder)",
+    ),
+    (
+        "FlowMapEulerDiscreteScheduler",
+        "not built from a config yet: a flow-map model takes the target time as a second input",
+    ),
+    (
+        "HeliosScheduler",
+        "not built from a config yet: a multi-stage pyramid schedule with block noise between stages",
+    ),
+    (
+        "HeliosDMDScheduler",
+        "not built from a config yet: a multi-stage pyramid schedule",
+    ),
+    ("MiniMaxH3Scheduler", "not built from a config yet"),
 ];
 
 const BETAS: [&str; 5] = [
@@ -73,6 +185,22 @@ const THRESH: [&str; 4] = [
     "prediction_type",
 ];
 pub(super) const SIGMAS: [&str; 3] = ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"];
+const EDM: [&str; 8] = [
+    "sigma_min",
+    "sigma_max",
+    "sigma_data",
+    "sigma_schedule",
+    "num_train_timesteps",
+    "prediction_type",
+    "rho",
+    "final_sigmas_type",
+];
+const DPM_OPTS: [&str; 4] = [
+    "solver_order",
+    "solver_type",
+    "lower_order_final",
+    "euler_at_final",
+];
 const FLOW_DYN: [&str; 8] = [
     "shift",
     "use_dynamic_shifting",
@@ -94,10 +222,17 @@ impl SchedulerClass {
         matches!(self, C::FlowMatchEuler | C::FlowMatchHeun)
     }
 
+    /// The EDM-style classes: variance-exploding sigmas, a preconditioned network.
+    pub(super) fn is_edm(self) -> bool {
+        matches!(self, C::EdmEuler | C::EdmDpm | C::CosineDpm)
+    }
+
     /// The `__init__` parameters of the class in diffusers 0.42.
     pub(super) fn keys(self) -> Vec<&'static str> {
         let mut k: Vec<&'static str> = Vec::new();
-        if !self.is_flow() {
+        if self.is_edm() {
+            k.extend(EDM);
+        } else if !self.is_flow() {
             k.extend(BETAS);
             k.extend(["prediction_type", "steps_offset"]);
         }
@@ -191,6 +326,17 @@ impl SchedulerClass {
                 "stochastic_sampling",
             ])),
             C::FlowMatchHeun => k.extend(["num_train_timesteps", "shift"]),
+            C::EdmEuler => {}
+            C::EdmDpm => k.extend(DPM_OPTS.iter().chain(&THRESH[..3]).chain(&["algorithm_type"])),
+            C::CosineDpm => k.extend(DPM_OPTS),
+            C::CogVideoXDdim | C::CogVideoXDpm => k.extend(["sample_max_value"].iter().chain(&[
+                "clip_sample",
+                "clip_sample_range",
+                "set_alpha_to_one",
+                "timestep_spacing",
+                "rescale_betas_zero_snr",
+                "snr_shift_scale",
+            ])),
         }
         k
     }

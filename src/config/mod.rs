@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::sampler::Sampler;
 use crate::text::{ECHO, Num, short};
 pub use classes::SchedulerClass;
-use classes::{C, CLASSES, SIGMAS};
+use classes::{C, CLASSES, NOT_BUILT, SIGMAS};
 
 /// A diffusers `scheduler_config.json`, read and checked: every value this crate uses is
 /// checked when the file is read (its type, its range, and that this crate reproduces it), and
@@ -101,6 +101,9 @@ impl DiffusersConfig {
                 ));
             }
         };
+        if let Some((n, why)) = NOT_BUILT.iter().find(|(n, _)| *n == name) {
+            return Err(config_err("_class_name", format!("{n}: {why}")));
+        }
         let class = CLASSES
             .iter()
             .find(|(n, _)| *n == name)
@@ -247,6 +250,7 @@ impl DiffusersConfig {
         }
         for key in ["variance_type", "solver_p", "sigma_min", "sigma_max"] {
             if self.class.keys().contains(&key)
+                && !self.class.is_edm()
                 && self.get(key).is_some()
                 && !(self.class == C::Ddpm && key == "variance_type")
             {
@@ -260,6 +264,9 @@ impl DiffusersConfig {
                 }
             }
             self.flow_schedule(None)?;
+        } else if self.class.is_edm() {
+            self.edm_precond()?;
+            self.edm_grid(2)?;
         } else {
             let schedule = self.noise_schedule()?;
             self.spacing()?;

@@ -84,6 +84,46 @@ impl DiffusersConfig {
             C::Kdpm2 => Dpm2::new().into(),
             C::Kdpm2Ancestral => Dpm2Ancestral::new().into(),
             C::Lms => Lms::new().into(),
+            C::EdmEuler => Euler::new().into(),
+            C::EdmDpm | C::CosineDpm => {
+                let sde = self.class == C::CosineDpm
+                    || match self.str_or("algorithm_type", "dpmsolver++")? {
+                        "dpmsolver++" | "deis" => false,
+                        "sde-dpmsolver++" => true,
+                        other => {
+                            return Err(config_err(
+                                "algorithm_type",
+                                format!("unknown value `{}`", short(other, ECHO)),
+                            ));
+                        }
+                    };
+                let order = order(2)?;
+                if sde && order == 3 {
+                    return Err(config_err(
+                        "solver_order",
+                        "3 with the SDE update: diffusers has no third-order SDE step here (it fails at the third step)",
+                    ));
+                }
+                let solver = match self.str_or("solver_type", "midpoint")? {
+                    // diffusers rewrites the other solvers' names to midpoint.
+                    "midpoint" | "logrho" | "bh1" | "bh2" => SolverType::Midpoint,
+                    "heun" => SolverType::Heun,
+                    other => {
+                        return Err(config_err(
+                            "solver_type",
+                            format!("unknown value `{}`", short(other, ECHO)),
+                        ));
+                    }
+                };
+                DpmSolver::new()
+                    .order(order)
+                    .solver_type(solver)
+                    .sde(sde)
+                    .lower_order_final(self.bool_or("lower_order_final", true)?)
+                    .euler_at_final(self.bool_or("euler_at_final", false)?)
+                    .thresholding(thr)
+                    .into()
+            }
             C::DpmMultistep => {
                 let sde = match self.str_or("algorithm_type", "dpmsolver++")? {
                     "dpmsolver++" => false,
@@ -157,6 +197,14 @@ impl DiffusersConfig {
                     .thresholding(thr)
                     .into()
             }
+            // diffusers' CogVideoX steps accept and ignore eta, clip_sample and thresholding.
+            C::CogVideoXDdim => Ddim::new().into(),
+            // First order only on the first step and into the clean level, as diffusers.
+            C::CogVideoXDpm => DpmSolver::new()
+                .order(2)
+                .sde(true)
+                .lower_order_final(false)
+                .into(),
             C::Lcm => Lcm::new()
                 .boundary_condition(Some(self.f64_or("timestep_scaling", 10.0)?))
                 .clip_sample(self.clip(false)?)
@@ -179,6 +227,11 @@ impl DiffusersConfig {
             self.str_or("timestep_spacing", "linspace"),
             Ok("linspace" | "trailing")
         );
+        if self.class.is_edm() {
+            // diffusers' init_noise_sigma = sqrt(sigma_max^2 + 1), from the config's sigma_max.
+            let smax = self.edm_sigma_range().map_or(f64::NAN, |r| r.1);
+            return (smax * smax + 1.0).sqrt();
+        }
         match grid.levels().first() {
             Some(l) if ve && spacing_scaled => l.sigma,
             _ => 1.0,

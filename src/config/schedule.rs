@@ -7,6 +7,8 @@ use super::{DiffusersConfig, config_err};
 use crate::denoiser::Prediction;
 use crate::error::{Error, MAX_STEPS, Result};
 use crate::grid::{FinalLevel, Grid, Spacing};
+use crate::level::NoiseLevel;
+use crate::precond::{EdmNoise, EdmOutput, EdmPrecond};
 use crate::schedule::{FlowSchedule, FlowShift, NoiseSchedule};
 use crate::text::{ECHO, short};
 
@@ -22,6 +24,11 @@ impl DiffusersConfig {
         if self.class.is_flow() {
             return Ok(Prediction::Flow);
         }
+        if self.class.is_edm() {
+            // The sampler sees the preconditioned network (see `edm_precond`).
+            self.edm_precond()?;
+            return Ok(Prediction::Sample);
+        }
         match self.str_or("prediction_type", "epsilon")? {
             "epsilon" => Ok(Prediction::Epsilon),
             "v_prediction" => Ok(Prediction::Velocity),
@@ -34,6 +41,119 @@ impl DiffusersConfig {
         }
     }
 
+    /// The EDM preconditioning of the EDM-style classes (`EDMEulerScheduler`,
+    /// `EDMDPMSolverMultistepScheduler`, `CosineDPMSolverMultistepScheduler`), `None` for the
+    /// others: wrap the raw network in
+    /// [`Preconditioned::new(net, precond)`](crate::precond::Preconditioned) — it then predicts
+    /// the clean sample, which is what [`prediction`](Self::prediction) reports for these
+    /// classes. `prediction_type` `"epsilon"` is EDM's own output, `"v_prediction"` its negative.
+    ///
+    /// ```
+    /// use diffusion_samplers::config::DiffusersConfig;
+    /// use diffusion_samplers::precond::{EdmNoise, EdmOutput};
+    /// let cfg = DiffusersConfig::from_json(r#"{"_class_name": "CosineDPMSolverMultistepScheduler"}"#)?;
+    /// let p = cfg.edm_precond()?.unwrap();
+    /// assert_eq!((p.sigma_data, p.output, p.noise), (1.0, EdmOutput::Velocity, EdmNoise::Atan));
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad `sigma_data` or a `prediction_type` other than `"epsilon"`
+    /// and `"v_prediction"`.
+    pub fn edm_precond(&self) -> Result<Option<EdmPrecond>> {
+        if !self.class.is_edm() {
+            return Ok(None);
+        }
+        let cosine = self.class == C::CosineDpm;
+        let sd = self.f64_or("sigma_data", if cosine { 1.0 } else { 0.5 })?;
+        let output = match self.str_or("prediction_type", if cosine { "v_prediction" } else { "epsilon" })? {
+            "epsilon" => EdmOutput::Edm,
+            "v_prediction" => EdmOutput::Velocity,
+            other => {
+                return Err(config_err(
+                    "prediction_type",
+                    format!(
+                        "`{}` is not an output of diffusers' EDM preconditioning (epsilon or v_prediction)",
+                        short(other, ECHO)
+                    ),
+                ));
+            }
+        };
+        let p = EdmPrecond::edm(sd).output(output).noise(if cosine {
+            EdmNoise::Atan
+        } else {
+            EdmNoise::QuarterLog
+        });
+        p.validate()
+            .map_err(|e| config_err("sigma_data", e.to_string()))?;
+        Ok(Some(p))
+    }
+
+    /// `(sigma_min, sigma_max)` of an EDM-style class.
+    pub(super) fn edm_sigma_range(&self) -> Result<(f64, f64)> {
+        let cosine = self.class == C::CosineDpm;
+        let lo = self.f64_or("sigma_min", if cosine { 0.3 } else { 0.002 })?;
+        let hi = self.f64_or("sigma_max", if cosine { 500.0 } else { 80.0 })?;
+        if !(lo.is_finite() && lo > 0.0) {
+            return Err(config_err("sigma_min", format!("{lo} is not a positive number")));
+        }
+        if !(hi.is_finite() && hi > lo) {
+            return Err(config_err(
+                "sigma_max",
+                format!("{hi} is not a number above sigma_min"),
+            ));
+        }
+        Ok((lo, hi))
+    }
+
+    /// The EDM classes' `set_timesteps` grid: Karras or exponential sigmas between the config's
+    /// ends (computed in f64: diffusers' lists are float32, within 1e-7 relative), ending at 0
+    /// or with a zero-length step at `sigma_min`.
+    pub(super) fn edm_grid(&self, steps: usize) -> Result<Grid> {
+        let (lo, hi) = self.edm_sigma_range()?;
+        let cosine = self.class == C::CosineDpm;
+        let sigmas = match self.str_or("sigma_schedule", if cosine { "exponential" } else { "karras" })? {
+            "karras" => {
+                let rho = self.f64_or("rho", 7.0)?;
+                crate::grid::karras_sigmas(steps, lo, hi, rho).map_err(|e| match e {
+                    Error::InvalidParameter { name: "rho", .. } => config_err("rho", e.to_string()),
+                    e => e,
+                })?
+            }
+            "exponential" => crate::grid::exponential_sigmas(steps, lo, hi)?,
+            other => {
+                return Err(config_err(
+                    "sigma_schedule",
+                    format!("unknown value `{}`", short(other, ECHO)),
+                ));
+            }
+        };
+        let grid = match self.str_or("final_sigmas_type", "zero")? {
+            "zero" => Grid::ve(&sigmas)?,
+            "sigma_min" if cosine => {
+                return Err(config_err(
+                    "final_sigmas_type",
+                    "`sigma_min` fails in diffusers' CosineDPMSolverMultistepScheduler (its Brownian tree is queried at two equal times)",
+                ));
+            }
+            "sigma_min" => {
+                // diffusers repeats the last sigma: a zero-length final step.
+                let mut levels: Vec<NoiseLevel> =
+                    sigmas.iter().map(|&s| NoiseLevel::new(s, 1.0, s)).collect();
+                levels.push(*levels.last().unwrap_or(&NoiseLevel::CLEAN));
+                Grid::from_levels(levels)?
+            }
+            other => {
+                return Err(config_err(
+                    "final_sigmas_type",
+                    format!("unknown value `{}`", short(other, ECHO)),
+                ));
+            }
+        };
+        let scale = self.initial_noise_scale(&grid);
+        grid.with_initial_scale(scale)
+    }
+
     /// The training noise schedule (`beta_schedule`, `beta_start`, `beta_end`,
     /// `trained_betas`, `rescale_betas_zero_snr`).
     ///
@@ -41,10 +161,14 @@ impl DiffusersConfig {
     /// [`Error::Config`] for a flow-matching class or an unknown `beta_schedule`; schedule
     /// errors as the [`NoiseSchedule`] constructors.
     pub fn noise_schedule(&self) -> Result<NoiseSchedule> {
-        if self.class.is_flow() {
+        if self.class.is_flow() || self.class.is_edm() {
             return Err(config_err(
                 "_class_name",
-                "a flow-matching scheduler has no beta schedule",
+                if self.class.is_flow() {
+                    "a flow-matching scheduler has no beta schedule"
+                } else {
+                    "an EDM scheduler has no beta schedule (it walks sigmas directly)"
+                },
             ));
         }
         let t = self.usize_or("num_train_timesteps", 1000)?;
@@ -54,7 +178,7 @@ impl DiffusersConfig {
         };
         let (d_start, d_end, d_sched) = match self.class {
             C::Heun | C::Kdpm2 | C::Kdpm2Ancestral => (0.00085, 0.012, "linear"),
-            C::Lcm => (0.00085, 0.012, "scaled_linear"),
+            C::Lcm | C::CogVideoXDdim | C::CogVideoXDpm => (0.00085, 0.012, "scaled_linear"),
             _ => (0.0001, 0.02, "linear"),
         };
         let s = if let Some(b) = self.get("trained_betas") {
@@ -104,6 +228,12 @@ impl DiffusersConfig {
                 } => blame(e, "beta_start"),
                 e => blame(e, "beta_schedule"),
             })?
+        };
+        let s = if matches!(self.class, C::CogVideoXDdim | C::CogVideoXDpm) {
+            let scale = self.f64_or("snr_shift_scale", 3.0)?;
+            s.with_snr_shift(scale).map_err(|e| blame(e, "snr_shift_scale"))?
+        } else {
+            s
         };
         if self.class.keys().contains(&"rescale_betas_zero_snr")
             && self.bool_or("rescale_betas_zero_snr", false)?
@@ -211,7 +341,7 @@ impl DiffusersConfig {
             ));
         }
         let default_spacing = match self.class {
-            C::Ddpm | C::Ddim | C::Pndm | C::Lcm => "leading",
+            C::Ddpm | C::Ddim | C::Pndm | C::Lcm | C::CogVideoXDdim | C::CogVideoXDpm => "leading",
             _ => "linspace",
         };
         let ts = self.str_or("timestep_spacing", default_spacing)?;
@@ -234,7 +364,7 @@ impl DiffusersConfig {
             }
         };
         Ok(match self.class {
-            C::Ddim | C::Ddpm | C::Pndm => {
+            C::Ddim | C::Ddpm | C::Pndm | C::CogVideoXDdim | C::CogVideoXDpm => {
                 let sp = match ts {
                     "leading" => Spacing::Leading { offset },
                     "trailing" => Spacing::Trailing,
@@ -243,7 +373,9 @@ impl DiffusersConfig {
                 };
                 let fin = match self.class {
                     C::Ddpm => FinalLevel::Clean,
-                    C::Ddim => clean_or_first(self.bool_or("set_alpha_to_one", true)?),
+                    C::Ddim | C::CogVideoXDdim | C::CogVideoXDpm => {
+                        clean_or_first(self.bool_or("set_alpha_to_one", true)?)
+                    }
                     _ => clean_or_first(self.bool_or("set_alpha_to_one", false)?),
                 };
                 (sp, fin, false)
@@ -369,6 +501,9 @@ impl DiffusersConfig {
     }
 
     fn grid_inner(&self, steps: usize, mu: Option<f64>) -> Result<Grid> {
+        if self.class.is_edm() {
+            return self.edm_grid(steps);
+        }
         if self.class.is_flow() {
             let flow = self.flow_schedule(mu)?;
             if mu.is_some() {

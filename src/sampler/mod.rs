@@ -64,6 +64,7 @@ pub use ancestral::{Ddim, Ddpm, DdpmVariance, Euler, EulerAncestral};
 pub use any::{AnySampler, AnyState};
 pub use cfg_pp::{CfgPpUd10Ab, DpmPp2mCfgPp, DpmPp2sAncestralCfgPp, EulerCfgPp};
 pub use consistency::Lcm;
+pub(crate) use exponential::dpmpp_coefs;
 pub use exponential::{
     AdaptiveInfo, DpmAdaptive, DpmAdaptiveState, DpmFast, DpmPpSde, DpmSolver, DpmSolverSinglestep, ErSde,
     ErSdeScaler, FastVars, FittedMultistep, ResMultistep, SaSolver, SaVars, Seeds2, Seeds3, SeedsSolver,

@@ -257,6 +257,45 @@ impl NoiseSchedule {
         Self::from_betas(&b)
     }
 
+    /// Divides every level's signal-to-noise ratio by `scale` (CogVideoX's `snr_shift_scale`,
+    /// diffusers' `CogVideoXDDIMScheduler` / `CogVideoXDPMScheduler`):
+    /// `abar' = abar / (scale + (1 - scale) abar)`, i.e. log-SNR moves by `-ln(scale)`; betas
+    /// are re-derived. Apply it before [`with_zero_terminal_snr`](Self::with_zero_terminal_snr),
+    /// as diffusers does.
+    ///
+    /// ```
+    /// use diffusion_samplers::NoiseSchedule;
+    /// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
+    /// let shifted = s.with_snr_shift(3.0)?;
+    /// let snr = |a: f64| a / (1.0 - a);
+    /// let (a, b) = (s.alphas_cumprod()[500], shifted.alphas_cumprod()[500]);
+    /// assert!((snr(a) / snr(b) - 3.0).abs() < 1e-9);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for a `scale` that is not finite and positive.
+    pub fn with_snr_shift(&self, scale: f64) -> Result<Self> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::InvalidParameter {
+                name: "snr_shift_scale",
+                value: scale,
+                reason: "must be finite and positive",
+            });
+        }
+        let abar: Vec<f64> = self
+            .alphas_cumprod
+            .iter()
+            .map(|&a| a / (scale + (1.0 - scale) * a))
+            .collect();
+        let mut b = Vec::with_capacity(abar.len());
+        b.push(1.0 - abar[0]);
+        for i in 1..abar.len() {
+            b.push(1.0 - abar[i] / abar[i - 1]);
+        }
+        Self::from_betas(&b)
+    }
+
     /// Number of training timesteps `T`.
     pub fn len(&self) -> usize {
         self.betas.len()

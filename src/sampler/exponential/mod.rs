@@ -14,6 +14,7 @@ mod unipc;
 
 pub use dpm_adaptive::{AdaptiveInfo, DpmAdaptive, DpmAdaptiveState};
 pub use dpm_fast::{DpmFast, FastVars};
+pub(crate) use dpmpp::dpmpp_coefs;
 pub use dpmpp::{DpmSolver, SolverType, ThirdOrder};
 pub use er_sde::{ErSde, ErSdeScaler};
 pub use fitted::FittedMultistep;

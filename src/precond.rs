@@ -1,0 +1,255 @@
+//! EDM preconditioning (Karras et al. 2022): a raw network `F` becomes a [`Denoiser`] through
+//! `D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma))`.
+//!
+//! EDM-style models (Playground v2.5, Stable Audio, consistency models, k-diffusion's
+//! `Denoiser` wrappers) are trained as such a network, and diffusers' `EDMEulerScheduler`,
+//! `EDMDPMSolverMultistepScheduler` and `CosineDPMSolverMultistepScheduler` apply the four
+//! coefficients themselves (`precondition_inputs`, `precondition_noise`,
+//! `precondition_outputs`). Here the wrapper [`Preconditioned`] applies them, so that every
+//! sampler of the crate runs such a model: the network sees exactly the input diffusers gives
+//! it (`c_in x` and the timestep `c_noise`), and the samplers see the denoised estimate
+//! ([`Prediction::Sample`]).
+//!
+//! ```
+//! use diffusion_samplers::precond::{EdmPrecond, Preconditioned};
+//! use diffusion_samplers::prelude::*;
+//! use ndarray::{Array1, ArrayView1};
+//! // The exact EDM network of data N(0, 0.25) (sigma_data = 0.5): F = (D - c_skip x) / c_out.
+//! let p = EdmPrecond::edm(0.5);
+//! let net = move |x: ArrayView1<'_, f64>, l: &NoiseLevel| {
+//!     let s = l.sigma / l.alpha; // the level of the scaled input carries sigma
+//!     let x_ve = x.mapv(|v| v / l.alpha);
+//!     let d = x_ve.mapv(|v| v * 0.25 / (0.25 + s * s)); // exact posterior mean
+//!     Ok::<Array1<f64>, BoxError>((d - x_ve * p.c_skip(s)) / p.c_out(s))
+//! };
+//! let mut model = Preconditioned::new(net, p);
+//! let grid = Grid::ve(&karras_sigmas(18, 0.002, 80.0, 7.0)?)?;
+//! let x = grid.initial_sample::<f64, _, _, _>(4096, &mut SeededNoise::new(0))?;
+//! let out = Heun::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+//! let var = out.mapv(|v| v * v).mean().unwrap();
+//! assert!((var - 0.25).abs() < 0.03, "{var}");
+//! # Ok::<(), diffusion_samplers::Error>(())
+//! ```
+
+use ndarray::{Array, ArrayView, Dimension, Zip};
+
+use crate::denoiser::{Denoiser, Prediction};
+use crate::error::{BoxError, Error, Result};
+use crate::float::Float;
+use crate::level::NoiseLevel;
+
+/// What the raw network's output `F` is: diffusers' `prediction_type` of its EDM schedulers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum EdmOutput {
+    /// EDM's own parameterisation, `c_out = sigma sigma_data / sqrt(sigma^2 + sigma_data^2)`
+    /// (diffusers' `"epsilon"` for its EDM schedulers, although `F` is not the noise).
+    #[default]
+    Edm,
+    /// `c_out = -sigma sigma_data / sqrt(sigma^2 + sigma_data^2)` (diffusers'
+    /// `"v_prediction"`: with `sigma_data = 1` the network predicts the velocity
+    /// `v = alpha eps - sigma x0` of the variance-preserving level of `c_in x`, as
+    /// Playground v2.5 does).
+    Velocity,
+}
+
+/// The network's noise input `c_noise(sigma)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum EdmNoise {
+    /// `ln(sigma) / 4` (EDM; diffusers' `EDMEulerScheduler`, `EDMDPMSolverMultistepScheduler`).
+    #[default]
+    QuarterLog,
+    /// `atan(sigma) / pi * 2` (diffusers' `CosineDPMSolverMultistepScheduler`, Stable Audio).
+    Atan,
+    /// `sigma` itself, for networks that take the noise level directly.
+    Sigma,
+}
+
+/// EDM's preconditioning coefficients for a given `sigma_data`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EdmPrecond {
+    /// The data's standard deviation the network was trained for (0.5 in EDM and diffusers'
+    /// defaults, 1 for Stable Audio and Playground v2.5).
+    pub sigma_data: f64,
+    /// What the network outputs.
+    pub output: EdmOutput,
+    /// The network's noise input.
+    pub noise: EdmNoise,
+}
+
+impl EdmPrecond {
+    /// EDM's preconditioning (`c_noise = ln(sigma) / 4`, EDM output) for `sigma_data`.
+    pub fn edm(sigma_data: f64) -> Self {
+        EdmPrecond {
+            sigma_data,
+            output: EdmOutput::Edm,
+            noise: EdmNoise::QuarterLog,
+        }
+    }
+
+    /// With another output parameterisation.
+    pub fn output(mut self, output: EdmOutput) -> Self {
+        self.output = output;
+        self
+    }
+
+    /// With another noise input.
+    pub fn noise(mut self, noise: EdmNoise) -> Self {
+        self.noise = noise;
+        self
+    }
+
+    /// Checks `sigma_data` (finite, positive).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] naming `sigma_data`.
+    pub fn validate(&self) -> Result<()> {
+        if self.sigma_data.is_finite() && self.sigma_data > 0.0 {
+            Ok(())
+        } else {
+            Err(Error::InvalidParameter {
+                name: "sigma_data",
+                value: self.sigma_data,
+                reason: "must be finite and positive",
+            })
+        }
+    }
+
+    fn norm(&self, sigma: f64) -> f64 {
+        (sigma * sigma + self.sigma_data * self.sigma_data).sqrt()
+    }
+
+    /// `c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)`.
+    pub fn c_skip(&self, sigma: f64) -> f64 {
+        let sd2 = self.sigma_data * self.sigma_data;
+        sd2 / (sigma * sigma + sd2)
+    }
+
+    /// `c_out = ± sigma sigma_data / sqrt(sigma^2 + sigma_data^2)` (negative for
+    /// [`EdmOutput::Velocity`]).
+    pub fn c_out(&self, sigma: f64) -> f64 {
+        let c = sigma * self.sigma_data / self.norm(sigma);
+        match self.output {
+            EdmOutput::Edm => c,
+            EdmOutput::Velocity => -c,
+        }
+    }
+
+    /// `c_in = 1 / sqrt(sigma^2 + sigma_data^2)`.
+    pub fn c_in(&self, sigma: f64) -> f64 {
+        1.0 / self.norm(sigma)
+    }
+
+    /// The network's noise input.
+    pub fn c_noise(&self, sigma: f64) -> f64 {
+        match self.noise {
+            EdmNoise::QuarterLog => 0.25 * sigma.ln(),
+            EdmNoise::Atan => sigma.atan() / std::f64::consts::PI * 2.0,
+            EdmNoise::Sigma => sigma,
+        }
+    }
+
+    /// The level the network is evaluated at for k-diffusion sigma `sigma`: `t = c_noise`,
+    /// and the scaled input `c_in x = c_in x0 + c_in sigma eps`, i.e. `alpha = c_in`,
+    /// `sigma = c_in sigma`.
+    pub fn network_level(&self, sigma: f64) -> NoiseLevel {
+        let c = self.c_in(sigma);
+        NoiseLevel::new(self.c_noise(sigma), c, c * sigma)
+    }
+}
+
+/// A raw network `F(x_in, level)`: its output is neither the noise nor the clean sample but
+/// what [`EdmPrecond`] combines. `level.t` is `c_noise`, and `x_in = alpha x0 + sigma eps` at
+/// `level` (see [`EdmPrecond::network_level`]). Closures
+/// `FnMut(ArrayView<F, D>, &NoiseLevel) -> Result<Array<F, D>, BoxError>` implement it.
+pub trait RawNetwork<F, D: Dimension> {
+    /// Evaluates the network.
+    ///
+    /// # Errors
+    /// Any error of the network; samplers wrap it in [`Error::Model`].
+    fn forward(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError>;
+}
+
+impl<F, D, Fun> RawNetwork<F, D> for Fun
+where
+    D: Dimension,
+    Fun: FnMut(ArrayView<'_, F, D>, &NoiseLevel) -> Result<Array<F, D>, BoxError>,
+{
+    fn forward(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        self(x, level)
+    }
+}
+
+/// A raw network with EDM preconditioning: a [`Denoiser`] predicting the clean sample, at any
+/// level of any grid (the network sees the k-diffusion sigma `level.sigma / level.alpha`
+/// through [`EdmPrecond::network_level`]; the sample is divided by `level.alpha` first, so a
+/// variance-exploding grid is the natural one). At `sigma = 0` it returns the sample without
+/// calling the network (`c_skip = 1`, `c_out = 0`).
+#[derive(Clone, Debug)]
+pub struct Preconditioned<N> {
+    net: N,
+    precond: EdmPrecond,
+}
+
+impl<N> Preconditioned<N> {
+    /// Wraps `net`.
+    pub fn new(net: N, precond: EdmPrecond) -> Self {
+        Preconditioned { net, precond }
+    }
+
+    /// The coefficients.
+    pub fn precond(&self) -> &EdmPrecond {
+        &self.precond
+    }
+
+    /// The network.
+    pub fn network_mut(&mut self) -> &mut N {
+        &mut self.net
+    }
+
+    /// Unwraps the network.
+    pub fn into_inner(self) -> N {
+        self.net
+    }
+}
+
+impl<F: Float, D: Dimension, N: RawNetwork<F, D>> Denoiser<F, D> for Preconditioned<N> {
+    fn prediction(&self) -> Prediction {
+        Prediction::Sample
+    }
+
+    fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        self.precond.validate()?;
+        if level.alpha <= 0.0 {
+            return Err(Box::new(Error::InvalidValue {
+                what: "level",
+                index: 0,
+                value: level.alpha,
+                reason: "EDM preconditioning needs alpha > 0 (a finite k-diffusion sigma)",
+            }));
+        }
+        let inv_a = 1.0 / level.alpha;
+        let s = level.sigma * inv_a;
+        if s == 0.0 {
+            return Ok(x.mapv(|v| v * F::cast(inv_a)));
+        }
+        let p = &self.precond;
+        let c_in = F::cast(p.c_in(s) * inv_a);
+        let input = x.mapv(|v| v * c_in);
+        let out = self.net.forward(input.view(), &p.network_level(s))?;
+        if out.shape() != x.shape() {
+            return Err(Box::new(Error::Shape {
+                what: "raw network output",
+                expected: x.shape().to_vec(),
+                got: out.shape().to_vec(),
+            }));
+        }
+        let (skip, c_out) = (F::cast(p.c_skip(s) * inv_a), F::cast(p.c_out(s)));
+        let mut r = out;
+        Zip::from(&mut r)
+            .and(&x)
+            .for_each(|o, &xv| *o = skip * xv + c_out * *o);
+        Ok(r)
+    }
+}
