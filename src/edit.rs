@@ -417,7 +417,10 @@ where
 /// the *current* level (a true ODE solver in reverse time, unlike [`DdimInversion`], which
 /// evaluates at the next level). Sampling the result back with
 /// [`DpmSolver`](crate::DpmSolver) of the same order on the same grid reconstructs the input
-/// far better than DDIM inversion at equal model calls (see tests/inversion.rs).
+/// better than the DDIM pair at equal model calls once the run has about 20 steps, and the gap
+/// grows with the step count (order 2 against 1): on a sharp Gaussian mixture the round-trip
+/// RMS error is 0.048 against 0.066 at 20 calls per direction, 0.0033 against 0.016 at 100
+/// (`cargo test --test inversion -- --nocapture`).
 ///
 /// The order ramps up over the first steps and, with `lower_order_final` on fewer than 15
 /// steps, down over the last two, as diffusers does; zero-length steps are skipped without a
@@ -504,12 +507,12 @@ impl DpmSolverInversion {
     /// use diffusion_samplers::edit::DpmSolverInversion;
     /// use ndarray::array;
     /// let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012)?;
-    /// let grid = s.grid(20, Spacing::DpmLinspace)?.with_final(FinalLevel::FirstTimestep);
+    /// let grid = s.grid(50, Spacing::DpmLinspace)?.with_final(FinalLevel::FirstTimestep);
     /// let mut model = GaussianMixture::gaussian(vec![0.3], vec![0.25])?;
     /// let x0 = array![[0.8f64], [-0.1]];
     /// let z = DpmSolverInversion::new().invert(&mut model, x0.clone(), &grid)?;
     /// let back = DpmSolver::new().sample(&mut model, z, &grid, &mut SeededNoise::new(0))?;
-    /// assert!((&back - &x0).iter().all(|d| d.abs() < 2e-3));
+    /// assert!((&back - &x0).iter().all(|d| d.abs() < 1e-2), "{back}");
     /// # Ok::<(), diffusion_samplers::Error>(())
     /// ```
     ///
