@@ -155,6 +155,6 @@ pub mod prelude {
         EulerAncestral, FinalLevel, Float, FlowSchedule, FlowShift, FnDenoiser, ForwardProcess, Grid,
         Guidance, Heun, Ipndm, Lcm, Lms, LossWeighting, NoiseLevel, NoiseSchedule, NoiseSource, Pndm,
         Prediction, Preset, ReplayNoise, Run, Sampler, ScheduleFamily, SeededNoise, SharedGuidance, Spacing,
-        Thresholding, UniPc,
+        Tcd, Thresholding, UniPc,
     };
 }

@@ -11,6 +11,7 @@
 //! ([`Prediction::Sample`]).
 //!
 //! ```
+//! use diffusion_samplers::karras_sigmas;
 //! use diffusion_samplers::precond::{EdmPrecond, Preconditioned};
 //! use diffusion_samplers::prelude::*;
 //! use ndarray::{Array1, ArrayView1};
@@ -23,7 +24,7 @@
 //!     Ok::<Array1<f64>, BoxError>((d - x_ve * p.c_skip(s)) / p.c_out(s))
 //! };
 //! let mut model = Preconditioned::new(net, p);
-//! let grid = Grid::ve(&karras_sigmas(18, 0.002, 80.0, 7.0)?)?;
+//! let grid = Grid::ve(&karras_sigmas(50, 0.002, 80.0, 7.0)?)?;
 //! let x = grid.initial_sample::<f64, _, _, _>(4096, &mut SeededNoise::new(0))?;
 //! let out = Heun::new().sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
 //! let var = out.mapv(|v| v * v).mean().unwrap();
@@ -64,6 +65,9 @@ pub enum EdmNoise {
     Atan,
     /// `sigma` itself, for networks that take the noise level directly.
     Sigma,
+    /// `1000 ln(sigma) / 4` (OpenAI's consistency models; diffusers'
+    /// `CMStochasticIterativeScheduler` computes `250 ln(sigma + 1e-44)`).
+    ThousandQuarterLog,
 }
 
 /// EDM's preconditioning coefficients for a given `sigma_data`.
@@ -76,6 +80,10 @@ pub struct EdmPrecond {
     pub output: EdmOutput,
     /// The network's noise input.
     pub noise: EdmNoise,
+    /// Consistency models' boundary condition (Song et al. 2023): `c_skip` and `c_out` use
+    /// `sigma - sigma_min`, so that the model is exactly the identity at `sigma_min`; 0 for
+    /// EDM.
+    pub sigma_min: f64,
 }
 
 impl EdmPrecond {
@@ -85,6 +93,19 @@ impl EdmPrecond {
             sigma_data,
             output: EdmOutput::Edm,
             noise: EdmNoise::QuarterLog,
+            sigma_min: 0.0,
+        }
+    }
+
+    /// Consistency models' parameterisation (Song et al. 2023; diffusers'
+    /// `CMStochasticIterativeScheduler`): `c_skip = sd^2 / ((s - s_min)^2 + sd^2)`,
+    /// `c_out = (s - s_min) sd / sqrt(s^2 + sd^2)`, `c_noise = 250 ln(s)`.
+    pub fn consistency(sigma_data: f64, sigma_min: f64) -> Self {
+        EdmPrecond {
+            sigma_data,
+            output: EdmOutput::Edm,
+            noise: EdmNoise::ThousandQuarterLog,
+            sigma_min,
         }
     }
 
@@ -100,36 +121,43 @@ impl EdmPrecond {
         self
     }
 
-    /// Checks `sigma_data` (finite, positive).
+    /// Checks `sigma_data` (finite, positive) and `sigma_min` (finite, non-negative).
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] naming `sigma_data`.
+    /// [`Error::InvalidParameter`] naming the parameter.
     pub fn validate(&self) -> Result<()> {
-        if self.sigma_data.is_finite() && self.sigma_data > 0.0 {
-            Ok(())
-        } else {
-            Err(Error::InvalidParameter {
+        if !(self.sigma_data.is_finite() && self.sigma_data > 0.0) {
+            return Err(Error::InvalidParameter {
                 name: "sigma_data",
                 value: self.sigma_data,
                 reason: "must be finite and positive",
-            })
+            });
         }
+        if !(self.sigma_min.is_finite() && self.sigma_min >= 0.0) {
+            return Err(Error::InvalidParameter {
+                name: "sigma_min",
+                value: self.sigma_min,
+                reason: "must be finite and non-negative",
+            });
+        }
+        Ok(())
     }
 
     fn norm(&self, sigma: f64) -> f64 {
         (sigma * sigma + self.sigma_data * self.sigma_data).sqrt()
     }
 
-    /// `c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)`.
+    /// `c_skip = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2)`.
     pub fn c_skip(&self, sigma: f64) -> f64 {
         let sd2 = self.sigma_data * self.sigma_data;
-        sd2 / (sigma * sigma + sd2)
+        let s = sigma - self.sigma_min;
+        sd2 / (s * s + sd2)
     }
 
-    /// `c_out = ± sigma sigma_data / sqrt(sigma^2 + sigma_data^2)` (negative for
-    /// [`EdmOutput::Velocity`]).
+    /// `c_out = ± (sigma - sigma_min) sigma_data / sqrt(sigma^2 + sigma_data^2)` (negative
+    /// for [`EdmOutput::Velocity`]).
     pub fn c_out(&self, sigma: f64) -> f64 {
-        let c = sigma * self.sigma_data / self.norm(sigma);
+        let c = (sigma - self.sigma_min) * self.sigma_data / self.norm(sigma);
         match self.output {
             EdmOutput::Edm => c,
             EdmOutput::Velocity => -c,
@@ -147,6 +175,7 @@ impl EdmPrecond {
             EdmNoise::QuarterLog => 0.25 * sigma.ln(),
             EdmNoise::Atan => sigma.atan() / std::f64::consts::PI * 2.0,
             EdmNoise::Sigma => sigma,
+            EdmNoise::ThousandQuarterLog => 250.0 * (sigma + 1e-44).ln(),
         }
     }
 

@@ -4,7 +4,7 @@
 use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
     Deis, Dpm2, Dpm2Ancestral, DpmPp2sAncestral, DpmSolverSinglestep, Heun, Ipndm, Lcm, Lms, Pndm, Restart,
-    RestartInterval, ThirdOrder, UniPc,
+    RestartInterval, Tcd, ThirdOrder, UniPc,
 };
 use ndarray::{Array2, ArrayView2};
 use rand::{SeedableRng, rngs::StdRng};
@@ -75,6 +75,13 @@ macro_rules! for_each_sampler {
         $f("Plms", &Pndm::new().skip_prk_steps(true));
         $f("Ipndm", &Ipndm::new());
         $f("Lcm", &Lcm::new());
+        $f("Tcd", &Tcd::new());
+        $f(
+            "Lcm (consistency renoise)",
+            &Lcm::new()
+                .boundary_condition(None)
+                .consistency_renoise(Some((0.002, 80.0, 1.0))),
+        );
     }};
 }
 

@@ -233,7 +233,7 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
         1 => (mostly(0.5..1.0), mostly(1.0..3.0)).prop_map(|(ratio, max)| Some(Thresholding { ratio, max })),
     ];
     (
-        0usize..37,
+        0usize..39,
         (mostly(0.0..1.5), mostly(0.5..1.5)),
         (
             mostly(0.0..20.0),
@@ -417,6 +417,12 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
                 33 => CfgPpUd10Ab::new().into(),
                 34 => Restart::new().s_noise(s_noise).into(),
                 36 => FittedMultistep::new(vec![[eta, s_noise]; order + dis.len()]).into(),
+                37 => Tcd::new().gamma(eta).clip_sample(clip).thresholding(thr).into(),
+                38 => Lcm::new()
+                    .boundary_condition(None)
+                    .consistency_renoise(Some((tmin, sc, sn)))
+                    .clip_sample(clip)
+                    .into(),
                 35 => Restart::new()
                     .s_noise(s_noise)
                     .intervals(vec![RestartInterval {

@@ -93,7 +93,9 @@ fn dpm_solver_round_trip_beats_ddim_at_equal_calls() {
                 .unwrap();
             errs.push(rms(&(&back - &x0)));
         }
-        let z = DdimInversion::new().invert(&mut model, x0.clone(), &grid).unwrap();
+        let z = DdimInversion::new()
+            .invert(&mut model, x0.clone(), &grid)
+            .unwrap();
         let back = Ddim::new()
             .sample(&mut model, z, &grid, &mut SeededNoise::new(0))
             .unwrap();

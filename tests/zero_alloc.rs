@@ -10,7 +10,7 @@ use diffusion_samplers::{
     AncestralSplit, CfgPpUd10Ab, Deis, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2mCfgPp,
     DpmPp2sAncestral, DpmPp2sAncestralCfgPp, DpmPpSde, DpmSolverSinglestep, EdmDeis, EdmIpndm, ErSde,
     EulerCfgPp, FlowSchedule, FlowShift, GradientEstimation, Heun, HeunPp2, Ipndm, Lcm, Lms, Pndm,
-    ResMultistep, SaSolver, Seeds2, Seeds3, UniPc,
+    ResMultistep, SaSolver, Seeds2, Seeds3, Tcd, UniPc,
 };
 use ndarray::{Array4, Zip};
 use rand::{SeedableRng, rngs::SmallRng};
@@ -131,6 +131,7 @@ fn steps_do_not_allocate() {
     check("Plms", &Pndm::new().skip_prk_steps(true), &grids);
     check("Ipndm", &Ipndm::new(), &grids);
     check("Lcm", &Lcm::new(), &grids);
+    check("Tcd", &Tcd::new(), &grids);
     // The ComfyUI / k-diffusion samplers.
     check("EdmIpndm", &EdmIpndm::new(), &grids);
     check("EdmIpndm variable", &EdmIpndm::new().variable_step(true), &grids);

@@ -53,11 +53,20 @@ pub enum SchedulerClass {
     /// (`c_noise = atan(sigma) 2 / pi`); diffusers draws its noise from a Brownian tree
     /// ([`TorchBrownianTree`](crate::noise::TorchBrownianTree) over `[0.3, 500]` reproduces it).
     CosineDpm,
+    /// `TCDScheduler` → [`Tcd`](crate::Tcd) on the LCM grid ending at training timestep 0.
+    Tcd,
+    /// `CMStochasticIterativeScheduler` → [`Lcm`](crate::Lcm) with consistency models'
+    /// renoising, for a network wrapped in [`Preconditioned`](crate::precond::Preconditioned)
+    /// with [`EdmPrecond::consistency`](crate::precond::EdmPrecond::consistency).
+    CmStochasticIterative,
+    /// `FlowMatchLCMScheduler` → [`Lcm`](crate::Lcm) without boundary condition on the
+    /// `FlowMatchEulerDiscreteScheduler` grid.
+    FlowMatchLcm,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 21] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 24] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -79,6 +88,9 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 21] = [
     ("EDMEulerScheduler", C::EdmEuler),
     ("EDMDPMSolverMultistepScheduler", C::EdmDpm),
     ("CosineDPMSolverMultistepScheduler", C::CosineDpm),
+    ("TCDScheduler", C::Tcd),
+    ("CMStochasticIterativeScheduler", C::CmStochasticIterative),
+    ("FlowMatchLCMScheduler", C::FlowMatchLcm),
 ];
 
 const DISCRETE: &str = "discrete (token) diffusion: the state is a sequence of token ids and the model outputs \
@@ -113,10 +125,7 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
         "an inversion, not a sampler: use edit::DpmSolverInversion on the forward grid",
     ),
     ("DPMSolverSDEScheduler", "not built from a config yet"),
-    ("TCDScheduler", "not built from a config yet"),
-    ("CMStochasticIterativeScheduler", "not built from a config yet"),
     ("SCMScheduler", "not built from a config yet"),
-    ("FlowMatchLCMScheduler", "not built from a config yet"),
     ("SASolverScheduler", "not built from a config yet"),
     ("LTXEulerAncestralRFScheduler", "not built from a config yet"),
     (
@@ -219,18 +228,31 @@ impl SchedulerClass {
     }
 
     pub(super) fn is_flow(self) -> bool {
-        matches!(self, C::FlowMatchEuler | C::FlowMatchHeun)
+        matches!(self, C::FlowMatchEuler | C::FlowMatchHeun | C::FlowMatchLcm)
     }
 
     /// The EDM-style classes: variance-exploding sigmas, a preconditioned network.
     pub(super) fn is_edm(self) -> bool {
-        matches!(self, C::EdmEuler | C::EdmDpm | C::CosineDpm)
+        matches!(
+            self,
+            C::EdmEuler | C::EdmDpm | C::CosineDpm | C::CmStochasticIterative
+        )
     }
 
     /// The `__init__` parameters of the class in diffusers 0.42.
     pub(super) fn keys(self) -> Vec<&'static str> {
         let mut k: Vec<&'static str> = Vec::new();
-        if self.is_edm() {
+        if self == C::CmStochasticIterative {
+            k.extend([
+                "num_train_timesteps",
+                "sigma_min",
+                "sigma_max",
+                "sigma_data",
+                "s_noise",
+                "rho",
+                "clip_denoised",
+            ]);
+        } else if self.is_edm() {
             k.extend(EDM);
         } else if !self.is_flow() {
             k.extend(BETAS);
@@ -311,7 +333,7 @@ impl SchedulerClass {
                     _ => k.extend(["algorithm_type", "timestep_spacing"]),
                 }
             }
-            C::Lcm => k.extend(THRESH.iter().chain(&[
+            C::Lcm | C::Tcd => k.extend(THRESH.iter().chain(&[
                 "original_inference_steps",
                 "clip_sample",
                 "clip_sample_range",
@@ -326,7 +348,13 @@ impl SchedulerClass {
                 "stochastic_sampling",
             ])),
             C::FlowMatchHeun => k.extend(["num_train_timesteps", "shift"]),
-            C::EdmEuler => {}
+            C::EdmEuler | C::CmStochasticIterative => {}
+            C::FlowMatchLcm => k.extend(FLOW_DYN.iter().chain(&SIGMAS).chain(&[
+                "num_train_timesteps",
+                "invert_sigmas",
+                "scale_factors",
+                "upscale_mode",
+            ])),
             C::EdmDpm => k.extend(DPM_OPTS.iter().chain(&THRESH[..3]).chain(&["algorithm_type"])),
             C::CosineDpm => k.extend(DPM_OPTS),
             C::CogVideoXDdim | C::CogVideoXDpm => k.extend(["sample_max_value"].iter().chain(&[

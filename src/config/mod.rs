@@ -238,7 +238,6 @@ impl DiffusersConfig {
             "UniPC with noise prediction is not implemented",
         )?;
         self.only("invert_sigmas", &Value::from(false), "not implemented")?;
-        self.only("stochastic_sampling", &Value::from(false), "not implemented")?;
         if self
             .get("lambda_min_clipped")
             .is_some_and(|v| v.as_f64().is_some_and(f64::is_finite))

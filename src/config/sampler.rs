@@ -6,7 +6,8 @@ use crate::error::Result;
 use crate::grid::Grid;
 use crate::sampler::{
     AnySampler, Ddim, Ddpm, DdpmVariance, Deis, Dpm2, Dpm2Ancestral, DpmSolver, DpmSolverSinglestep, Euler,
-    EulerAncestral, Expecting, Heun, Lcm, Lms, Pndm, Sampler, SolverType, Thresholding, UniPc, UniPcVariant,
+    EulerAncestral, Expecting, Heun, Lcm, Lms, Pndm, Sampler, SolverType, Tcd, Thresholding, UniPc,
+    UniPcVariant,
 };
 use crate::text::{ECHO, short};
 
@@ -77,6 +78,29 @@ impl DiffusersConfig {
             C::Pndm => Pndm::new()
                 .skip_prk_steps(self.bool_or("skip_prk_steps", false)?)
                 .into(),
+            // FlowMatchEuler's stochastic_sampling is FlowMatchLCM's update.
+            C::FlowMatchEuler if self.bool_or("stochastic_sampling", false)? => {
+                Lcm::new().boundary_condition(None).into()
+            }
+            C::FlowMatchLcm => {
+                if self.get("scale_factors").is_some() {
+                    return Err(config_err(
+                        "scale_factors",
+                        "upscaling the x0 estimate between steps changes the sample's shape; not reproduced",
+                    ));
+                }
+                Lcm::new().boundary_condition(None).into()
+            }
+            // diffusers' TCD accepts and ignores clipping, thresholding and timestep_scaling.
+            C::Tcd => Tcd::new().into(),
+            C::CmStochasticIterative => {
+                let (lo, hi) = self.edm_sigma_range()?;
+                Lcm::new()
+                    .boundary_condition(None)
+                    .clip_sample(self.bool_or("clip_denoised", true)?.then_some(1.0))
+                    .consistency_renoise(Some((lo, hi, self.f64_or("s_noise", 1.0)?)))
+                    .into()
+            }
             C::Euler | C::FlowMatchEuler => Euler::new().into(),
             C::EulerAncestral => EulerAncestral::new().into(),
             C::Heun => Heun::new().clip_sample(self.clip(false)?).into(),
@@ -227,6 +251,9 @@ impl DiffusersConfig {
             self.str_or("timestep_spacing", "linspace"),
             Ok("linspace" | "trailing")
         );
+        if self.class == C::CmStochasticIterative {
+            return self.edm_sigma_range().map_or(f64::NAN, |r| r.1);
+        }
         if self.class.is_edm() {
             // diffusers' init_noise_sigma = sqrt(sigma_max^2 + 1), from the config's sigma_max.
             let smax = self.edm_sigma_range().map_or(f64::NAN, |r| r.1);

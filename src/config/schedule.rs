@@ -66,6 +66,12 @@ impl DiffusersConfig {
         }
         let cosine = self.class == C::CosineDpm;
         let sd = self.f64_or("sigma_data", if cosine { 1.0 } else { 0.5 })?;
+        if self.class == C::CmStochasticIterative {
+            let p = EdmPrecond::consistency(sd, self.edm_sigma_range()?.0);
+            p.validate()
+                .map_err(|e| config_err("sigma_data", e.to_string()))?;
+            return Ok(Some(p));
+        }
         let output = match self.str_or("prediction_type", if cosine { "v_prediction" } else { "epsilon" })? {
             "epsilon" => EdmOutput::Edm,
             "v_prediction" => EdmOutput::Velocity,
@@ -111,6 +117,32 @@ impl DiffusersConfig {
     /// or with a zero-length step at `sigma_min`.
     pub(super) fn edm_grid(&self, steps: usize) -> Result<Grid> {
         let (lo, hi) = self.edm_sigma_range()?;
+        if self.class == C::CmStochasticIterative {
+            // Karras sigmas at the ramp of the training discretisation N: timesteps
+            // (0..n) * (N / n), reversed into the ramp, as diffusers' set_timesteps.
+            let big_n = self.usize_or("num_train_timesteps", 40)?;
+            if big_n < 2 {
+                return Err(config_err("num_train_timesteps", "needs at least 2"));
+            }
+            if steps == 0 || steps > big_n {
+                return Err(Error::InvalidSteps { steps, max: big_n });
+            }
+            let rho = self.f64_or("rho", 7.0)?;
+            if !(rho > 0.0 && rho.is_finite()) {
+                return Err(config_err("rho", format!("{rho} is not a positive number")));
+            }
+            let ratio = big_n / steps;
+            let (a, b) = (hi.powf(1.0 / rho), lo.powf(1.0 / rho));
+            let sigmas: Vec<f64> = (0..steps)
+                .map(|i| {
+                    let ramp = (i * ratio) as f64 / (big_n - 1) as f64;
+                    (a + ramp * (b - a)).powf(rho)
+                })
+                .collect();
+            let grid = Grid::ve(&sigmas)?;
+            let scale = self.initial_noise_scale(&grid);
+            return grid.with_initial_scale(scale);
+        }
         let cosine = self.class == C::CosineDpm;
         let sigmas = match self.str_or("sigma_schedule", if cosine { "exponential" } else { "karras" })? {
             "karras" => {
@@ -178,7 +210,7 @@ impl DiffusersConfig {
         };
         let (d_start, d_end, d_sched) = match self.class {
             C::Heun | C::Kdpm2 | C::Kdpm2Ancestral => (0.00085, 0.012, "linear"),
-            C::Lcm | C::CogVideoXDdim | C::CogVideoXDpm => (0.00085, 0.012, "scaled_linear"),
+            C::Lcm | C::Tcd | C::CogVideoXDdim | C::CogVideoXDpm => (0.00085, 0.012, "scaled_linear"),
             _ => (0.0001, 0.02, "linear"),
         };
         let s = if let Some(b) = self.get("trained_betas") {
@@ -341,7 +373,7 @@ impl DiffusersConfig {
             ));
         }
         let default_spacing = match self.class {
-            C::Ddpm | C::Ddim | C::Pndm | C::Lcm | C::CogVideoXDdim | C::CogVideoXDpm => "leading",
+            C::Ddpm | C::Ddim | C::Pndm | C::Lcm | C::Tcd | C::CogVideoXDdim | C::CogVideoXDpm => "leading",
             _ => "linspace",
         };
         let ts = self.str_or("timestep_spacing", default_spacing)?;
@@ -379,6 +411,17 @@ impl DiffusersConfig {
                     _ => clean_or_first(self.bool_or("set_alpha_to_one", false)?),
                 };
                 (sp, fin, false)
+            }
+            C::Tcd => {
+                // TCD ignores timestep_spacing and ends at training timestep 0.
+                let steps = self.usize_or("original_inference_steps", 50)?;
+                (
+                    Spacing::Lcm {
+                        original_steps: steps,
+                    },
+                    FinalLevel::FirstTimestep,
+                    false,
+                )
             }
             C::Lcm => {
                 if ts != "leading" {

@@ -180,7 +180,11 @@ impl NoiseSchedule {
                 let k = t_train / original_steps;
                 let origin: Vec<usize> = (1..=original_steps).rev().map(|i| i * k - 1).collect();
                 (0..steps)
-                    .map(|i| origin[(i as f64 * origin.len() as f64 / steps as f64).floor() as usize] as f64)
+                    // numpy's linspace(0, L, n, endpoint=False) is i * (L / n), step first:
+                    // floor(i * L / n) differs for some (L, n), e.g. (1000, 38) at i = 19.
+                    .map(|i| {
+                        origin[(i as f64 * (origin.len() as f64 / steps as f64)).floor() as usize] as f64
+                    })
                     .collect()
             }
             Spacing::Karras { rho } => {

@@ -160,6 +160,7 @@ any_sampler! {
     Pndm(Pndm) => PndmState,
     Ipndm(Ipndm) => IpndmState,
     Lcm(Lcm) => LcmState,
+    Tcd(Tcd) => TcdState,
     EdmIpndm(EdmIpndm) => EdmIpndmState,
     EdmDeis(EdmDeis) => EdmDeisState,
     GradientEstimation(GradientEstimation) => GradientEstimationState,

@@ -40,7 +40,7 @@
 //! | `runge_kutta` (two model calls per step) | [`Heun`], [`Dpm2`], [`Dpm2Ancestral`], [`DpmPp2sAncestral`], [`Restart`] |
 //! | `exponential` (exponential integrators in log-SNR) | [`DpmSolver`], [`DpmSolverSinglestep`], [`UniPc`], [`FittedMultistep`] |
 //! | `linear_multistep` (Adams methods) | [`Lms`], [`Deis`], [`Pndm`], [`Ipndm`], [`EdmIpndm`], [`EdmDeis`], [`GradientEstimation`] |
-//! | `consistency` | [`Lcm`] |
+//! | `consistency` | [`Lcm`], [`Tcd`] |
 //! | `cfg_pp` (CFG++: the unconditional branch renoises) | [`EulerCfgPp`], [`DpmPp2sAncestralCfgPp`], [`DpmPp2mCfgPp`], [`CfgPpUd10Ab`] (and [`ResMultistep::cfg_pp`], [`GradientEstimation::cfg_pp`]) |
 
 #[macro_use]
@@ -63,7 +63,7 @@ pub use self::core::{Estimate, Expecting, Progress, Request, Run, Sampler, Sampl
 pub use ancestral::{Ddim, Ddpm, DdpmVariance, Euler, EulerAncestral};
 pub use any::{AnySampler, AnyState};
 pub use cfg_pp::{CfgPpUd10Ab, DpmPp2mCfgPp, DpmPp2sAncestralCfgPp, EulerCfgPp};
-pub use consistency::Lcm;
+pub use consistency::{Lcm, Tcd};
 pub(crate) use exponential::dpmpp_coefs;
 pub use exponential::{
     AdaptiveInfo, DpmAdaptive, DpmAdaptiveState, DpmFast, DpmPpSde, DpmSolver, DpmSolverSinglestep, ErSde,
@@ -94,6 +94,7 @@ impl_sampler!(
     Pndm,
     Ipndm,
     Lcm,
+    Tcd,
     EdmIpndm,
     EdmDeis,
     GradientEstimation,
@@ -136,6 +137,7 @@ state_aliases!(
     PndmState = Pndm,
     IpndmState = Ipndm,
     LcmState = Lcm,
+    TcdState = Tcd,
     EdmIpndmState = EdmIpndm,
     EdmDeisState = EdmDeis,
     GradientEstimationState = GradientEstimation,
