@@ -20,6 +20,22 @@ use serde_json::Value;
 /// one training timestep off moves sigma by >= 0.5% and a final sample by >= 1e-3.
 const SAMPLE_TOL: f64 = 2e-4;
 
+/// Replays recorded draws in the order they are asked for.
+struct InOrder(Vec<Vec<f64>>, usize);
+
+impl NoiseSource<f64> for InOrder {
+    fn fill<D: ndarray::Dimension>(&mut self, _step: usize, mut out: ndarray::ArrayViewMut<'_, f64, D>) {
+        let block = self.0.get(self.1).cloned().unwrap_or_default();
+        self.1 += 1;
+        for (o, v) in out
+            .iter_mut()
+            .zip(block.iter().chain(std::iter::repeat(&f64::NAN)))
+        {
+            *o = *v;
+        }
+    }
+}
+
 fn config(case: &Value) -> DiffusersConfig {
     DiffusersConfig::from_json(&case["config"].to_string())
         .unwrap_or_else(|e| panic!("{}: {e}", str_of(case, "name")))
@@ -74,7 +90,7 @@ fn grids_match_diffusers_set_timesteps() {
             // KDPM2 interleaves its midpoints: compare the step starts.
             let two_stage = matches!(
                 cfg.class(),
-                SchedulerClass::Kdpm2 | SchedulerClass::Kdpm2Ancestral
+                SchedulerClass::Kdpm2 | SchedulerClass::Kdpm2Ancestral | SchedulerClass::DpmSde
             );
             // EDM classes: the model's timestep is c_noise(sigma); the grid's own t is sigma.
             let got_t = match cfg.edm_precond().unwrap() {
@@ -94,9 +110,10 @@ fn grids_match_diffusers_set_timesteps() {
             }
             if let Some(ws) = g.get("sigmas") {
                 let want_s = match cfg.class() {
-                    SchedulerClass::Heun | SchedulerClass::Kdpm2 | SchedulerClass::Kdpm2Ancestral => {
-                        dedup(f64s(ws))
-                    }
+                    SchedulerClass::Heun
+                    | SchedulerClass::Kdpm2
+                    | SchedulerClass::Kdpm2Ancestral
+                    | SchedulerClass::DpmSde => dedup(f64s(ws)),
                     _ => f64s(ws),
                 };
                 let mut got_s: Vec<f64> = if flow {
@@ -190,10 +207,13 @@ fn sampling_matches_diffusers_pipelines() {
             .fold(0.0f64, |m, (a, e)| m.max((a - e * scale).abs()));
         assert!(d < 1e-6, "{name}: initial latent scale {scale} is off by {d}");
         let noise: Vec<Vec<f64>> = case["noise"].as_array().unwrap().iter().map(f64s).collect();
-        let mut replay = ReplayNoise::new(noise);
-        let out = sampler
-            .sample(&mut model, x, &grid, &mut replay)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = if cfg.class() == SchedulerClass::DpmSde {
+            // Two Brownian queries per step (to the midpoint, to the next level), in order.
+            sampler.sample(&mut model, x, &grid, &mut InOrder(noise, 0))
+        } else {
+            sampler.sample(&mut model, x, &grid, &mut ReplayNoise::new(noise))
+        }
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         let want = f64s(&case["final"]);
         if want.iter().any(|v| v.is_nan()) {
             // diffusers returns NaN here (UniPC-bh1 multiplies B(h) = -inf by 0 on the step to

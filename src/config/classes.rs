@@ -62,11 +62,15 @@ pub enum SchedulerClass {
     /// `FlowMatchLCMScheduler` → [`Lcm`](crate::Lcm) without boundary condition on the
     /// `FlowMatchEulerDiscreteScheduler` grid.
     FlowMatchLcm,
+    /// `DPMSolverSDEScheduler` → [`DpmPpSde`](crate::DpmPpSde) (k-diffusion's `dpmpp_sde`); its
+    /// Brownian-tree noise is [`TorchBrownianTree`](crate::noise::TorchBrownianTree) seeded with
+    /// `noise_sampler_seed` (see [`DiffusersConfig::noise_sampler_seed`](super::DiffusersConfig::noise_sampler_seed)).
+    DpmSde,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 24] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 25] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -91,6 +95,7 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 24] = [
     ("TCDScheduler", C::Tcd),
     ("CMStochasticIterativeScheduler", C::CmStochasticIterative),
     ("FlowMatchLCMScheduler", C::FlowMatchLcm),
+    ("DPMSolverSDEScheduler", C::DpmSde),
 ];
 
 const DISCRETE: &str = "discrete (token) diffusion: the state is a sequence of token ids and the model outputs \
@@ -124,7 +129,6 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
         "DPMSolverMultistepInverseScheduler",
         "an inversion, not a sampler: use edit::DpmSolverInversion on the forward grid",
     ),
-    ("DPMSolverSDEScheduler", "not built from a config yet"),
     ("SCMScheduler", "not built from a config yet"),
     ("SASolverScheduler", "not built from a config yet"),
     ("LTXEulerAncestralRFScheduler", "not built from a config yet"),
@@ -292,6 +296,7 @@ impl SchedulerClass {
                 )
             }
             C::Kdpm2 | C::Kdpm2Ancestral | C::Lms => k.extend(SIGMAS.iter().chain(&["timestep_spacing"])),
+            C::DpmSde => k.extend(SIGMAS.iter().chain(&["timestep_spacing", "noise_sampler_seed"])),
             C::DpmMultistep | C::DpmSinglestep | C::UniPc | C::Deis => {
                 k.extend(THRESH.iter().chain(&SIGMAS).chain(&[
                     "solver_order",

@@ -287,6 +287,7 @@ impl DiffusersConfig {
             }
         }
         self.prediction()?;
+        self.noise_sampler_seed()?;
         let sampler = self.any_sampler()?;
         sampler.validate().map_err(|e| match e {
             Error::InvalidParameter { name, value, reason } => {

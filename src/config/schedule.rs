@@ -209,7 +209,7 @@ impl DiffusersConfig {
             other => config_err(key, other.to_string()),
         };
         let (d_start, d_end, d_sched) = match self.class {
-            C::Heun | C::Kdpm2 | C::Kdpm2Ancestral => (0.00085, 0.012, "linear"),
+            C::Heun | C::Kdpm2 | C::Kdpm2Ancestral | C::DpmSde => (0.00085, 0.012, "linear"),
             C::Lcm | C::Tcd | C::CogVideoXDdim | C::CogVideoXDpm => (0.00085, 0.012, "scaled_linear"),
             _ => (0.0001, 0.02, "linear"),
         };
