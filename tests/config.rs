@@ -68,7 +68,10 @@ fn grids_match_diffusers_set_timesteps() {
         let cfg = config(case);
         let flow = matches!(
             cfg.class(),
-            SchedulerClass::FlowMatchEuler | SchedulerClass::FlowMatchHeun | SchedulerClass::FlowMatchLcm
+            SchedulerClass::FlowMatchEuler
+                | SchedulerClass::FlowMatchHeun
+                | SchedulerClass::FlowMatchLcm
+                | SchedulerClass::LtxEulerAncestralRf
         );
         if let Some(ac) = case.get("alphas_cumprod") {
             let s = cfg.noise_schedule().unwrap();

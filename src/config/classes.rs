@@ -66,11 +66,15 @@ pub enum SchedulerClass {
     /// Brownian-tree noise is [`TorchBrownianTree`](crate::noise::TorchBrownianTree) seeded with
     /// `noise_sampler_seed` (see [`DiffusersConfig::noise_sampler_seed`](super::DiffusersConfig::noise_sampler_seed)).
     DpmSde,
+    /// `LTXEulerAncestralRFScheduler` (LTX-Video) → [`EulerAncestral`](crate::EulerAncestral)
+    /// with the rectified-flow noise split on the `FlowMatchEulerDiscreteScheduler` grid of the
+    /// same file.
+    LtxEulerAncestralRf,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 25] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 26] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -96,6 +100,7 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 25] = [
     ("CMStochasticIterativeScheduler", C::CmStochasticIterative),
     ("FlowMatchLCMScheduler", C::FlowMatchLcm),
     ("DPMSolverSDEScheduler", C::DpmSde),
+    ("LTXEulerAncestralRFScheduler", C::LtxEulerAncestralRf),
 ];
 
 const DISCRETE: &str = "discrete (token) diffusion: the state is a sequence of token ids and the model outputs \
@@ -131,7 +136,6 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
     ),
     ("SCMScheduler", "not built from a config yet"),
     ("SASolverScheduler", "not built from a config yet"),
-    ("LTXEulerAncestralRFScheduler", "not built from a config yet"),
     (
         "ScoreSdeVeScheduler",
         "not built from a config yet (a predictor-corrector sampler)",
@@ -232,7 +236,10 @@ impl SchedulerClass {
     }
 
     pub(super) fn is_flow(self) -> bool {
-        matches!(self, C::FlowMatchEuler | C::FlowMatchHeun | C::FlowMatchLcm)
+        matches!(
+            self,
+            C::FlowMatchEuler | C::FlowMatchHeun | C::FlowMatchLcm | C::LtxEulerAncestralRf
+        )
     }
 
     /// The EDM-style classes: variance-exploding sigmas, a preconditioned network.
@@ -351,6 +358,13 @@ impl SchedulerClass {
                 "num_train_timesteps",
                 "invert_sigmas",
                 "stochastic_sampling",
+            ])),
+            // Built from FlowMatchEulerDiscreteScheduler's config, whose keys it carries.
+            C::LtxEulerAncestralRf => k.extend(FLOW_DYN.iter().chain(&SIGMAS).chain(&[
+                "num_train_timesteps",
+                "invert_sigmas",
+                "eta",
+                "s_noise",
             ])),
             C::FlowMatchHeun => k.extend(["num_train_timesteps", "shift"]),
             C::EdmEuler | C::CmStochasticIterative => {}

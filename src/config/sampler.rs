@@ -101,6 +101,22 @@ impl DiffusersConfig {
                     .consistency_renoise(Some((lo, hi, self.f64_or("s_noise", 1.0)?)))
                     .into()
             }
+            C::LtxEulerAncestralRf => {
+                let (eta, s_noise) = (self.f64_or("eta", 1.0)?, self.f64_or("s_noise", 1.0)?);
+                if eta > 1.0 {
+                    return Err(config_err(
+                        "eta",
+                        format!("{eta} > 1: diffusers then steps past the next level (a negative down-step); not reproduced"),
+                    ));
+                }
+                if s_noise == 0.0 && eta > 0.0 {
+                    return Err(config_err(
+                        "s_noise",
+                        "0 with eta > 0: diffusers then also skips the rescale to the next level; not reproduced",
+                    ));
+                }
+                EulerAncestral::new().eta(eta).s_noise(s_noise).into()
+            }
             C::Euler | C::FlowMatchEuler => Euler::new().into(),
             C::EulerAncestral => EulerAncestral::new().into(),
             C::Heun => Heun::new().clip_sample(self.clip(false)?).into(),
