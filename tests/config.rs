@@ -101,6 +101,11 @@ fn grids_match_diffusers_set_timesteps() {
                 None => got_t,
             };
             let want_t = match cfg.class() {
+                // SCM: TrigFlow times (ending 0) as the flow levels r = sin t / (sin t + cos t).
+                SchedulerClass::Scm => want_t[..n]
+                    .iter()
+                    .map(|t| (t.sin() / (t.sin() + t.cos())).min(1.0))
+                    .collect(),
                 SchedulerClass::Pndm | SchedulerClass::Heun => dedup(want_t),
                 _ if two_stage => want_t.iter().step_by(2).copied().collect(),
                 _ => want_t,
@@ -344,4 +349,33 @@ fn configs_round_trip_and_can_be_edited() {
     assert!(cfg.set("algorithm_type", Value::from("dpmsolver")).is_err());
     assert_eq!(cfg.fields()["use_karras_sigmas"], Value::from(true));
     assert!(cfg.sampler().is_ok());
+}
+
+/// Every scheduler class diffusers 0.42.1 exports is recognised: built with its defaults, or
+/// refused with an error that names the class and says why — never "unknown class".
+#[test]
+fn every_diffusers_class_is_recognised() {
+    let fx = fixture("configs.json");
+    let classes = fx["classes"].as_array().unwrap();
+    assert!(classes.len() >= 50);
+    let mut built = 0;
+    for c in classes {
+        let name = c.as_str().unwrap();
+        let json = format!(r#"{{"_class_name": "{name}"}}"#);
+        match DiffusersConfig::from_json(&json) {
+            Ok(cfg) => {
+                assert_eq!(cfg.class().name(), name);
+                let (s, g) = cfg.build(4).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(s.model_calls(&g) >= 4, "{name}");
+                built += 1;
+            }
+            Err(Error::Config { key, reason }) => {
+                assert_eq!(key, "_class_name", "{name}: {reason}");
+                assert!(reason.starts_with(name), "{name}: {reason}");
+            }
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+    println!("{built} of {} classes built from their defaults", classes.len());
+    assert!(built >= 27, "{built}");
 }

@@ -70,11 +70,15 @@ pub enum SchedulerClass {
     /// with the rectified-flow noise split on the `FlowMatchEulerDiscreteScheduler` grid of the
     /// same file.
     LtxEulerAncestralRf,
+    /// `SCMScheduler` (sCM, Sana-Sprint) → [`Lcm`](crate::Lcm) without boundary condition on
+    /// its TrigFlow times, in the rectified-flow form Sana-Sprint's pipeline evaluates the
+    /// transformer in (see [`DiffusersConfig::grid`](super::DiffusersConfig::grid)).
+    Scm,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 26] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 27] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -101,6 +105,7 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 26] = [
     ("FlowMatchLCMScheduler", C::FlowMatchLcm),
     ("DPMSolverSDEScheduler", C::DpmSde),
     ("LTXEulerAncestralRFScheduler", C::LtxEulerAncestralRf),
+    ("SCMScheduler", C::Scm),
 ];
 
 const DISCRETE: &str = "discrete (token) diffusion: the state is a sequence of token ids and the model outputs \
@@ -134,7 +139,6 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
         "DPMSolverMultistepInverseScheduler",
         "an inversion, not a sampler: use edit::DpmSolverInversion on the forward grid",
     ),
-    ("SCMScheduler", "not built from a config yet"),
     ("SASolverScheduler", "not built from a config yet"),
     (
         "ScoreSdeVeScheduler",
@@ -253,7 +257,9 @@ impl SchedulerClass {
     /// The `__init__` parameters of the class in diffusers 0.42.
     pub(super) fn keys(self) -> Vec<&'static str> {
         let mut k: Vec<&'static str> = Vec::new();
-        if self == C::CmStochasticIterative {
+        if self == C::Scm {
+            k.extend(["num_train_timesteps", "prediction_type", "sigma_data"]);
+        } else if self == C::CmStochasticIterative {
             k.extend([
                 "num_train_timesteps",
                 "sigma_min",
@@ -367,7 +373,7 @@ impl SchedulerClass {
                 "s_noise",
             ])),
             C::FlowMatchHeun => k.extend(["num_train_timesteps", "shift"]),
-            C::EdmEuler | C::CmStochasticIterative => {}
+            C::EdmEuler | C::CmStochasticIterative | C::Scm => {}
             C::FlowMatchLcm => k.extend(FLOW_DYN.iter().chain(&SIGMAS).chain(&[
                 "num_train_timesteps",
                 "invert_sigmas",

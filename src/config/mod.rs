@@ -266,6 +266,11 @@ impl DiffusersConfig {
         } else if self.class.is_edm() {
             self.edm_precond()?;
             self.edm_grid(2)?;
+        } else if self.class == C::Scm {
+            let sd = self.f64_or("sigma_data", 0.5)?;
+            if !(sd.is_finite() && sd > 0.0) {
+                return Err(config_err("sigma_data", format!("{sd} is not a positive number")));
+            }
         } else {
             let schedule = self.noise_schedule()?;
             self.spacing()?;

@@ -93,6 +93,7 @@ impl DiffusersConfig {
             }
             // diffusers' TCD accepts and ignores clipping, thresholding and timestep_scaling.
             C::Tcd => Tcd::new().into(),
+            C::Scm => Lcm::new().boundary_condition(None).into(),
             C::CmStochasticIterative => {
                 let (lo, hi) = self.edm_sigma_range()?;
                 Lcm::new()
@@ -106,7 +107,9 @@ impl DiffusersConfig {
                 if eta > 1.0 {
                     return Err(config_err(
                         "eta",
-                        format!("{eta} > 1: diffusers then steps past the next level (a negative down-step); not reproduced"),
+                        format!(
+                            "{eta} > 1: diffusers then steps past the next level (a negative down-step); not reproduced"
+                        ),
                     ));
                 }
                 if s_noise == 0.0 && eta > 0.0 {

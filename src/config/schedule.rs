@@ -29,6 +29,15 @@ impl DiffusersConfig {
             self.edm_precond()?;
             return Ok(Prediction::Sample);
         }
+        if self.class == C::Scm {
+            return match self.str_or("prediction_type", "trigflow")? {
+                "trigflow" => Ok(Prediction::Flow),
+                other => Err(config_err(
+                    "prediction_type",
+                    format!("`{}`: SCMScheduler only has trigflow", short(other, ECHO)),
+                )),
+            };
+        }
         match self.str_or("prediction_type", "epsilon")? {
             "epsilon" => Ok(Prediction::Epsilon),
             "v_prediction" => Ok(Prediction::Velocity),
@@ -193,7 +202,7 @@ impl DiffusersConfig {
     /// [`Error::Config`] for a flow-matching class or an unknown `beta_schedule`; schedule
     /// errors as the [`NoiseSchedule`] constructors.
     pub fn noise_schedule(&self) -> Result<NoiseSchedule> {
-        if self.class.is_flow() || self.class.is_edm() {
+        if self.class.is_flow() || self.class.is_edm() || self.class == C::Scm {
             return Err(config_err(
                 "_class_name",
                 if self.class.is_flow() {
@@ -543,7 +552,54 @@ impl DiffusersConfig {
         self.grid_inner(steps, Some(mu))
     }
 
+    /// `SCMScheduler`'s grid in the rectified-flow form Sana-Sprint's pipeline uses: TrigFlow
+    /// times `t_i` (float32 `linspace(1.5708, 0, n + 1)`, or `[1.5708, 1.3, 0]` for two steps:
+    /// `set_timesteps`' defaults), each the flow level `r = sin t / (sin t + cos t)` (the
+    /// transformer's timestep input), ending clean. The sampler's `x` is the pipeline's
+    /// `x_fm = latents / sigma_data * sqrt(r^2 + (1 - r)^2)` and its result the latents over
+    /// `sigma_data`. diffusers' first time 1.5708 lies past pi/2 (`r_0 = 1.0000037`); the
+    /// grid starts at `r = 1` (a 4e-6 difference on the first step).
+    fn scm_grid(&self, steps: usize) -> Result<Grid> {
+        if steps == 0 || steps > MAX_STEPS {
+            return Err(Error::InvalidSteps {
+                steps,
+                max: MAX_STEPS,
+            });
+        }
+        let f32r = |v: f64| f64::from(v as f32);
+        let t_max = f32r(1.5708);
+        let times: Vec<f64> = if steps == 2 {
+            vec![t_max, f32r(1.3)]
+        } else {
+            // torch's float32 linspace: one rounding of start + step * i (and from the end
+            // for the second half).
+            let n = steps + 1;
+            let step = f32r((0.0 - t_max) / steps as f64);
+            (0..steps)
+                .map(|i| {
+                    if i < n / 2 {
+                        f32r(t_max + step * i as f64)
+                    } else {
+                        f32r(-step * (n - 1 - i) as f64)
+                    }
+                })
+                .collect()
+        };
+        let mut levels: Vec<NoiseLevel> = times
+            .iter()
+            .map(|&t| {
+                let r = (t.sin() / (t.sin() + t.cos())).min(1.0);
+                NoiseLevel::new(r, 1.0 - r, r)
+            })
+            .collect();
+        levels.push(NoiseLevel::CLEAN);
+        Grid::from_levels(levels)
+    }
+
     fn grid_inner(&self, steps: usize, mu: Option<f64>) -> Result<Grid> {
+        if self.class == C::Scm {
+            return self.scm_grid(steps);
+        }
         if self.class.is_edm() {
             return self.edm_grid(steps);
         }
