@@ -119,6 +119,25 @@ pub trait Denoiser<F, D: Dimension> {
     fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
         Ok(Guided::plain(self.denoise(x, &call.level)?))
     }
+
+    /// Evaluates the model on several inputs, each at its own level, in one call — what the
+    /// parallel sampler ([`crate::parallel`]) asks for once per Picard iteration. The default
+    /// calls [`denoise`](Self::denoise) for each; a model that can batch (a GPU network: stack
+    /// the inputs along the batch axis and pass one timestep per row) implements it, and that
+    /// is where parallel sampling gains its speed.
+    ///
+    /// # Errors
+    /// As [`denoise`](Self::denoise).
+    fn denoise_many(
+        &mut self,
+        xs: &[ArrayView<'_, F, D>],
+        levels: &[NoiseLevel],
+    ) -> Result<Vec<Array<F, D>>, BoxError> {
+        xs.iter()
+            .zip(levels)
+            .map(|(x, l)| self.denoise(x.view(), l))
+            .collect()
+    }
 }
 
 /// Where a model call sits in a sampling run (see [`Denoiser::denoise_call`]).
@@ -182,6 +201,13 @@ impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for &mut M {
     fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
         (**self).denoise_call(x, call)
     }
+    fn denoise_many(
+        &mut self,
+        xs: &[ArrayView<'_, F, D>],
+        levels: &[NoiseLevel],
+    ) -> Result<Vec<Array<F, D>>, BoxError> {
+        (**self).denoise_many(xs, levels)
+    }
 }
 
 impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for Box<M> {
@@ -193,6 +219,13 @@ impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for Box<M> {
     }
     fn denoise_call(&mut self, x: ArrayView<'_, F, D>, call: &Call) -> Result<Guided<F, D>, BoxError> {
         (**self).denoise_call(x, call)
+    }
+    fn denoise_many(
+        &mut self,
+        xs: &[ArrayView<'_, F, D>],
+        levels: &[NoiseLevel],
+    ) -> Result<Vec<Array<F, D>>, BoxError> {
+        (**self).denoise_many(xs, levels)
     }
 }
 

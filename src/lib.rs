@@ -106,6 +106,7 @@ pub mod guidance;
 mod level;
 pub mod noise;
 mod par;
+pub mod parallel;
 pub mod precond;
 mod prediction;
 mod preset;

@@ -567,7 +567,10 @@ impl DiffusersConfig {
             });
         }
         let f32r = |v: f64| f64::from(v as f32);
-        #[allow(clippy::approx_constant, reason = "diffusers' max_timesteps, 1.5708, not pi / 2")]
+        #[allow(
+            clippy::approx_constant,
+            reason = "diffusers' max_timesteps, 1.5708, not pi / 2"
+        )]
         let t_max = f32r(1.5708);
         let times: Vec<f64> = if steps == 2 {
             vec![t_max, f32r(1.3)]

@@ -335,6 +335,11 @@ impl<F: Float, D: Dimension, S: SamplerState<F, D>, N: NoiseSource<F>> Run<F, D,
     }
 
     /// The run's noise source.
+    pub fn noise(&self) -> &N {
+        &self.noise
+    }
+
+    /// The run's noise source, mutably.
     pub fn noise_mut(&mut self) -> &mut N {
         &mut self.noise
     }
