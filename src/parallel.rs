@@ -138,7 +138,7 @@ impl Parallel {
         while !base.is_finished() {
             // Evaluate every entry whose output is missing, in one batched call.
             if window.is_empty() {
-                let req = base.request().ok_or_else(|| unreachable_finished())?;
+                let req = base.request().ok_or_else(unreachable_finished)?;
                 window.push_back(Entry {
                     step: req.step,
                     level: req.level,
@@ -151,8 +151,8 @@ impl Parallel {
             let converged = self.sweep(&base, &mut window, levels)?;
             // The leading converged calls are final: move the window's start past them.
             for _ in 0..converged {
-                let e = window.pop_front().ok_or_else(|| unreachable_finished())?;
-                let out = e.output.ok_or_else(|| unreachable_finished())?;
+                let e = window.pop_front().ok_or_else(unreachable_finished)?;
+                let out = e.output.ok_or_else(unreachable_finished)?;
                 base.respond(out)?;
                 report.sequential_calls += 1;
             }
@@ -246,7 +246,7 @@ impl Parallel {
             let (step, level) = (req.step, req.level);
             let answer = match window.get_mut(j) {
                 Some(e) => {
-                    let out = e.output.clone().ok_or_else(|| unreachable_finished())?;
+                    let out = e.output.clone().ok_or_else(unreachable_finished)?;
                     let ok = self.within(req.x.view(), e.input.view(), step, levels);
                     if ok && leading {
                         // Final: its output (computed within tolerance of this input) stays.
