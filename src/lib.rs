@@ -103,6 +103,7 @@ mod float;
 pub mod forward;
 pub mod grid;
 pub mod guidance;
+pub mod learned;
 mod level;
 pub mod noise;
 mod par;

@@ -61,6 +61,13 @@ impl DiffusersConfig {
                 let v = match self.str_or("variance_type", "fixed_small")? {
                     "fixed_small" => DdpmVariance::FixedSmall,
                     "fixed_large" => DdpmVariance::FixedLarge,
+                    "learned" | "learned_range" => {
+                        return Err(config_err(
+                            "variance_type",
+                            "a learned variance needs the model's variance output: sample with \
+                             learned::DdpmLearned (DiffusersConfig::ddpm_learned_from_json builds it)",
+                        ));
+                    }
                     other => {
                         return Err(config_err(
                             "variance_type",
@@ -291,6 +298,53 @@ impl DiffusersConfig {
             Some(l) if ve && spacing_scaled => l.sigma,
             _ => 1.0,
         }
+    }
+
+    /// Reads a `DDPMScheduler` config with `variance_type` `"learned"` or `"learned_range"`
+    /// (which [`from_json`](Self::from_json) refuses: [`sampler`](Self::sampler) cannot serve
+    /// a model with a variance output) and builds the
+    /// [`DdpmLearned`](crate::learned::DdpmLearned) sampler with the file's clipping, for a
+    /// model implementing [`VarianceDenoiser`](crate::learned::VarianceDenoiser) (a 2C-channel
+    /// network through [`SplitChannels`](crate::learned::SplitChannels)), and the grid of
+    /// `set_timesteps(steps)`.
+    ///
+    /// ```
+    /// use diffusion_samplers::config::DiffusersConfig;
+    /// let text = r#"{"_class_name": "DDPMScheduler", "variance_type": "learned_range"}"#;
+    /// assert!(DiffusersConfig::from_json(text).is_err());
+    /// let (s, grid) = DiffusersConfig::ddpm_learned_from_json(text, 50)?;
+    /// assert_eq!(grid.steps(), 50);
+    /// # let _ = s;
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`from_json`](Self::from_json) for the file without its `variance_type`, and
+    /// [`Error::Config`](crate::Error::Config) when the file is not a learned-variance DDPM
+    /// config.
+    pub fn ddpm_learned_from_json(text: &str, steps: usize) -> Result<(crate::learned::DdpmLearned, Grid)> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| config_err("(file)", e.to_string()))?;
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(config_err("(file)", "not a JSON object"));
+        };
+        let kind = match fields.get("variance_type").and_then(serde_json::Value::as_str) {
+            Some("learned") => crate::learned::LearnedVariance::Learned,
+            Some("learned_range") => crate::learned::LearnedVariance::LearnedRange,
+            _ => return Err(config_err("variance_type", "not learned or learned_range")),
+        };
+        fields.remove("variance_type");
+        let cfg = Self::from_fields(fields)?;
+        if cfg.class != C::Ddpm {
+            return Err(config_err(
+                "_class_name",
+                "a learned variance is read for DDPMScheduler only",
+            ));
+        }
+        Ok((
+            crate::learned::DdpmLearned::new(kind).clip_sample(cfg.clip(true)?),
+            cfg.grid(steps)?,
+        ))
     }
 
     /// `DPMSolverSDEScheduler`'s `noise_sampler_seed`: the seed of the Brownian tree its noise
