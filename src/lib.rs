@@ -113,6 +113,7 @@ mod prediction;
 mod preset;
 pub mod sampler;
 pub mod schedule;
+pub mod score_sde;
 mod special;
 mod text;
 pub mod tune;
