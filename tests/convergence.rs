@@ -12,7 +12,7 @@ use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
     AnySampler, Deis, Dpm2, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde, DpmSolverSinglestep, EdmDeis,
     EdmIpndm, ErSde, ErSdeScaler, GradientEstimation, Heun, HeunPp2, Ipndm, Lms, Pndm, ResMultistep,
-    SaSolver, Seeds2, Seeds3, SolverType, ThirdOrder, UniPc, UniPcVariant, karras_sigmas,
+    SaSolver, Seeds2, Seeds3, SolverType, Tcd, ThirdOrder, UniPc, UniPcVariant, karras_sigmas,
 };
 use ndarray::{Array2, array};
 use rand::{SeedableRng, rngs::StdRng};
@@ -70,6 +70,7 @@ fn within(o: f64, target: f64, tol: f64, name: &str) {
 #[test]
 fn first_order_methods() {
     within(order("Euler", &Euler::new()), 1.0, 0.1, "Euler");
+    within(order("TCD (gamma = 0)", &Tcd::new().gamma(0.0)), 1.0, 0.1, "TCD");
     within(
         order("DDIM (eta = 0)", &Ddim::new().clip_sample(None)),
         1.0,
@@ -149,6 +150,10 @@ fn higher_order_methods() {
         ) >= 3.5
     );
     assert!(order("UniPC-3 (bh2, corrector)", &UniPc::new().order(3)) >= 3.5);
+    // The noise-prediction form (diffusers' predict_x0 = False) has the same orders.
+    assert!(order("UniPC-2 noise form", &UniPc::new().predict_x0(false)) >= 2.8);
+    // Measured 3.19 (the data form: 3.99).
+    assert!(order("UniPC-3 noise form", &UniPc::new().order(3).predict_x0(false)) >= 2.8);
     assert!(order("DEIS-3", &Deis::new().order(3)) >= 2.8);
     let ss = DpmSolverSinglestep::new().order(3);
     assert!(order("DPM-Solver++ 3 singlestep (midpoint)", &ss) >= 2.8);

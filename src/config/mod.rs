@@ -232,11 +232,6 @@ impl DiffusersConfig {
             &Value::from(false),
             "lambda-uniform steps are not implemented",
         )?;
-        self.only(
-            "predict_x0",
-            &Value::from(true),
-            "UniPC with noise prediction is not implemented",
-        )?;
         self.only("invert_sigmas", &Value::from(false), "not implemented")?;
         if self
             .get("lambda_min_clipped")

@@ -237,6 +237,7 @@ impl DiffusersConfig {
                 };
                 UniPc::new()
                     .order(order(2)?)
+                    .predict_x0(self.bool_or("predict_x0", true)?)
                     .variant(variant)
                     .disable_corrector(&disabled)
                     .lower_order_final(self.bool_or("lower_order_final", true)?)

@@ -19,8 +19,9 @@ use crate::sampler::{Method, Outcome, Step};
 /// ```
 ///
 /// `gamma = 0` is deterministic DDIM; `gamma = 1` renoises the x0 estimate afresh at every
-/// step (consistency sampling). `s` is computed in float32 as torch does, so that it lands on
-/// the same integer timestep (`floor(0.7 * 90)` is 62 in f64 but 63 in diffusers). Use it with
+/// step (consistency sampling). On grids of integer timesteps `s` is computed in float32 as
+/// torch does, so that it lands on the same training timestep (`floor(0.7 * 90)` is 62 in f64
+/// but 63 in diffusers); on continuous-time grids it is `(1 - gamma) t'` itself. Use it with
 /// [`Spacing::Lcm`](crate::Spacing::Lcm) grids ending at
 /// [`FinalLevel::FirstTimestep`](crate::FinalLevel) — diffusers' TCD ends at training
 /// timestep 0, not at the clean level — and an epsilon, velocity or sample model. diffusers
@@ -112,7 +113,14 @@ impl Method for Tcd {
                 z: 0.0,
             }
         } else {
-            let mid = s.walk().level_at_t(self.intermediate_timestep(to.t));
+            let mid = if self.gamma == 0.0 {
+                to
+            } else if to.t.fract() == 0.0 {
+                s.walk().level_at_t(self.intermediate_timestep(to.t))
+            } else {
+                // A continuous-time grid: no training timestep to floor to.
+                s.walk().level_at_t((1.0 - self.gamma) * to.t)
+            };
             // eps-coefficient kept from the deterministic part, and the fresh noise's.
             let ce = if mid.alpha > 0.0 {
                 to.alpha * mid.sigma / mid.alpha

@@ -76,6 +76,7 @@ pub struct UniPc {
     disabled: Vec<usize>,
     lower_order_final: bool,
     sigma_space: bool,
+    noise_form: bool,
     policy: X0Policy,
 }
 
@@ -88,6 +89,7 @@ impl Default for UniPc {
             disabled: Vec::new(),
             lower_order_final: true,
             sigma_space: false,
+            noise_form: false,
             policy: X0Policy::default(),
         }
     }
@@ -123,6 +125,18 @@ impl UniPc {
         /// converts every sigma to a VP level with `alpha = 1 / sqrt(1 + sigma^2)`). No effect
         /// on VP and VE grids. Off by default.
         sigma_space: bool,
+    }
+
+    /// `false` for UniPC's noise-prediction form (diffusers' `predict_x0 = False`): the
+    /// multistep history holds noise estimates, the update is the exponential integrator of
+    /// the noise form (`x' = (alpha'/alpha) x - sigma' (e^h - 1) eps + ...`). Clipping and
+    /// thresholding do not apply there (diffusers ignores them too). A step to the clean level
+    /// takes the first-order limit `x0 = (x - sigma eps) / alpha` (diffusers computes `0 * inf`
+    /// and returns NaN there); a step from a pure-noise level (`alpha = 0`) is an
+    /// [`Error::Undetermined`]. Default `true` (the data-prediction form).
+    pub fn predict_x0(mut self, yes: bool) -> Self {
+        self.noise_form = !yes;
+        self
     }
 
     x0_builders!();
@@ -170,6 +184,7 @@ fn solve(mut a: [[f64; 3]; 3], mut b: [f64; 3], n: usize) -> [f64; 3] {
 /// One UniP / UniC update from `s0` to `t` as coefficients:
 /// `x' = kx x_s0 + k0 m_0 + sum_k kh[k] m_k (+ knew m_new for UniC)`.
 /// `prev` are the levels of `m_1, m_2`; `with_new` adds the corrector's extra point at `t`.
+#[allow(clippy::too_many_arguments)]
 fn unipc_coefs(
     s0: &NoiseLevel,
     t: &NoiseLevel,
@@ -177,12 +192,21 @@ fn unipc_coefs(
     order: usize,
     variant: UniPcVariant,
     with_new: bool,
+    noise_form: bool,
 ) -> (f64, f64, [f64; 2], f64) {
+    if noise_form && t.is_clean() {
+        // The first-order limit at h = inf: x0 = (x - sigma eps) / alpha.
+        return (1.0 / s0.alpha, -s0.sigma / s0.alpha, [0.0; 2], 0.0);
+    }
     let h = t.lambda() - s0.lambda();
-    let hh = -h;
+    let hh = if noise_form { h } else { -h };
     let h_phi_1 = hh.exp_m1();
-    let kx = if t.is_clean() { 0.0 } else { t.sigma / s0.sigma };
-    let mut k0 = -t.alpha * h_phi_1;
+    let (kx, m) = if noise_form {
+        (t.alpha / s0.alpha, -t.sigma)
+    } else {
+        (if t.is_clean() { 0.0 } else { t.sigma / s0.sigma }, -t.alpha)
+    };
+    let mut k0 = m * h_phi_1;
     let mut kh = [0.0; 2];
     let mut knew = 0.0;
     let b_h = match variant {
@@ -222,13 +246,13 @@ fn unipc_coefs(
     };
     // Sum_k rho_k (m_k - m_0) / r_k over the previous points ...
     for k in 1..order {
-        let c = -t.alpha * b_h * rhos[k - 1] / rks[k - 1];
+        let c = m * b_h * rhos[k - 1] / rks[k - 1];
         kh[k - 1] += c;
         k0 -= c;
     }
     // ... and for UniC the new point: rho_last (m_new - m_0).
     if with_new {
-        let c = -t.alpha * b_h * rhos[order - 1];
+        let c = m * b_h * rhos[order - 1];
         knew += c;
         k0 -= c;
     }
@@ -294,6 +318,13 @@ impl Method for UniPc {
                 reason: "UniPC supports orders 1, 2 and 3",
             });
         }
+        if self.noise_form && self.sigma_space {
+            return Err(Error::InvalidParameter {
+                name: "predict_x0",
+                value: 0.0,
+                reason: "UniPC's noise form has no sigma-space (flow) variant",
+            });
+        }
         self.policy.validate()
     }
 
@@ -337,7 +368,7 @@ impl Method for UniPc {
                 order -= 1;
             }
             let prev = [1, 2].map(|i| hl(i.min(hist.len() - 1)).0);
-            let (kx, k0, kh, knew) = unipc_coefs(&s0, &sl, &prev, order, self.variant, true);
+            let (kx, k0, kh, knew) = unipc_coefs(&s0, &sl, &prev, order, self.variant, true, self.noise_form);
             needed = order;
             pc.correct = true;
             pc.c_last = f(kx * k_sl / k_s0);
@@ -353,14 +384,32 @@ impl Method for UniPc {
             order -= 1;
         }
         let prev = [0, 1].map(|i| if hist.len() > i { hl(i).0 } else { sl });
-        let (kx, k0, kh, _) = unipc_coefs(&sl, &t, &prev, order, self.variant, false);
+        let (kx, k0, kh, _) = unipc_coefs(&sl, &t, &prev, order, self.variant, false, self.noise_form);
         pc.p_x = f(kx * k_t / k_sl);
         pc.p_d = f(k0 * k_t);
         pc.p_h = [f(kh[0] * k_t), f(kh[1] * k_t)];
         let n = needed.max(order - 1).min(hist.len());
 
-        let clamp = s.clamp(&self.policy)?;
-        let conv = s.conv();
+        let (clamp, conv) = if self.noise_form {
+            // eps = (x - alpha x0) / sigma from the x0 conversion, at the call's own level.
+            let from = s.from();
+            if from.alpha == 0.0 {
+                return Err(Error::Undetermined {
+                    step,
+                    level: from,
+                    prediction: crate::denoiser::Prediction::Epsilon,
+                    what: "x (UniPC's noise form from a pure-noise level)",
+                });
+            }
+            let (cx, co) = s.conv();
+            let (a, sg) = (F::cast(from.alpha), F::cast(from.sigma));
+            (
+                crate::sampler::core::x0::Clamp::none(),
+                ((F::one() - a * cx) / sg, -(a * co) / sg),
+            )
+        } else {
+            (s.clamp(&self.policy)?, s.conv())
+        };
         let Core { x, bufs, hist, .. } = &mut *s.core;
         let last = buf(&mut bufs[LAST], x);
         let o = &mut s.est.out;
@@ -404,7 +453,7 @@ mod tests {
     fn first_order_predictor_is_ddim() {
         let s = NoiseLevel::from_alpha_bar(0.0, 0.05);
         let t = NoiseLevel::from_alpha_bar(0.0, 0.2);
-        let (kx, k0, _, _) = unipc_coefs(&s, &t, &[], 1, UniPcVariant::Bh2, false);
+        let (kx, k0, _, _) = unipc_coefs(&s, &t, &[], 1, UniPcVariant::Bh2, false, false);
         assert!((kx - t.sigma / s.sigma).abs() < 1e-14);
         assert!((k0 - (t.alpha - t.sigma * s.alpha / s.sigma)).abs() < 1e-14);
     }
