@@ -18,7 +18,7 @@ use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
     Deis, Denoiser, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde,
     DpmSolverSinglestep, EdmDeis, EdmIpndm, ErSde, GradientEstimation, Heun, HeunPp2, Ipndm, Lcm, Lms, Pndm,
-    ResMultistep, Restart, SaSolver, Seeds2, Seeds3, ThirdOrder, UniPc,
+    ResMultistep, Restart, SaSolver, Seeds2, Seeds3, Tcd, ThirdOrder, UniPc,
 };
 use ndarray::{Array1, Array2, Axis};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -153,6 +153,12 @@ fn main() {
     );
     bench.row("UniPC-2", &UniPc::new(), true, &reference);
     bench.row("UniPC-3", &UniPc::new().order(3), true, &reference);
+    bench.row(
+        "UniPC-2, noise form",
+        &UniPc::new().predict_x0(false),
+        true,
+        &reference,
+    );
     bench.row("DDPM", &Ddpm::new(), false, &reference);
     bench.row("Euler ancestral", &EulerAncestral::new(), false, &reference);
     bench.row("DPM-2 ancestral", &Dpm2Ancestral::new(), false, &reference);
@@ -176,6 +182,7 @@ fn main() {
     );
     bench.row("Euler, churn 10", &Euler::new().s_churn(10.0), false, &reference);
     bench.row("LCM", &Lcm::new().boundary_condition(None), false, &reference);
+    bench.row("TCD (gamma 0.3)", &Tcd::new(), false, &reference);
     // ComfyUI's and k-diffusion's own solvers.
     bench.row("HeunPP2", &HeunPp2::new(), true, &reference);
     bench.row("iPNDM (EDM, ComfyUI ipndm)", &EdmIpndm::new(), true, &reference);

@@ -401,6 +401,8 @@ fn sampler() -> impl Strategy<Value = AnySampler> {
                     .pece(b2)
                     .tau(eta)
                     .s_noise(s_noise)
+                    .lower_order_final(b3)
+                    .tau_timestep_range(tmin, sc)
                     .into(),
                 26 => DpmFast::new().eta(eta).s_noise(s_noise).into(),
                 27 => DpmAdaptive::new()

@@ -74,11 +74,14 @@ pub enum SchedulerClass {
     /// its TrigFlow times, in the rectified-flow form Sana-Sprint's pipeline evaluates the
     /// transformer in (see [`DiffusersConfig::grid`](super::DiffusersConfig::grid)).
     Scm,
+    /// `SASolverScheduler` → [`SaSolver`](crate::SaSolver) with diffusers' `tau` rule and order
+    /// ramp, on the DPM-Solver grid ending at the first training timestep.
+    SaSolver,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 27] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 30] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -106,6 +109,10 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 27] = [
     ("DPMSolverSDEScheduler", C::DpmSde),
     ("LTXEulerAncestralRFScheduler", C::LtxEulerAncestralRf),
     ("SCMScheduler", C::Scm),
+    ("SASolverScheduler", C::SaSolver),
+    // ParaDiGMS' copies of DDPM / DDIM: the same steps (sample them with parallel::Parallel).
+    ("DDPMParallelScheduler", C::Ddpm),
+    ("DDIMParallelScheduler", C::Ddim),
 ];
 
 const DISCRETE: &str = "discrete (token) diffusion: the state is a sequence of token ids and the model outputs \
@@ -139,26 +146,20 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
         "DPMSolverMultistepInverseScheduler",
         "an inversion, not a sampler: use edit::DpmSolverInversion on the forward grid",
     ),
-    ("SASolverScheduler", "not built from a config yet"),
     (
         "ScoreSdeVeScheduler",
-        "not built from a config yet (a predictor-corrector sampler)",
+        "a predictor-corrector sampler, not a Sampler: score_sde::PredictorCorrector with \
+         PredictorCorrector::diffusers_grid(steps, sigma_min, sigma_max, sampling_eps) reproduces it",
     ),
     (
         "RePaintScheduler",
-        "not built from a config yet (a resampling inpainting workflow)",
-    ),
-    (
-        "DDPMParallelScheduler",
-        "not built from a config yet (a parallel-sampling driver)",
-    ),
-    (
-        "DDIMParallelScheduler",
-        "not built from a config yet (a parallel-sampling driver)",
+        "an inpainting workflow, not a Sampler: edit::RePaint (with clip_sample(Some(1.0)) and \
+         diffusers_undo(true) for diffusers' behaviour) on the file's beta schedule",
     ),
     (
         "UnCLIPScheduler",
-        "not built from a config yet (DDPM with a learned variance)",
+        "not built from a config yet: learned::DdpmLearned on the cosine schedule with rounded \
+         linspace steps reproduces its learned_range update",
     ),
     ("DDPMWuerstchenScheduler", "not built from a config yet"),
     (
@@ -234,7 +235,8 @@ const FLOW_DYN: [&str; 8] = [
 ];
 
 impl SchedulerClass {
-    /// diffusers' class name.
+    /// diffusers' class name (`DDPMParallelScheduler` and `DDIMParallelScheduler` read as
+    /// [`Ddpm`](Self::Ddpm) and [`Ddim`](Self::Ddim), whose steps they copy).
     pub fn name(self) -> &'static str {
         CLASSES.iter().find(|(_, c)| *c == self).map_or("?", |(n, _)| n)
     }
@@ -310,6 +312,18 @@ impl SchedulerClass {
             }
             C::Kdpm2 | C::Kdpm2Ancestral | C::Lms => k.extend(SIGMAS.iter().chain(&["timestep_spacing"])),
             C::DpmSde => k.extend(SIGMAS.iter().chain(&["timestep_spacing", "noise_sampler_seed"])),
+            C::SaSolver => k.extend(THRESH.iter().chain(&SIGMAS).chain(&[
+                "predictor_order",
+                "corrector_order",
+                "tau_func",
+                "algorithm_type",
+                "lower_order_final",
+                "use_flow_sigmas",
+                "flow_shift",
+                "lambda_min_clipped",
+                "variance_type",
+                "timestep_spacing",
+            ])),
             C::DpmMultistep | C::DpmSinglestep | C::UniPc | C::Deis => {
                 k.extend(THRESH.iter().chain(&SIGMAS).chain(&[
                     "solver_order",
@@ -392,5 +406,17 @@ impl SchedulerClass {
             ])),
         }
         k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_class_is_both_built_and_refused() {
+        for (n, _) in NOT_BUILT {
+            assert!(CLASSES.iter().all(|(c, _)| c != n), "{n}");
+        }
     }
 }

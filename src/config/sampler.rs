@@ -6,8 +6,8 @@ use crate::error::Result;
 use crate::grid::Grid;
 use crate::sampler::{
     AnySampler, Ddim, Ddpm, DdpmVariance, Deis, Dpm2, Dpm2Ancestral, DpmPpSde, DpmSolver,
-    DpmSolverSinglestep, Euler, EulerAncestral, Expecting, Heun, Lcm, Lms, Pndm, Sampler, SolverType, Tcd,
-    Thresholding, UniPc, UniPcVariant,
+    DpmSolverSinglestep, Euler, EulerAncestral, Expecting, Heun, Lcm, Lms, Pndm, SaSolver, Sampler,
+    SolverType, Tcd, Thresholding, UniPc, UniPcVariant,
 };
 use crate::text::{ECHO, short};
 
@@ -100,6 +100,38 @@ impl DiffusersConfig {
             }
             // diffusers' TCD accepts and ignores clipping, thresholding and timestep_scaling.
             C::Tcd => Tcd::new().into(),
+            C::SaSolver => {
+                if self.str_or("algorithm_type", "data_prediction")? != "data_prediction" {
+                    return Err(config_err(
+                        "algorithm_type",
+                        "only data_prediction is implemented (noise_prediction has no counterpart here)",
+                    ));
+                }
+                if self.get("tau_func").is_some() {
+                    return Err(config_err(
+                        "tau_func",
+                        "a Python callable cannot be read; the default (tau 1 for timesteps 200 to 800) is built without it",
+                    ));
+                }
+                if thr.is_some() {
+                    return Err(config_err("thresholding", "not implemented for SA-Solver"));
+                }
+                let p = self.usize_or("predictor_order", 2)?;
+                if p > 3 {
+                    return Err(config_err(
+                        "predictor_order",
+                        format!("{p}: orders 1 to 3 are implemented"),
+                    ));
+                }
+                SaSolver::new()
+                    .predictor_order(p)
+                    .corrector_order(self.usize_or("corrector_order", 2)?)
+                    .simple_order_2(true)
+                    .tau(1.0)
+                    .tau_timestep_range(200.0, 800.0)
+                    .lower_order_final(self.bool_or("lower_order_final", true)?)
+                    .into()
+            }
             C::Scm => Lcm::new().boundary_condition(None).into(),
             C::CmStochasticIterative => {
                 let (lo, hi) = self.edm_sigma_range()?;
@@ -241,7 +273,6 @@ impl DiffusersConfig {
                     .variant(variant)
                     .disable_corrector(&disabled)
                     .lower_order_final(self.bool_or("lower_order_final", true)?)
-                    .thresholding(thr)
                     .into()
             }
             C::Deis => {
@@ -254,7 +285,6 @@ impl DiffusersConfig {
                 Deis::new()
                     .order(order(2)?)
                     .lower_order_final(self.bool_or("lower_order_final", true)?)
-                    .thresholding(thr)
                     .into()
             }
             // diffusers' CogVideoX steps accept and ignore eta, clip_sample and thresholding.

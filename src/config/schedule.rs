@@ -362,7 +362,7 @@ impl DiffusersConfig {
     pub(super) fn dpm_family(&self) -> bool {
         matches!(
             self.class,
-            C::DpmMultistep | C::DpmSinglestep | C::UniPc | C::Deis
+            C::DpmMultistep | C::DpmSinglestep | C::UniPc | C::Deis | C::SaSolver
         )
     }
 
@@ -469,8 +469,15 @@ impl DiffusersConfig {
                         _ => return Err(bad_ts()),
                     }
                 };
-                // DEIS has no final_sigmas_type: it ends at the first training timestep.
-                let fin = if self.class == C::Deis || final_min {
+                if self.class == C::SaSolver && karras {
+                    return Err(config_err(
+                        "use_karras_sigmas",
+                        "SA-Solver's Karras grid ends on a zero-length step that diffusers still corrects; not reproduced",
+                    ));
+                }
+                // DEIS and SA-Solver have no final_sigmas_type: they end at the first training
+                // timestep.
+                let fin = if matches!(self.class, C::Deis | C::SaSolver) || final_min {
                     FinalLevel::FirstTimestep
                 } else {
                     FinalLevel::Clean

@@ -58,6 +58,8 @@ pub struct SaSolver {
     simple_order_2: bool,
     tau: f64,
     tau_interval: (f64, f64),
+    tau_timesteps: Option<(f64, f64)>,
+    lower_order_final: bool,
     s_noise: f64,
 }
 
@@ -70,6 +72,8 @@ impl Default for SaSolver {
             simple_order_2: false,
             tau: 1.0,
             tau_interval: (f64::INFINITY, 0.0),
+            tau_timesteps: None,
+            lower_order_final: false,
             s_noise: 1.0,
         }
     }
@@ -100,6 +104,23 @@ impl SaSolver {
     /// on flow grids) of the next level is in `[low, high]`.
     pub fn tau_interval(mut self, high: f64, low: f64) -> Self {
         self.tau_interval = (high, low);
+        self
+    }
+
+    /// diffusers' rule instead of [`tau_interval`](Self::tau_interval): `tau` applies to the
+    /// step (predictor, and the corrector that later corrects it) leaving a level whose
+    /// timestep `t` lies in `[low, high]` (diffusers' default `tau_func`: 1 for `200 <= t <=
+    /// 800`).
+    pub fn tau_timestep_range(mut self, low: f64, high: f64) -> Self {
+        self.tau_timesteps = Some((low, high));
+        self
+    }
+
+    /// diffusers' `lower_order_final` on grids that do not end at the clean level: step `i` of
+    /// `N` uses a predictor of order at most `N - i` and a corrector of order at most
+    /// `N - i + 2` (on grids to the clean level the orders always drop near the end).
+    pub fn lower_order_final(mut self, yes: bool) -> Self {
+        self.lower_order_final = yes;
         self
     }
 
@@ -229,6 +250,11 @@ impl Method for SaSolver {
         {
             return bad("tau_interval", self.tau_interval.1, "needs high >= low");
         }
+        if let Some((lo, hi)) = self.tau_timesteps
+            && (lo.is_nan() || hi.is_nan() || hi < lo)
+        {
+            return bad("tau_timestep_range", lo, "needs low <= high");
+        }
         Ok(())
     }
 
@@ -275,6 +301,9 @@ impl Method for SaSolver {
         if to_clean_grid {
             p_used = p_used.min(steps.saturating_sub(1 + i));
             c_used = c_used.min(steps - i);
+        } else if self.lower_order_final {
+            p_used = p_used.min(steps - i);
+            c_used = c_used.min(steps - i + 2);
         }
         if s.stage() == 0 && c_used > 0 && from.alpha > 0.0 {
             // Corrector: x_c = (sigma_i / sigma_{i-1}) e^{-tau^2 h} x_c + sum b x0 + noise.
@@ -325,7 +354,11 @@ impl Method for SaSolver {
             };
             return Ok(Outcome::done().keep_history(from));
         }
-        let tau = self.tau_at(&to, c);
+        let tau = match self.tau_timesteps {
+            Some((lo, hi)) if from.t >= lo && from.t <= hi => self.tau,
+            Some(_) => 0.0,
+            None => self.tau_at(&to, c),
+        };
         let h = to.lambda() - from.lambda();
         let lambdas = oldest_first(p_used);
         let b = sa_coefs(
