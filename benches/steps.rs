@@ -19,7 +19,7 @@ use diffusion_samplers::prelude::*;
 use diffusion_samplers::{
     Deis, Dpm2, Dpm2Ancestral, DpmAdaptive, DpmFast, DpmPp2sAncestral, DpmPpSde, DpmSolverSinglestep,
     EdmDeis, EdmIpndm, ErSde, Float, GradientEstimation, Heun, HeunPp2, Ipndm, Lcm, Lms, Pndm, ResMultistep,
-    SaSolver, SeededNoise, Seeds2, Seeds3, UniPc,
+    SaSolver, SeededNoise, Seeds2, Seeds3, Tcd, UniPc,
 };
 use ndarray::{Array4, Zip};
 use rand::{SeedableRng, rngs::SmallRng};
@@ -202,6 +202,8 @@ fn bench_dtype<F: Float>(c: &mut Criterion, dtype: &str) {
         s!("plms", Pndm::new().skip_prk_steps(true));
         s!("ipndm", Ipndm::new());
         s!("lcm", Lcm::new());
+        s!("tcd", Tcd::new());
+        s!("unipc_2_noise_form", UniPc::new().predict_x0(false));
         // ComfyUI's / k-diffusion's own solvers (ComfyUI's names).
         s!("heunpp2", HeunPp2::new());
         s!("ipndm_edm", EdmIpndm::new());
