@@ -80,11 +80,14 @@ pub enum SchedulerClass {
     /// `SASolverScheduler` → [`SaSolver`](crate::SaSolver) with diffusers' `tau` rule and order
     /// ramp, on the DPM-Solver grid ending at the first training timestep.
     SaSolver,
+    /// `DDPMWuerstchenScheduler` (Würstchen, Stable Cascade) → [`Ddpm`](crate::Ddpm) on its
+    /// continuous cosine schedule, no noise on the last step.
+    DdpmWuerstchen,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 30] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 31] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -113,6 +116,7 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 30] = [
     ("LTXEulerAncestralRFScheduler", C::LtxEulerAncestralRf),
     ("SCMScheduler", C::Scm),
     ("SASolverScheduler", C::SaSolver),
+    ("DDPMWuerstchenScheduler", C::DdpmWuerstchen),
     // ParaDiGMS' copies of DDPM / DDIM: the same steps (sample them with parallel::Parallel).
     ("DDPMParallelScheduler", C::Ddpm),
     ("DDIMParallelScheduler", C::Ddim),
@@ -164,7 +168,6 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
         "not built from a config yet: learned::DdpmLearned on the cosine schedule with rounded \
          linspace steps reproduces its learned_range update",
     ),
-    ("DDPMWuerstchenScheduler", "not built from a config yet"),
     (
         "IPNDMScheduler",
         "not built from a config yet: Ipndm on its sine schedule reproduces the update",
@@ -262,7 +265,9 @@ impl SchedulerClass {
     /// The `__init__` parameters of the class in diffusers 0.42.
     pub(super) fn keys(self) -> Vec<&'static str> {
         let mut k: Vec<&'static str> = Vec::new();
-        if self == C::Scm {
+        if self == C::DdpmWuerstchen {
+            k.extend(["scaler", "s"]);
+        } else if self == C::Scm {
             k.extend(["num_train_timesteps", "prediction_type", "sigma_data"]);
         } else if self == C::CmStochasticIterative {
             k.extend([
@@ -390,7 +395,7 @@ impl SchedulerClass {
                 "s_noise",
             ])),
             C::FlowMatchHeun => k.extend(["num_train_timesteps", "shift"]),
-            C::EdmEuler | C::CmStochasticIterative | C::Scm => {}
+            C::EdmEuler | C::CmStochasticIterative | C::Scm | C::DdpmWuerstchen => {}
             C::FlowMatchLcm => k.extend(FLOW_DYN.iter().chain(&SIGMAS).chain(&[
                 "num_train_timesteps",
                 "invert_sigmas",

@@ -261,6 +261,8 @@ impl DiffusersConfig {
         } else if self.class.is_edm() {
             self.edm_precond()?;
             self.edm_grid(2)?;
+        } else if self.class == C::DdpmWuerstchen {
+            self.grid(1)?;
         } else if self.class == C::Scm {
             let sd = self.f64_or("sigma_data", 0.5)?;
             if !(sd.is_finite() && sd > 0.0) {

@@ -202,7 +202,7 @@ impl DiffusersConfig {
     /// [`Error::Config`] for a flow-matching class or an unknown `beta_schedule`; schedule
     /// errors as the [`NoiseSchedule`] constructors.
     pub fn noise_schedule(&self) -> Result<NoiseSchedule> {
-        if self.class.is_flow() || self.class.is_edm() || self.class == C::Scm {
+        if self.class.is_flow() || self.class.is_edm() || matches!(self.class, C::Scm | C::DdpmWuerstchen) {
             return Err(config_err(
                 "_class_name",
                 if self.class.is_flow() {
@@ -607,9 +607,62 @@ impl DiffusersConfig {
         Grid::from_levels(levels)
     }
 
+    /// `DDPMWuerstchenScheduler`'s grid: `t = linspace(1, 0, n + 1)` (the model's ratio input
+    /// `r`), `abar(t) = clamp(cos^2((t' + s)/(1 + s) pi/2) / cos^2(s/(1 + s) pi/2), 1e-4, 0.9999)`
+    /// with `t' = 1 - (1 - t)^scaler` (scaler > 1) or `t^scaler` (< 1); it ends at `abar =
+    /// 0.9999`, not at the clean level. Leading steps between levels that the clamp makes equal
+    /// are dropped (diffusers spends a model call on each and leaves the sample unchanged).
+    /// Pipelines that pass their own timesteps (Stable Cascade's prior) build the same levels
+    /// with `NoiseLevel::from_alpha_bar`.
+    fn wuerstchen_grid(&self, steps: usize) -> Result<Grid> {
+        if steps == 0 || steps > MAX_STEPS {
+            return Err(Error::InvalidSteps {
+                steps,
+                max: MAX_STEPS,
+            });
+        }
+        let scaler = self.f64_or("scaler", 1.0)?;
+        let s = self.f64_or("s", 0.008)?;
+        if !(scaler.is_finite() && scaler > 0.0) {
+            return Err(config_err("scaler", format!("{scaler} is not a positive number")));
+        }
+        if !(s.is_finite() && s >= 0.0) {
+            return Err(config_err("s", format!("{s} is not a non-negative number")));
+        }
+        let half_pi = std::f64::consts::FRAC_PI_2;
+        let init = ((s / (1.0 + s)) * half_pi).cos().powi(2);
+        let abar = |t: f64| {
+            let t = if scaler > 1.0 {
+                1.0 - (1.0 - t).powf(scaler)
+            } else if scaler < 1.0 {
+                t.powf(scaler)
+            } else {
+                t
+            };
+            (((t + s) / (1.0 + s) * half_pi).cos().powi(2) / init).clamp(1e-4, 0.9999)
+        };
+        let mut levels: Vec<NoiseLevel> = (0..=steps)
+            .map(|i| {
+                let t = 1.0 - i as f64 / steps as f64;
+                NoiseLevel::from_alpha_bar(t, abar(t))
+            })
+            .collect();
+        // Near t = 1 the clamp at 1e-4 repeats a level: diffusers' steps between equal levels
+        // leave the sample as it is (a model call each); the grid starts at the last of them.
+        #[allow(clippy::float_cmp, reason = "the clamp gives bit-equal values")]
+        let first = levels.iter().take_while(|l| l.alpha == levels[0].alpha).count();
+        if first > 1 && first < levels.len() - 1 {
+            levels.drain(..first - 1);
+        }
+        Grid::from_levels(levels)?.with_initial_scale(1.0)
+    }
+
     fn grid_inner(&self, steps: usize, mu: Option<f64>) -> Result<Grid> {
         if self.class == C::Scm {
             return self.scm_grid(steps);
+        }
+        if self.class == C::DdpmWuerstchen {
+            return self.wuerstchen_grid(steps);
         }
         if self.class.is_edm() {
             return self.edm_grid(steps);

@@ -74,6 +74,7 @@ pub enum DdpmVariance {
 pub struct Ddpm {
     variance: DdpmVariance,
     policy: X0Policy,
+    quiet_last: bool,
 }
 
 impl Ddpm {
@@ -88,6 +89,14 @@ impl Ddpm {
     }
 
     x0_builders!();
+
+    /// Whether the last step adds noise when its target is not the clean level (default
+    /// `true`). diffusers' `DDPMWuerstchenScheduler` (Würstchen, Stable Cascade) ends at
+    /// `abar = 0.9999` and adds none there: `false` reproduces it.
+    pub fn noise_on_last_step(mut self, yes: bool) -> Self {
+        self.quiet_last = !yes;
+        self
+    }
 }
 
 impl Method for Ddpm {
@@ -104,7 +113,7 @@ impl Method for Ddpm {
         let (from, to) = (s.from(), s.to());
         let p = posterior(&from, &to);
         let var = match self.variance {
-            _ if to.is_clean() => 0.0,
+            _ if to.is_clean() || (self.quiet_last && s.walk().is_last()) => 0.0,
             DdpmVariance::FixedSmall => p.variance,
             DdpmVariance::FixedLarge => transition(&to, &from).variance,
         };
