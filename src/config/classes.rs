@@ -165,38 +165,52 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
     ),
     (
         "UnCLIPScheduler",
-        "not built from a config yet: learned::DdpmLearned on the cosine schedule with rounded \
-         linspace steps reproduces its learned_range update",
+        "not built from a config yet: its update is DDPM's on the cosine schedule with rounded \
+         linspace steps (Ddpm with clip_sample(Some(1.0)) for fixed_small_log; \
+         learned::DdpmLearned for learned_range)",
     ),
     (
         "IPNDMScheduler",
-        "not built from a config yet: Ipndm on its sine schedule reproduces the update",
+        "not built from a config yet: Ipndm on its sine schedule reproduces the update except \
+         diffusers' first step from alpha = 0, which puts x_T itself into the history",
     ),
     (
         "KarrasVeScheduler",
-        "not built from a config yet: Heun with churn on a VE grid reproduces the update",
+        "out of scope: deprecated in diffusers; its update is EDM's stochastic Heun (Heun with \
+         s_churn on a VE grid) behind a pipeline-specific model wrapper on a squared sigma grid",
     ),
     (
         "ScoreSdeVpScheduler",
-        "not built from a config yet (an Euler-Maruyama VP-SDE sampler)",
+        "out of scope: deprecated in diffusers and used by no pipeline (one Euler-Maruyama step \
+         of the VP SDE)",
     ),
     (
         "ConsistencyDecoderScheduler",
-        "not built from a config yet (a consistency sampler of the DALL-E 3 decoder)",
+        "not built from a config yet: Lcm without boundary condition on NoiseSchedule::cosine(1024) \
+         at timesteps [1008, 512], with the model's EDM-style scalings (precond::Preconditioned), \
+         reproduces the update",
     ),
     (
         "FlowMapEulerDiscreteScheduler",
-        "not built from a config yet: a flow-map model takes the target time as a second input",
+        "out of scope: a flow-map model u(x, t, r) takes the target time as a second input, \
+         which a Denoiser does not receive",
     ),
     (
         "HeliosScheduler",
-        "not built from a config yet: a multi-stage pyramid schedule with block noise between stages",
+        "out of scope: a multi-stage pyramid — the sample is upsampled and renoised with \
+         block-correlated noise between stages (pipeline logic); within a stage it is UniPc or \
+         Euler on flow levels",
     ),
     (
         "HeliosDMDScheduler",
-        "not built from a config yet: a multi-stage pyramid schedule",
+        "out of scope: Helios' multi-stage pyramid (see HeliosScheduler); within a stage it is \
+         Lcm on flow levels with the stage's start latent as the noise",
     ),
-    ("MiniMaxH3Scheduler", "not built from a config yet"),
+    (
+        "MiniMaxH3Scheduler",
+        "not built from a config yet: Euler on its shifted flow sigmas, with the model's \
+         data-ward velocity negated and 1 - sigma as its time, reproduces the update",
+    ),
 ];
 
 const BETAS: [&str; 5] = [
