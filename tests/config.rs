@@ -244,7 +244,9 @@ fn sampling_matches_diffusers_pipelines() {
             .zip(&want)
             .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
         // Zero terminal SNR: diffusers starts from abar = 2^-24 instead of 0 (see the guide).
-        let tol = if name.contains("zero_snr") {
+        // UnCLIP starts at t = 999 of the cosine schedule, where diffusers' float32 abar (~1e-5)
+        // is off by ~1e-3 relative: the same run with a float64 table moves by 5.2e-4.
+        let tol = if name.contains("zero_snr") || name.contains("unclip") {
             2e-3
         } else {
             SAMPLE_TOL
@@ -385,5 +387,5 @@ fn every_diffusers_class_is_recognised() {
         }
     }
     println!("{built} of {} classes built from their defaults", classes.len());
-    assert!(built >= 31, "{built}");
+    assert!(built >= 32, "{built}");
 }

@@ -83,11 +83,15 @@ pub enum SchedulerClass {
     /// `DDPMWuerstchenScheduler` (Würstchen, Stable Cascade) → [`Ddpm`](crate::Ddpm) on its
     /// continuous cosine schedule, no noise on the last step.
     DdpmWuerstchen,
+    /// `UnCLIPScheduler` (Karlo / Kandinsky 2.1 decoders) → [`Ddpm`](crate::Ddpm) on the cosine
+    /// schedule with rounded linspace steps (`fixed_small_log`; `learned_range` through
+    /// [`DiffusersConfig::ddpm_learned_from_json`](super::DiffusersConfig::ddpm_learned_from_json)).
+    UnClip,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 31] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 32] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -117,6 +121,7 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 31] = [
     ("SCMScheduler", C::Scm),
     ("SASolverScheduler", C::SaSolver),
     ("DDPMWuerstchenScheduler", C::DdpmWuerstchen),
+    ("UnCLIPScheduler", C::UnClip),
     // ParaDiGMS' copies of DDPM / DDIM: the same steps (sample them with parallel::Parallel).
     ("DDPMParallelScheduler", C::Ddpm),
     ("DDIMParallelScheduler", C::Ddim),
@@ -162,12 +167,6 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
         "RePaintScheduler",
         "an inpainting workflow, not a Sampler: edit::RePaint (with clip_sample(Some(1.0)) and \
          diffusers_undo(true) for diffusers' behaviour) on the file's beta schedule",
-    ),
-    (
-        "UnCLIPScheduler",
-        "not built from a config yet: its update is DDPM's on the cosine schedule with rounded \
-         linspace steps (Ddpm with clip_sample(Some(1.0)) for fixed_small_log; \
-         learned::DdpmLearned for learned_range)",
     ),
     (
         "IPNDMScheduler",
@@ -281,6 +280,15 @@ impl SchedulerClass {
         let mut k: Vec<&'static str> = Vec::new();
         if self == C::DdpmWuerstchen {
             k.extend(["scaler", "s"]);
+        } else if self == C::UnClip {
+            k.extend([
+                "num_train_timesteps",
+                "variance_type",
+                "clip_sample",
+                "clip_sample_range",
+                "prediction_type",
+                "beta_schedule",
+            ]);
         } else if self == C::Scm {
             k.extend(["num_train_timesteps", "prediction_type", "sigma_data"]);
         } else if self == C::CmStochasticIterative {
@@ -307,6 +315,7 @@ impl SchedulerClass {
                 "timestep_spacing",
                 "rescale_betas_zero_snr",
             ])),
+            C::UnClip => {}
             C::Ddim => k.extend(THRESH.iter().chain(&[
                 "clip_sample",
                 "clip_sample_range",

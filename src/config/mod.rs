@@ -246,7 +246,7 @@ impl DiffusersConfig {
             if self.class.keys().contains(&key)
                 && !self.class.is_edm()
                 && self.get(key).is_some()
-                && !(self.class == C::Ddpm && key == "variance_type")
+                && !(matches!(self.class, C::Ddpm | C::UnClip) && key == "variance_type")
             {
                 return Err(config_err(key, "a non-null value is not supported"));
             }

@@ -82,6 +82,23 @@ impl DiffusersConfig {
                     .into()
             }
             C::Ddim => Ddim::new().clip_sample(self.clip(true)?).thresholding(thr).into(),
+            C::UnClip => match self.str_or("variance_type", "fixed_small_log")? {
+                // exp(0.5 log(clamp(beta~, 1e-20))): the posterior variance.
+                "fixed_small_log" => Ddpm::new().clip_sample(self.clip(true)?).into(),
+                "learned_range" => {
+                    return Err(config_err(
+                        "variance_type",
+                        "a learned variance needs the model's variance output: sample with \
+                         learned::DdpmLearned (DiffusersConfig::ddpm_learned_from_json builds it)",
+                    ));
+                }
+                other => {
+                    return Err(config_err(
+                        "variance_type",
+                        format!("unknown value `{}`", short(other, ECHO)),
+                    ));
+                }
+            },
             C::Pndm => Pndm::new()
                 .skip_prk_steps(self.bool_or("skip_prk_steps", false)?)
                 .into(),
@@ -367,10 +384,10 @@ impl DiffusersConfig {
         };
         fields.remove("variance_type");
         let cfg = Self::from_fields(fields)?;
-        if cfg.class != C::Ddpm {
+        if !matches!(cfg.class, C::Ddpm | C::UnClip) {
             return Err(config_err(
                 "_class_name",
-                "a learned variance is read for DDPMScheduler only",
+                "a learned variance is read for DDPMScheduler and UnCLIPScheduler only",
             ));
         }
         Ok((

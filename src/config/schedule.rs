@@ -222,6 +222,19 @@ impl DiffusersConfig {
             C::Lcm | C::Tcd | C::CogVideoXDdim | C::CogVideoXDpm => (0.00085, 0.012, "scaled_linear"),
             _ => (0.0001, 0.02, "linear"),
         };
+        if self.class == C::UnClip {
+            let sched = self.str_or("beta_schedule", "squaredcos_cap_v2")?;
+            if sched != "squaredcos_cap_v2" {
+                return Err(config_err(
+                    "beta_schedule",
+                    format!(
+                        "`{}`: UnCLIPScheduler only has squaredcos_cap_v2",
+                        short(sched, ECHO)
+                    ),
+                ));
+            }
+            return NoiseSchedule::cosine(t).map_err(|e| blame(e, "num_train_timesteps"));
+        }
         let s = if let Some(b) = self.get("trained_betas") {
             let betas: Vec<f64> = b
                 .as_array()
@@ -405,6 +418,8 @@ impl DiffusersConfig {
             }
         };
         Ok(match self.class {
+            // UnCLIP: round((T - 1) / (n - 1) * i), reversed — the rounded linspace.
+            C::UnClip => (Spacing::LinspaceRounded, FinalLevel::Clean, false),
             C::Ddim | C::Ddpm | C::Pndm | C::CogVideoXDdim | C::CogVideoXDpm => {
                 let sp = match ts {
                     "leading" => Spacing::Leading { offset },
