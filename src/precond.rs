@@ -68,6 +68,10 @@ pub enum EdmNoise {
     /// `1000 ln(sigma) / 4` (OpenAI's consistency models; diffusers'
     /// `CMStochasticIterativeScheduler` computes `250 ln(sigma + 1e-44)`).
     ThousandQuarterLog,
+    /// The grid level's own timestep `t`, passed through (OpenAI's consistency decoder: diffusers'
+    /// `ConsistencyDecoderScheduler` gives the network its integer timestep).
+    /// [`EdmPrecond::c_noise`] cannot compute it from sigma and returns NaN for it.
+    Timestep,
 }
 
 /// EDM's preconditioning coefficients for a given `sigma_data`.
@@ -176,6 +180,7 @@ impl EdmPrecond {
             EdmNoise::Atan => sigma.atan() / std::f64::consts::PI * 2.0,
             EdmNoise::Sigma => sigma,
             EdmNoise::ThousandQuarterLog => 250.0 * (sigma + 1e-44).ln(),
+            EdmNoise::Timestep => f64::NAN,
         }
     }
 
@@ -266,7 +271,11 @@ impl<F: Float, D: Dimension, N: RawNetwork<F, D>> Denoiser<F, D> for Preconditio
         let p = &self.precond;
         let c_in = F::cast(p.c_in(s) * inv_a);
         let input = x.mapv(|v| v * c_in);
-        let out = self.net.forward(input.view(), &p.network_level(s))?;
+        let mut net_level = p.network_level(s);
+        if p.noise == EdmNoise::Timestep {
+            net_level.t = level.t;
+        }
+        let out = self.net.forward(input.view(), &net_level)?;
         if out.shape() != x.shape() {
             return Err(Box::new(Error::Shape {
                 what: "raw network output",

@@ -87,11 +87,15 @@ pub enum SchedulerClass {
     /// schedule with rounded linspace steps (`fixed_small_log`; `learned_range` through
     /// [`DiffusersConfig::ddpm_learned_from_json`](super::DiffusersConfig::ddpm_learned_from_json)).
     UnClip,
+    /// `ConsistencyDecoderScheduler` (OpenAI's consistency decoder, `ConsistencyDecoderVAE`) →
+    /// [`Lcm`](crate::Lcm) without boundary condition at timesteps 1008 and 512 of the cosine
+    /// schedule, for a network wrapped in [`Preconditioned`](crate::precond::Preconditioned).
+    ConsistencyDecoder,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 32] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 33] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -122,6 +126,7 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 32] = [
     ("SASolverScheduler", C::SaSolver),
     ("DDPMWuerstchenScheduler", C::DdpmWuerstchen),
     ("UnCLIPScheduler", C::UnClip),
+    ("ConsistencyDecoderScheduler", C::ConsistencyDecoder),
     // ParaDiGMS' copies of DDPM / DDIM: the same steps (sample them with parallel::Parallel).
     ("DDPMParallelScheduler", C::Ddpm),
     ("DDIMParallelScheduler", C::Ddim),
@@ -182,12 +187,6 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
         "ScoreSdeVpScheduler",
         "out of scope: deprecated in diffusers and used by no pipeline (one Euler-Maruyama step \
          of the VP SDE)",
-    ),
-    (
-        "ConsistencyDecoderScheduler",
-        "not built from a config yet: Lcm without boundary condition on NoiseSchedule::cosine(1024) \
-         at timesteps [1008, 512], with the model's EDM-style scalings (precond::Preconditioned), \
-         reproduces the update",
     ),
     (
         "FlowMapEulerDiscreteScheduler",
@@ -280,6 +279,8 @@ impl SchedulerClass {
         let mut k: Vec<&'static str> = Vec::new();
         if self == C::DdpmWuerstchen {
             k.extend(["scaler", "s"]);
+        } else if self == C::ConsistencyDecoder {
+            k.extend(["num_train_timesteps", "sigma_data"]);
         } else if self == C::UnClip {
             k.extend([
                 "num_train_timesteps",
@@ -315,7 +316,7 @@ impl SchedulerClass {
                 "timestep_spacing",
                 "rescale_betas_zero_snr",
             ])),
-            C::UnClip => {}
+            C::UnClip | C::ConsistencyDecoder => {}
             C::Ddim => k.extend(THRESH.iter().chain(&[
                 "clip_sample",
                 "clip_sample_range",

@@ -117,6 +117,7 @@ impl DiffusersConfig {
             }
             // diffusers' TCD accepts and ignores clipping, thresholding and timestep_scaling.
             C::Tcd => Tcd::new().into(),
+            C::ConsistencyDecoder => Lcm::new().boundary_condition(None).into(),
             C::DdpmWuerstchen => Ddpm::new().noise_on_last_step(false).into(),
             C::SaSolver => {
                 if self.str_or("algorithm_type", "data_prediction")? != "data_prediction" {
@@ -337,6 +338,10 @@ impl DiffusersConfig {
         );
         if self.class == C::CmStochasticIterative {
             return self.edm_sigma_range().map_or(f64::NAN, |r| r.1);
+        }
+        if self.class == C::ConsistencyDecoder {
+            // init_noise_sigma = sqrt(1 - abar) at the first timestep.
+            return grid.levels().first().map_or(1.0, |l| l.sigma);
         }
         if self.class.is_edm() {
             // diffusers' init_noise_sigma = sqrt(sigma_max^2 + 1), from the config's sigma_max.

@@ -24,7 +24,7 @@ impl DiffusersConfig {
         if self.class.is_flow() {
             return Ok(Prediction::Flow);
         }
-        if self.class.is_edm() {
+        if self.class.is_edm() || self.class == C::ConsistencyDecoder {
             // The sampler sees the preconditioned network (see `edm_precond`).
             self.edm_precond()?;
             return Ok(Prediction::Sample);
@@ -70,6 +70,13 @@ impl DiffusersConfig {
     /// [`Error::Config`] for a bad `sigma_data` or a `prediction_type` other than `"epsilon"`
     /// and `"v_prediction"`.
     pub fn edm_precond(&self) -> Result<Option<EdmPrecond>> {
+        if self.class == C::ConsistencyDecoder {
+            let sd = self.f64_or("sigma_data", 0.5)?;
+            let p = EdmPrecond::edm(sd).noise(EdmNoise::Timestep);
+            p.validate()
+                .map_err(|e| config_err("sigma_data", e.to_string()))?;
+            return Ok(Some(p));
+        }
         if !self.class.is_edm() {
             return Ok(None);
         }
@@ -212,7 +219,12 @@ impl DiffusersConfig {
                 },
             ));
         }
-        let t = self.usize_or("num_train_timesteps", 1000)?;
+        let default_t = if self.class == C::ConsistencyDecoder {
+            1024
+        } else {
+            1000
+        };
+        let t = self.usize_or("num_train_timesteps", default_t)?;
         let blame = |e: Error, key: &str| match e {
             Error::Config { .. } | Error::UnknownName { .. } => e,
             other => config_err(key, other.to_string()),
@@ -222,6 +234,9 @@ impl DiffusersConfig {
             C::Lcm | C::Tcd | C::CogVideoXDdim | C::CogVideoXDpm => (0.00085, 0.012, "scaled_linear"),
             _ => (0.0001, 0.02, "linear"),
         };
+        if self.class == C::ConsistencyDecoder {
+            return NoiseSchedule::cosine(t).map_err(|e| blame(e, "num_train_timesteps"));
+        }
         if self.class == C::UnClip {
             let sched = self.str_or("beta_schedule", "squaredcos_cap_v2")?;
             if sched != "squaredcos_cap_v2" {
@@ -678,6 +693,13 @@ impl DiffusersConfig {
         }
         if self.class == C::DdpmWuerstchen {
             return self.wuerstchen_grid(steps);
+        }
+        if self.class == C::ConsistencyDecoder {
+            // diffusers supports exactly 2 steps, at timesteps 1008 and 512.
+            if steps != 2 {
+                return Err(Error::InvalidSteps { steps, max: 2 });
+            }
+            return self.noise_schedule()?.grid_from_timesteps(&[1008.0, 512.0]);
         }
         if self.class.is_edm() {
             return self.edm_grid(steps);
