@@ -72,6 +72,7 @@ fn grids_match_diffusers_set_timesteps() {
                 | SchedulerClass::FlowMatchHeun
                 | SchedulerClass::FlowMatchLcm
                 | SchedulerClass::LtxEulerAncestralRf
+                | SchedulerClass::MiniMaxH3
         );
         if let Some(ac) = case.get("alphas_cumprod") {
             let s = cfg.noise_schedule().unwrap();
@@ -384,7 +385,9 @@ fn every_diffusers_class_is_recognised() {
                     4
                 };
                 let (s, g) = cfg.build(n).unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert!(s.model_calls(&g) >= n, "{name}");
+                // MiniMax-H3's set_timesteps(n) counts grid points: n - 1 calls.
+                let calls = if name == "MiniMaxH3Scheduler" { n - 1 } else { n };
+                assert!(s.model_calls(&g) >= calls, "{name}");
                 built += 1;
             }
             Err(Error::Config { key, reason }) => {
@@ -395,5 +398,5 @@ fn every_diffusers_class_is_recognised() {
         }
     }
     println!("{built} of {} classes built from their defaults", classes.len());
-    assert!(built >= 33, "{built}");
+    assert!(built >= 34, "{built}");
 }

@@ -91,11 +91,15 @@ pub enum SchedulerClass {
     /// [`Lcm`](crate::Lcm) without boundary condition at timesteps 1008 and 512 of the cosine
     /// schedule, for a network wrapped in [`Preconditioned`](crate::precond::Preconditioned).
     ConsistencyDecoder,
+    /// `MiniMaxH3Scheduler` → [`Euler`](crate::Euler) on its shifted flow sigmas; its model's
+    /// data-ward velocity is the negated flow output (see
+    /// [`DiffusersConfig::prediction`](super::DiffusersConfig::prediction)).
+    MiniMaxH3,
 }
 
 pub(super) use SchedulerClass as C;
 
-pub(super) const CLASSES: [(&str, SchedulerClass); 33] = [
+pub(super) const CLASSES: [(&str, SchedulerClass); 34] = [
     ("DDPMScheduler", C::Ddpm),
     ("DDIMScheduler", C::Ddim),
     ("PNDMScheduler", C::Pndm),
@@ -127,6 +131,7 @@ pub(super) const CLASSES: [(&str, SchedulerClass); 33] = [
     ("DDPMWuerstchenScheduler", C::DdpmWuerstchen),
     ("UnCLIPScheduler", C::UnClip),
     ("ConsistencyDecoderScheduler", C::ConsistencyDecoder),
+    ("MiniMaxH3Scheduler", C::MiniMaxH3),
     // ParaDiGMS' copies of DDPM / DDIM: the same steps (sample them with parallel::Parallel).
     ("DDPMParallelScheduler", C::Ddpm),
     ("DDIMParallelScheduler", C::Ddim),
@@ -204,11 +209,6 @@ pub(super) const NOT_BUILT: &[(&str, &str)] = &[
         "out of scope: Helios' multi-stage pyramid (see HeliosScheduler); within a stage it is \
          Lcm on flow levels with the stage's start latent as the noise",
     ),
-    (
-        "MiniMaxH3Scheduler",
-        "not built from a config yet: Euler on its shifted flow sigmas, with the model's \
-         data-ward velocity negated and 1 - sigma as its time, reproduces the update",
-    ),
 ];
 
 const BETAS: [&str; 5] = [
@@ -279,6 +279,8 @@ impl SchedulerClass {
         let mut k: Vec<&'static str> = Vec::new();
         if self == C::DdpmWuerstchen {
             k.extend(["scaler", "s"]);
+        } else if self == C::MiniMaxH3 {
+            k.push("shift");
         } else if self == C::ConsistencyDecoder {
             k.extend(["num_train_timesteps", "sigma_data"]);
         } else if self == C::UnClip {
@@ -316,7 +318,7 @@ impl SchedulerClass {
                 "timestep_spacing",
                 "rescale_betas_zero_snr",
             ])),
-            C::UnClip | C::ConsistencyDecoder => {}
+            C::UnClip | C::ConsistencyDecoder | C::MiniMaxH3 => {}
             C::Ddim => k.extend(THRESH.iter().chain(&[
                 "clip_sample",
                 "clip_sample_range",

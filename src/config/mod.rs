@@ -266,6 +266,8 @@ impl DiffusersConfig {
         } else if self.class == C::ConsistencyDecoder {
             self.edm_precond()?;
             self.grid(2)?;
+        } else if self.class == C::MiniMaxH3 {
+            self.grid(2)?;
         } else if self.class == C::Scm {
             let sd = self.f64_or("sigma_data", 0.5)?;
             if !(sd.is_finite() && sd > 0.0) {

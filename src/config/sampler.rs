@@ -118,6 +118,7 @@ impl DiffusersConfig {
             // diffusers' TCD accepts and ignores clipping, thresholding and timestep_scaling.
             C::Tcd => Tcd::new().into(),
             C::ConsistencyDecoder => Lcm::new().boundary_condition(None).into(),
+            C::MiniMaxH3 => Euler::new().into(),
             C::DdpmWuerstchen => Ddpm::new().noise_on_last_step(false).into(),
             C::SaSolver => {
                 if self.str_or("algorithm_type", "data_prediction")? != "data_prediction" {

@@ -16,7 +16,9 @@ impl DiffusersConfig {
     // -- what diffusers builds ---------------------------------------------------------------
 
     /// The prediction type the model was trained with (`prediction_type`; flow classes predict
-    /// the flow velocity).
+    /// the flow velocity — MiniMax-H3's model predicts its negation, which its wrapper returns;
+    /// the EDM-style classes' [`Preconditioned`](crate::precond::Preconditioned) network
+    /// predicts the clean sample).
     ///
     /// # Errors
     /// [`Error::Config`] for an unknown `prediction_type`.
@@ -28,6 +30,11 @@ impl DiffusersConfig {
             // The sampler sees the preconditioned network (see `edm_precond`).
             self.edm_precond()?;
             return Ok(Prediction::Sample);
+        }
+        if self.class == C::MiniMaxH3 {
+            // Its model predicts the data-ward velocity v (x0 = x + sigma v): the flow output
+            // eps - x0 is -v, so a MiniMax-H3 model is wrapped to return -v.
+            return Ok(Prediction::Flow);
         }
         if self.class == C::Scm {
             return match self.str_or("prediction_type", "trigflow")? {
@@ -209,7 +216,10 @@ impl DiffusersConfig {
     /// [`Error::Config`] for a flow-matching class or an unknown `beta_schedule`; schedule
     /// errors as the [`NoiseSchedule`] constructors.
     pub fn noise_schedule(&self) -> Result<NoiseSchedule> {
-        if self.class.is_flow() || self.class.is_edm() || matches!(self.class, C::Scm | C::DdpmWuerstchen) {
+        if self.class.is_flow()
+            || self.class.is_edm()
+            || matches!(self.class, C::Scm | C::DdpmWuerstchen | C::MiniMaxH3)
+        {
             return Err(config_err(
                 "_class_name",
                 if self.class.is_flow() {
@@ -687,12 +697,47 @@ impl DiffusersConfig {
         Grid::from_levels(levels)?.with_initial_scale(1.0)
     }
 
+    /// `MiniMaxH3Scheduler`'s grid of `set_timesteps(points)`: `points` sigmas
+    /// `shift b / (1 + (shift - 1) b)` at `b = linspace(1, 0, points)` (float32 in diffusers), the
+    /// terminal 0 among them — `points - 1` model calls, each at the flow level of its sigma with
+    /// the model's time `t = 1 - sigma` (1 is clean).
+    fn minimax_grid(&self, points: usize) -> Result<Grid> {
+        if points < 2 || points > MAX_STEPS + 1 {
+            return Err(Error::InvalidSteps {
+                steps: points.saturating_sub(1),
+                max: MAX_STEPS,
+            });
+        }
+        let shift = self.f64_or("shift", 12.0)?;
+        if !(shift.is_finite() && shift > 0.0) {
+            return Err(config_err("shift", format!("{shift} is not a positive number")));
+        }
+        let mut levels: Vec<NoiseLevel> = Vec::with_capacity(points);
+        for i in 0..points {
+            let b = 1.0 - i as f64 / (points - 1) as f64;
+            let s = shift * b / (1.0 + (shift - 1.0) * b);
+            // diffusers collapses equal neighbours (float32 collisions near sigma = 1).
+            if levels.last().is_some_and(|l: &NoiseLevel| l.sigma <= s) {
+                continue;
+            }
+            levels.push(if s == 0.0 {
+                NoiseLevel::CLEAN
+            } else {
+                NoiseLevel::new(1.0 - s, 1.0 - s, s)
+            });
+        }
+        Grid::from_levels(levels)
+    }
+
     fn grid_inner(&self, steps: usize, mu: Option<f64>) -> Result<Grid> {
         if self.class == C::Scm {
             return self.scm_grid(steps);
         }
         if self.class == C::DdpmWuerstchen {
             return self.wuerstchen_grid(steps);
+        }
+        if self.class == C::MiniMaxH3 {
+            return self.minimax_grid(steps);
         }
         if self.class == C::ConsistencyDecoder {
             // diffusers supports exactly 2 steps, at timesteps 1008 and 512.
