@@ -702,7 +702,7 @@ impl DiffusersConfig {
     /// terminal 0 among them — `points - 1` model calls, each at the flow level of its sigma with
     /// the model's time `t = 1 - sigma` (1 is clean).
     fn minimax_grid(&self, points: usize) -> Result<Grid> {
-        if points < 2 || points > MAX_STEPS + 1 {
+        if !(2..=MAX_STEPS + 1).contains(&points) {
             return Err(Error::InvalidSteps {
                 steps: points.saturating_sub(1),
                 max: MAX_STEPS,
