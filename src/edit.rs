@@ -650,7 +650,7 @@ impl DpmSolverInversion {
 /// `t - s` to `t` in one draw, and [`diffusers_undo`](Self::diffusers_undo) reproduces
 /// diffusers. Unlike [`Inpaint`], nothing is imposed on the starting sample (diffusers starts
 /// from pure noise). Resampling is designed for the stochastic walk of the paper (`eta = 1`):
-/// on a two-cluster test it cut wrongly inpainted samples from 3.5% to 1.0% at 25 steps, while
+/// on a two-cluster test it cut wrongly inpainted samples from 3.5% to 0 at 25 steps, while
 /// with `eta = 0` it did not help (tests/repaint.rs).
 ///
 /// ```
@@ -729,7 +729,8 @@ impl RePaint {
 
     /// The walk's timesteps for `steps` steps of a `train_steps` schedule, as diffusers'
     /// `set_timesteps(steps, jump_length, jump_n_sample)`: a rise between two entries is a
-    /// renoising, a fall a model step.
+    /// renoising, a fall a model step. `steps` above `train_steps` is `train_steps`, as in
+    /// diffusers.
     ///
     /// ```
     /// use diffusion_samplers::edit::RePaint;
@@ -740,10 +741,10 @@ impl RePaint {
     /// ```
     ///
     /// # Errors
-    /// [`Error::InvalidSteps`] for `steps` of 0; [`Error::InvalidParameter`] for a zero
-    /// `jump_length` or `jump_n_sample`.
+    /// [`Error::InvalidSteps`] for `steps` or `train_steps` of 0; [`Error::InvalidParameter`]
+    /// for a zero `jump_length` or `jump_n_sample`.
     pub fn timesteps(&self, train_steps: usize, steps: usize) -> Result<Vec<usize>> {
-        if steps == 0 {
+        if steps == 0 || train_steps == 0 {
             return Err(Error::InvalidSteps {
                 steps,
                 max: train_steps,
@@ -891,7 +892,8 @@ impl RePaint {
                     });
                 }
             } else {
-                // Renoise from t_last - stride (where the last step left the sample) up to t.
+                // Renoise from t_last - stride (where the last step or renoising left the sample)
+                // up to t - stride = t_last, as diffusers' undo_step(x, t_last) means to.
                 let from = level(t_last as isize - stride as isize);
                 if self.diffusers_undo {
                     for i in 0..stride {
@@ -902,7 +904,8 @@ impl RePaint {
                         Zip::from(&mut x).and(&z).for_each(|x, &z| *x = a * *x + b * z);
                     }
                 } else {
-                    let tr = crate::forward::transition(&from, &level(t as isize));
+                    // The sample sits at t_last - stride; the walk's next model step is at t - stride.
+                    let tr = crate::forward::transition(&from, &level(t as isize - stride as isize));
                     noise.fill(draws, z.view_mut());
                     draws += 1;
                     let (a, b) = (F::cast(tr.scale), F::cast(tr.variance.sqrt()));

@@ -84,8 +84,8 @@ impl Parallel {
     /// a `tolerance` on how far a call's input may move between iterations for its output to
     /// be final: root-mean-square change at most `tolerance` times the noise standard deviation
     /// an ancestral step from that level would add (ParaDiGMS' rule: 0.1 in diffusers'
-    /// pipeline; any change counts on the last step, which adds none). 0 asks for the
-    /// sequential result exactly.
+    /// pipeline; on a last step to the clean level, which adds none, any change counts). 0 asks
+    /// for the sequential result exactly.
     pub fn new(window: usize, tolerance: f64) -> Self {
         Parallel { window, tolerance }
     }
@@ -111,8 +111,10 @@ impl Parallel {
     /// Samples `x` (at the grid's first level) with `sampler`, `window` model calls at a time.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a zero window or a bad tolerance; otherwise as
-    /// [`Sampler::sample`] (a model error names the step and level of the call that failed).
+    /// [`Error::InvalidParameter`] for a zero window, a bad tolerance, or an adaptive sampler
+    /// (whose calls depend on the model's answers: no fixed sequence to iterate on); otherwise
+    /// as [`Sampler::sample`] (a model error names the step and level of the call that
+    /// failed).
     pub fn sample<S, F, D, M, N>(
         &self,
         sampler: &S,
@@ -130,11 +132,18 @@ impl Parallel {
         N: NoiseSource<F> + Clone,
     {
         self.check()?;
+        if sampler.exact_model_calls(grid).is_none() {
+            return Err(Error::InvalidParameter {
+                name: "sampler",
+                value: f64::NAN,
+                reason: "parallel sampling needs a fixed sequence of model calls (not an adaptive sampler)",
+            });
+        }
         let prediction = model.prediction();
         let mut base = sampler.start(x, grid, prediction, noise)?;
         let levels = grid.levels();
         let mut report = ParallelReport::default();
-        let mut window: VecDeque<Entry<F, D>> = VecDeque::with_capacity(self.window);
+        let mut window: VecDeque<Entry<F, D>> = VecDeque::new();
         while !base.is_finished() {
             // Evaluate every entry whose output is missing, in one batched call.
             if window.is_empty() {
@@ -247,8 +256,15 @@ impl Parallel {
             let answer = match window.get_mut(j) {
                 Some(e) => {
                     let out = e.output.clone().ok_or_else(unreachable_finished)?;
-                    let ok = self.within(req.x.view(), e.input.view(), step, levels);
-                    if ok && leading {
+                    // The same call (level and step) with an input within tolerance.
+                    let same_call = e.level == level && e.step == step;
+                    let ok = same_call && self.within(req.x.view(), e.input.view(), step, levels);
+                    if !same_call {
+                        leading = false;
+                        e.input.assign(&req.x);
+                        (e.level, e.step) = (level, step);
+                        e.output = None;
+                    } else if ok && leading {
                         // Final: its output (computed within tolerance of this input) stays.
                         converged += 1;
                     } else if !exactly_equal(req.x.view(), e.input.view()) {

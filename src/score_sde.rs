@@ -85,13 +85,14 @@ impl PredictorCorrector {
     /// The grid diffusers' `ScoreSdeVeScheduler` walks after `set_timesteps(n)` and
     /// `set_sigmas(n)`: the model is told `sigma_min (sigma_max / sigma_min)^t_i` at the times
     /// `t_i = linspace(1, sampling_eps, n)` (each level's `t`), while the predictor steps
-    /// between the geometric `discrete_sigmas` (each level's `sigma`; within 1.2e-4 relative of
-    /// the former); then the clean level. The starting sample is `sigma_max` times unit noise.
+    /// between the geometric `discrete_sigmas` (each level's `sigma`; within a factor
+    /// `(sigma_max / sigma_min)^sampling_eps` of the former, 1.2e-4 for diffusers' defaults);
+    /// then the clean level. The starting sample is `sigma_max` times unit noise.
     /// diffusers computes both lists in float32 (here float64).
     ///
     /// # Errors
     /// [`Error::InvalidSteps`] for fewer than 2 steps; [`Error::InvalidParameter`] for
-    /// `sigma_min`, `sigma_max` or `sampling_eps` out of range.
+    /// `sigma_min`, `sigma_max` out of range or `sampling_eps` outside `(0, 1 / (steps - 1))`.
     pub fn diffusers_grid(steps: usize, sigma_min: f64, sigma_max: f64, sampling_eps: f64) -> Result<Grid> {
         if steps < 2 {
             return Err(Error::InvalidSteps {
@@ -113,11 +114,11 @@ impl PredictorCorrector {
                 reason: "must be finite and above sigma_min",
             });
         }
-        if !(sampling_eps > 0.0 && sampling_eps < 1.0) {
+        if !(sampling_eps > 0.0 && sampling_eps * ((steps - 1) as f64) < 1.0) {
             return Err(Error::InvalidParameter {
                 name: "sampling_eps",
                 value: sampling_eps,
-                reason: "must be in (0, 1)",
+                reason: "must be in (0, 1 / (steps - 1)): larger values repeat the predictor's sigmas",
             });
         }
         let n = steps as f64 - 1.0;
@@ -142,7 +143,8 @@ impl PredictorCorrector {
     /// last).
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a negative or non-finite `snr`; [`Error::Model`],
+    /// [`Error::InvalidParameter`] for a negative or non-finite `snr` or more than 15
+    /// corrector steps; [`Error::Model`],
     /// [`Error::ShapeMismatch`], [`Error::Undetermined`], [`Error::NonFinite`] naming the step
     /// and level (a zero score makes the corrector's step infinite: non-finite).
     pub fn sample<F, D, M, N>(
@@ -163,6 +165,13 @@ impl PredictorCorrector {
                 name: "snr",
                 value: self.snr,
                 reason: "must be finite and non-negative",
+            });
+        }
+        if self.correct_steps > 15 {
+            return Err(Error::InvalidParameter {
+                name: "correct_steps",
+                value: self.correct_steps as f64,
+                reason: "at most 15 (each step keys 16 noise draws)",
             });
         }
         let levels = grid.levels();

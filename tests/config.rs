@@ -400,3 +400,38 @@ fn every_diffusers_class_is_recognised() {
     println!("{built} of {} classes built from their defaults", classes.len());
     assert!(built >= 34, "{built}");
 }
+
+/// Options that reach the sampler: thresholding on the multistep classes (a regression test),
+/// and the combinations refused.
+#[test]
+fn thresholding_reaches_the_multistep_samplers() {
+    use diffusion_samplers::{Deis, Thresholding, UniPc};
+    let thr = Some(Thresholding {
+        ratio: 0.99,
+        max: 1.5,
+    });
+    let read = |cls: &str, extra: &str| {
+        DiffusersConfig::from_json(&format!(
+            r#"{{"_class_name": "{cls}", "thresholding": true, "dynamic_thresholding_ratio": 0.99, "sample_max_value": 1.5{extra}}}"#
+        ))
+    };
+    assert_eq!(
+        *read("UniPCMultistepScheduler", "").unwrap().sampler().unwrap(),
+        AnySampler::from(UniPc::new().thresholding(thr))
+    );
+    assert_eq!(
+        *read("DEISMultistepScheduler", "").unwrap().sampler().unwrap(),
+        AnySampler::from(Deis::new().thresholding(thr))
+    );
+    assert!(matches!(
+        read("UniPCMultistepScheduler", r#", "predict_x0": false"#),
+        Err(Error::Config { key, .. }) if key == "thresholding"
+    ));
+    assert!(matches!(
+        DiffusersConfig::ddpm_learned_from_json(
+            r#"{"_class_name": "DDPMScheduler", "variance_type": "learned_range", "thresholding": true}"#,
+            10
+        ),
+        Err(Error::Config { key, .. }) if key == "thresholding"
+    ));
+}

@@ -108,3 +108,21 @@ fn bad_settings_are_errors() {
         ));
     }
 }
+
+#[test]
+fn adaptive_samplers_are_refused() {
+    let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).unwrap();
+    let grid = s.grid(10, Spacing::KARRAS).unwrap();
+    let x: Array2<f64> = Array2::zeros((1, 3));
+    let r = Parallel::new(4, 0.1).sample(
+        &diffusion_samplers::DpmAdaptive::new(),
+        &mut model(),
+        x,
+        &grid,
+        SeededNoise::new(0),
+    );
+    assert!(
+        matches!(r, Err(Error::InvalidParameter { name: "sampler", .. })),
+        "{r:?}"
+    );
+}

@@ -55,8 +55,8 @@ fn repaint_matches_diffusers() {
 /// Data on the line y = x (two clusters); x known, y inpainted. With the stochastic walk of the
 /// paper (`eta = 1`, DDPM's variance), plain replacement (no resampling) puts some samples in
 /// the wrong cluster; RePaint's resampling fixes them. Measured (400 samples): 25 steps 0.035
-/// → 0.010, 50 steps 0.020 → 0.000. (With `eta = 0` the resampling did not help here: 0.013 →
-/// 0.095 at 10 steps; RePaint is designed for the stochastic walk.)
+/// → 0.000, 50 steps 0.020 → 0.000. (With `eta = 0` at 10 steps resampling made it worse here,
+/// 0.013 → 0.045; RePaint is designed for the stochastic walk.)
 #[test]
 fn resampling_harmonises_the_unknown_region() {
     let s = NoiseSchedule::linear(1000, 1e-4, 0.02).unwrap();
@@ -104,7 +104,7 @@ fn resampling_harmonises_the_unknown_region() {
             .unwrap();
         let (p, r) = (wrong(&plain), wrong(&resampled));
         println!("{steps} steps, inpainted into the wrong cluster: replacement {p:.3}, RePaint {r:.3}");
-        assert!(r < p && r <= 0.01, "{steps}: {r} vs {p}");
+        assert!(r < p && r <= 0.005, "{steps}: {r} vs {p}");
     }
 }
 

@@ -287,12 +287,21 @@ impl DiffusersConfig {
                         .and_then(|a| a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect())
                         .ok_or_else(|| config_err("disable_corrector", "expected a list of step indices"))?,
                 };
+                let predict_x0 = self.bool_or("predict_x0", true)?;
+                if !predict_x0 && thr.is_some() {
+                    return Err(config_err(
+                        "thresholding",
+                        "diffusers ignores thresholding with predict_x0 = false (noise prediction); \
+                         remove one of them",
+                    ));
+                }
                 UniPc::new()
                     .order(order(2)?)
-                    .predict_x0(self.bool_or("predict_x0", true)?)
+                    .predict_x0(predict_x0)
                     .variant(variant)
                     .disable_corrector(&disabled)
                     .lower_order_final(self.bool_or("lower_order_final", true)?)
+                    .thresholding(thr)
                     .into()
             }
             C::Deis => {
@@ -305,6 +314,7 @@ impl DiffusersConfig {
                 Deis::new()
                     .order(order(2)?)
                     .lower_order_final(self.bool_or("lower_order_final", true)?)
+                    .thresholding(thr)
                     .into()
             }
             // diffusers' CogVideoX steps accept and ignore eta, clip_sample and thresholding.
@@ -390,6 +400,12 @@ impl DiffusersConfig {
         };
         fields.remove("variance_type");
         let cfg = Self::from_fields(fields)?;
+        if cfg.thresholding()?.is_some() {
+            return Err(config_err(
+                "thresholding",
+                "not implemented for learned variances (DdpmLearned clips only)",
+            ));
+        }
         if !matches!(cfg.class, C::Ddpm | C::UnClip) {
             return Err(config_err(
                 "_class_name",

@@ -222,10 +222,12 @@ impl DiffusersConfig {
         {
             return Err(config_err(
                 "_class_name",
-                if self.class.is_flow() {
-                    "a flow-matching scheduler has no beta schedule"
-                } else {
-                    "an EDM scheduler has no beta schedule (it walks sigmas directly)"
+                match self.class {
+                    C::Scm => "SCMScheduler walks TrigFlow times, not a beta schedule",
+                    C::DdpmWuerstchen => "DDPMWuerstchenScheduler has a continuous cosine abar(t), not betas",
+                    C::MiniMaxH3 => "MiniMaxH3Scheduler walks shifted flow sigmas, not a beta schedule",
+                    _ if self.class.is_flow() => "a flow-matching scheduler has no beta schedule",
+                    _ => "an EDM scheduler has no beta schedule (it walks sigmas directly)",
                 },
             ));
         }
@@ -576,7 +578,11 @@ impl DiffusersConfig {
 
     /// The grid of diffusers' `set_timesteps(steps)` — exactly, quirks included: a statically
     /// shifted flow-matching grid shifts its smallest sigma twice, as diffusers does (where
-    /// [`FlowSchedule::grid`] shifts once).
+    /// [`FlowSchedule::grid`] shifts once). The grid has `steps` steps except where diffusers'
+    /// own count differs: `MiniMaxH3Scheduler` counts grid points (`steps - 1` steps, fewer
+    /// where float32 sigmas collide), `DDPMWuerstchenScheduler` drops leading steps between
+    /// levels its clamp makes equal (which diffusers spends calls on without changing the
+    /// sample), `ConsistencyDecoderScheduler` has exactly 2.
     ///
     /// # Errors
     /// [`Error::Config`] if the config needs `mu` ([`needs_mu`](Self::needs_mu)); grid errors

@@ -130,7 +130,8 @@ impl UniPc {
     /// `false` for UniPC's noise-prediction form (diffusers' `predict_x0 = False`): the
     /// multistep history holds noise estimates, the update is the exponential integrator of
     /// the noise form (`x' = (alpha'/alpha) x - sigma' (e^h - 1) eps + ...`). Clipping and
-    /// thresholding do not apply there (diffusers ignores them too). A step to the clean level
+    /// thresholding do not apply there (diffusers ignores them; here asking for both is an
+    /// [`Error::InvalidParameter`]). A step to the clean level
     /// takes the first-order limit `x0 = (x - sigma eps) / alpha` (diffusers computes `0 * inf`
     /// and returns NaN there); a step from a pure-noise level (`alpha = 0`) is an
     /// [`Error::Undetermined`]. Default `true` (the data-prediction form).
@@ -316,6 +317,13 @@ impl Method for UniPc {
                 name: "order",
                 value: self.order as f64,
                 reason: "UniPC supports orders 1, 2 and 3",
+            });
+        }
+        if self.noise_form && (self.policy.clip.is_some() || self.policy.threshold.is_some()) {
+            return Err(Error::InvalidParameter {
+                name: "predict_x0",
+                value: 0.0,
+                reason: "UniPC's noise form has no x0 estimate to clip or threshold",
             });
         }
         if self.noise_form && self.sigma_space {
