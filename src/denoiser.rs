@@ -229,6 +229,31 @@ impl<F, D: Dimension, M: Denoiser<F, D> + ?Sized> Denoiser<F, D> for Box<M> {
     }
 }
 
+/// One model call outside the sampler machinery (inversions, RePaint, the predictor–corrector
+/// sampler): the model's output for `call`, with the run's error attribution (a model error or
+/// a wrongly shaped output names the call's step and level).
+pub(crate) fn call_model<F, D, M>(model: &mut M, x: ArrayView<'_, F, D>, call: &Call) -> Result<Array<F, D>>
+where
+    D: Dimension,
+    M: Denoiser<F, D> + ?Sized,
+{
+    let (step, level) = (call.step, call.level);
+    let shape = x.shape().to_vec();
+    let out = model
+        .denoise_call(x, call)
+        .map_err(|source| Error::Model { step, level, source })?
+        .output;
+    if out.shape() != shape {
+        return Err(Error::ShapeMismatch {
+            step,
+            level,
+            expected: shape,
+            got: out.shape().to_vec(),
+        });
+    }
+    Ok(out)
+}
+
 /// A [`Denoiser`] from a closure `(x, level) -> Result<output, BoxError>` and its prediction type.
 ///
 /// ```

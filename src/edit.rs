@@ -2,13 +2,14 @@
 
 use ndarray::{Array, ArrayView, Dimension, Zip};
 
-use crate::denoiser::Denoiser;
+use crate::denoiser::{Call, Denoiser, call_model};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::grid::Grid;
 use crate::level::NoiseLevel;
 use crate::noise::{ByRef, INITIAL_STEP, NoiseSource, aux_step};
 use crate::sampler::Sampler;
+use crate::sampler::core::options::setters;
 use crate::sampler::core::x0::X0Policy;
 use crate::schedule::NoiseSchedule;
 
@@ -347,7 +348,7 @@ impl DdimInversion {
             if cur.sigma_ve() >= next.sigma_ve() {
                 continue; // a zero-length step: nothing to do
             }
-            let out = call_model(model, x.view(), step, n, next)?;
+            let out = call_model(model, x.view(), &Call::new(step, step, n, next))?;
             let undetermined = |what| Error::Undetermined {
                 step,
                 level: cur,
@@ -380,36 +381,6 @@ impl DdimInversion {
         }
         Ok(x)
     }
-}
-
-/// One model call of an inversion, with the run's error attribution.
-fn call_model<F, D, M>(
-    model: &mut M,
-    x: ArrayView<'_, F, D>,
-    step: usize,
-    n: usize,
-    level: NoiseLevel,
-) -> Result<Array<F, D>>
-where
-    F: Float,
-    D: Dimension,
-    M: Denoiser<F, D> + ?Sized,
-{
-    let call = crate::denoiser::Call::new(step, step, n, level);
-    let shape = x.shape().to_vec();
-    let out = model
-        .denoise_call(x, &call)
-        .map_err(|source| Error::Model { step, level, source })?
-        .output;
-    if out.shape() != shape {
-        return Err(Error::ShapeMismatch {
-            step,
-            level,
-            expected: shape,
-            got: out.shape().to_vec(),
-        });
-    }
-    Ok(out)
 }
 
 /// DPM-Solver++ inversion (clean to noise), diffusers' `DPMSolverMultistepInverseScheduler`
@@ -475,16 +446,11 @@ impl DpmSolverInversion {
         self
     }
 
-    /// Lower the order over the last steps of runs shorter than 15 steps (default `true`).
-    pub fn lower_order_final(mut self, yes: bool) -> Self {
-        self.lower_order_final = yes;
-        self
-    }
-
-    /// Take the last step with first order whatever the step count (`euler_at_final`).
-    pub fn euler_at_final(mut self, yes: bool) -> Self {
-        self.euler_at_final = yes;
-        self
+    setters! {
+        /// Lower the order over the last steps of runs shorter than 15 steps (default `true`).
+        lower_order_final: bool,
+        /// Take the last step with first order whatever the step count (`euler_at_final`).
+        euler_at_final: bool,
     }
 
     /// Clamp the x0 estimate to `[-r, r]`.
@@ -566,7 +532,7 @@ impl DpmSolverInversion {
                 continue; // a zero-length step
             }
             let step = k;
-            let out = call_model(model, x.view(), step, n, cur)?;
+            let out = call_model(model, x.view(), &Call::new(step, step, n, cur))?;
             let undetermined = |what| Error::Undetermined {
                 step,
                 level: cur,
@@ -697,22 +663,13 @@ impl RePaint {
         Self::default()
     }
 
-    /// Steps down between resamplings (`jump_length`).
-    pub fn jump_length(mut self, n: usize) -> Self {
-        self.jump_length = n;
-        self
-    }
-
-    /// Passes over each stretch (`jump_n_sample`; 1 = no resampling).
-    pub fn jump_n_sample(mut self, n: usize) -> Self {
-        self.jump_n_sample = n;
-        self
-    }
-
-    /// DDIM's `eta` for the unknown region (0 deterministic, 1 DDPM's variance).
-    pub fn eta(mut self, eta: f64) -> Self {
-        self.eta = eta;
-        self
+    setters! {
+        /// Steps down between resamplings (`jump_length`).
+        jump_length: usize,
+        /// Passes over each stretch (`jump_n_sample`; 1 = no resampling).
+        jump_n_sample: usize,
+        /// DDIM's `eta` for the unknown region (0 deterministic, 1 DDPM's variance).
+        eta: f64,
     }
 
     /// Clamp the x0 estimate to `[-r, r]`.
@@ -721,10 +678,9 @@ impl RePaint {
         self
     }
 
-    /// Renoise as diffusers does (see the type's docs).
-    pub fn diffusers_undo(mut self, yes: bool) -> Self {
-        self.diffusers_undo = yes;
-        self
+    setters! {
+        /// Renoise as diffusers does (see the type's docs).
+        diffusers_undo: bool,
     }
 
     /// The walk's timesteps for `steps` steps of a `train_steps` schedule, as diffusers'
@@ -851,7 +807,7 @@ impl RePaint {
                 // A model step from t to t - stride.
                 let (from, to) = (level(t as isize), level(t as isize - stride as isize));
                 let step = calls;
-                let out = call_model(model, x.view(), step, n_model, from)?;
+                let out = call_model(model, x.view(), &Call::new(step, step, n_model, from))?;
                 calls += 1;
                 let undetermined = |what| Error::Undetermined {
                     step,

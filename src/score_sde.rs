@@ -30,13 +30,14 @@
 
 use ndarray::{Array, Axis, Dimension, Zip};
 
-use crate::denoiser::{Call, Denoiser};
+use crate::denoiser::{Call, Denoiser, call_model};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::forward::{posterior, transition};
 use crate::grid::Grid;
 use crate::level::NoiseLevel;
 use crate::noise::{NoiseSource, draw_key};
+use crate::sampler::core::options::setters;
 
 /// The predictor–corrector sampler (see the [module docs](self)).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -60,16 +61,11 @@ impl PredictorCorrector {
         Self::default()
     }
 
-    /// The corrector's signal-to-noise ratio.
-    pub fn snr(mut self, snr: f64) -> Self {
-        self.snr = snr;
-        self
-    }
-
-    /// Langevin corrector steps per step (0: the predictor alone, i.e. ancestral sampling).
-    pub fn correct_steps(mut self, n: usize) -> Self {
-        self.correct_steps = n;
-        self
+    setters! {
+        /// The corrector's signal-to-noise ratio.
+        snr: f64,
+        /// Langevin corrector steps per step (0: the predictor alone, i.e. ancestral sampling).
+        correct_steps: usize,
     }
 
     /// Model calls on `grid`: `correct_steps + 1` per step.
@@ -201,7 +197,8 @@ impl PredictorCorrector {
             // score = -eps / sigma = sx x + so output
             let (sx, so) = (F::cast(-ce.x / from.sigma), F::cast(-ce.out / from.sigma));
             for c in 0..self.correct_steps {
-                let out = self.call(model, &x, step, steps, from, &mut calls)?;
+                let out = finite_call(model, &x, &Call::new(calls, step, steps, from))?;
+                calls += 1;
                 let mut score = out;
                 Zip::from(&mut score)
                     .and(&x)
@@ -222,7 +219,8 @@ impl PredictorCorrector {
                     });
                 }
             }
-            let out = self.call(model, &x, step, steps, from, &mut calls)?;
+            let out = finite_call(model, &x, &Call::new(calls, step, steps, from))?;
+            calls += 1;
             let c0 = pred.to_x0(&from).ok_or(Error::Undetermined {
                 step,
                 level: from,
@@ -257,45 +255,6 @@ impl PredictorCorrector {
         }
         Ok(x)
     }
-
-    #[allow(clippy::too_many_arguments)]
-    fn call<F, D, M>(
-        &self,
-        model: &mut M,
-        x: &Array<F, D>,
-        step: usize,
-        steps: usize,
-        level: NoiseLevel,
-        calls: &mut usize,
-    ) -> Result<Array<F, D>>
-    where
-        F: Float,
-        D: Dimension,
-        M: Denoiser<F, D> + ?Sized,
-    {
-        let call = Call::new(*calls, step, steps, level);
-        *calls += 1;
-        let out = model
-            .denoise_call(x.view(), &call)
-            .map_err(|source| Error::Model { step, level, source })?
-            .output;
-        if out.shape() != x.shape() {
-            return Err(Error::ShapeMismatch {
-                step,
-                level,
-                expected: x.shape().to_vec(),
-                got: out.shape().to_vec(),
-            });
-        }
-        if out.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                step,
-                level,
-                what: "model output",
-            });
-        }
-        Ok(out)
-    }
 }
 
 /// The L2 norm of each batch element (axis 0), averaged over the batch (`torch.norm(a.reshape(B,
@@ -321,4 +280,22 @@ fn mean_norm<F: Float, D: Dimension>(a: &Array<F, D>) -> f64 {
         }
     }
     total / b as f64
+}
+
+/// A model call whose output must be finite (the corrector's step size divides by its norm).
+fn finite_call<F, D, M>(model: &mut M, x: &Array<F, D>, call: &Call) -> Result<Array<F, D>>
+where
+    F: Float,
+    D: Dimension,
+    M: Denoiser<F, D> + ?Sized,
+{
+    let out = call_model(model, x.view(), call)?;
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            step: call.step,
+            level: call.level,
+            what: "model output",
+        });
+    }
+    Ok(out)
 }

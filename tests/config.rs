@@ -434,4 +434,16 @@ fn thresholding_reaches_the_multistep_samplers() {
         ),
         Err(Error::Config { key, .. }) if key == "thresholding"
     ));
+    // UnCLIP has learned_range but not learned.
+    assert!(
+        DiffusersConfig::ddpm_learned_from_json(
+            r#"{"_class_name": "UnCLIPScheduler", "variance_type": "learned_range"}"#,
+            10
+        )
+        .is_ok()
+    );
+    assert!(matches!(
+        DiffusersConfig::ddpm_learned_from_json(r#"{"_class_name": "UnCLIPScheduler", "variance_type": "learned"}"#, 10),
+        Err(Error::Config { key, .. }) if key == "variance_type"
+    ));
 }

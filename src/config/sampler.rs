@@ -11,6 +11,10 @@ use crate::sampler::{
 };
 use crate::text::{ECHO, short};
 
+/// Why `sampler()` refuses a learned variance, and what reads it.
+const LEARNED_VARIANCE: &str = "a learned variance needs the model's variance output: sample with \
+                                learned::DdpmLearned (DiffusersConfig::ddpm_learned_from_json builds it)";
+
 impl DiffusersConfig {
     fn thresholding(&self) -> Result<Option<Thresholding>> {
         if !self.class.keys().contains(&"thresholding") || !self.bool_or("thresholding", false)? {
@@ -62,11 +66,7 @@ impl DiffusersConfig {
                     "fixed_small" => DdpmVariance::FixedSmall,
                     "fixed_large" => DdpmVariance::FixedLarge,
                     "learned" | "learned_range" => {
-                        return Err(config_err(
-                            "variance_type",
-                            "a learned variance needs the model's variance output: sample with \
-                             learned::DdpmLearned (DiffusersConfig::ddpm_learned_from_json builds it)",
-                        ));
+                        return Err(config_err("variance_type", LEARNED_VARIANCE));
                     }
                     other => {
                         return Err(config_err(
@@ -86,11 +86,7 @@ impl DiffusersConfig {
                 // exp(0.5 log(clamp(beta~, 1e-20))): the posterior variance.
                 "fixed_small_log" => Ddpm::new().clip_sample(self.clip(true)?).into(),
                 "learned_range" => {
-                    return Err(config_err(
-                        "variance_type",
-                        "a learned variance needs the model's variance output: sample with \
-                         learned::DdpmLearned (DiffusersConfig::ddpm_learned_from_json builds it)",
-                    ));
+                    return Err(config_err("variance_type", LEARNED_VARIANCE));
                 }
                 other => {
                     return Err(config_err(
@@ -406,6 +402,12 @@ impl DiffusersConfig {
                 "not implemented for learned variances (DdpmLearned clips only)",
             ));
         }
+        if cfg.class == C::UnClip && kind == crate::learned::LearnedVariance::Learned {
+            return Err(config_err(
+                "variance_type",
+                "UnCLIPScheduler has fixed_small_log and learned_range, not learned",
+            ));
+        }
         if !matches!(cfg.class, C::Ddpm | C::UnClip) {
             return Err(config_err(
                 "_class_name",
@@ -429,6 +431,13 @@ impl DiffusersConfig {
     /// rounding for about one query in ten (measured on Stable Diffusion grids of 10–50
     /// steps), moving that step's noise by ~1e-3: seeded runs agree to that level, not bit for
     /// bit.
+    ///
+    /// ```
+    /// use diffusion_samplers::config::DiffusersConfig;
+    /// let cfg = DiffusersConfig::from_json(r#"{"_class_name": "DPMSolverSDEScheduler", "noise_sampler_seed": 7}"#)?;
+    /// assert_eq!(cfg.noise_sampler_seed()?, Some(7));
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) for a value that is not a non-negative integer.

@@ -78,6 +78,19 @@ impl Lcm {
     /// `[sigma_min, sigma_max]`, instead of the full `sigma' z` — the model is then told the
     /// level `s'` although the sample's noise is slightly below it, as in the paper. `None`
     /// (the default) renoises with `sigma'`.
+    ///
+    /// ```
+    /// use diffusion_samplers::prelude::*;
+    /// use diffusion_samplers::karras_sigmas;
+    /// // OpenAI's consistency-model sampling: 2 steps on EDM's sigma range.
+    /// let grid = Grid::ve(&karras_sigmas(2, 0.002, 80.0, 7.0)?)?;
+    /// let cm = Lcm::new().boundary_condition(None).consistency_renoise(Some((0.002, 80.0, 1.0)));
+    /// let mut model = GaussianMixture::gaussian(vec![0.5], vec![0.01])?.with_prediction(Prediction::Sample);
+    /// let x = grid.initial_sample::<f64, _, _, _>((512, 1), &mut SeededNoise::new(0))?;
+    /// let out = cm.sample(&mut model, x, &grid, &mut SeededNoise::new(1))?;
+    /// assert!((out.mean().unwrap() - 0.5).abs() < 0.02);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
     pub fn consistency_renoise(mut self, sigma_min_max_noise: Option<(f64, f64, f64)>) -> Self {
         self.renoise = sigma_min_max_noise;
         self

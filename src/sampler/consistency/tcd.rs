@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::noise::NoiseSource;
 use crate::sampler::core::kernel::Affine;
-use crate::sampler::core::options::x0_builders;
+use crate::sampler::core::options::{setters, x0_builders};
 use crate::sampler::core::x0::X0Policy;
 use crate::sampler::{Method, Outcome, Step};
 
@@ -69,10 +69,9 @@ impl Tcd {
         Self::default()
     }
 
-    /// The stochasticity `gamma` in [0, 1] (diffusers' `eta` argument of `step`).
-    pub fn gamma(mut self, gamma: f64) -> Self {
-        self.gamma = gamma;
-        self
+    setters! {
+        /// The stochasticity `gamma` in [0, 1] (diffusers' `eta` argument of `step`).
+        gamma: f64,
     }
 
     x0_builders!();
