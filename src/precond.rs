@@ -10,6 +10,9 @@
 //! it (`c_in x` and the timestep `c_noise`), and the samplers see the denoised estimate
 //! ([`Prediction::Sample`]).
 //!
+//! Training: [`EdmPrecond::training_batch`] gives the raw network's input, noise level, target
+//! and loss weight, so a user writes the network and nothing else.
+//!
 //! ```
 //! use diffusion_samplers::karras_sigmas;
 //! use diffusion_samplers::precond::{EdmPrecond, Preconditioned};
@@ -32,12 +35,15 @@
 //! # Ok::<(), diffusion_samplers::Error>(())
 //! ```
 
-use ndarray::{Array, ArrayView, Dimension, Zip};
+use ndarray::{Array, ArrayView, Axis, Dimension, Zip};
+use rand::Rng;
 
 use crate::denoiser::{Denoiser, Prediction};
 use crate::error::{BoxError, Error, Result};
 use crate::float::Float;
+use crate::forward::{Density, Draw, LossWeighting, TrainingBatch};
 use crate::level::NoiseLevel;
+use crate::noise::NoiseSource;
 
 /// What the raw network's output `F` is: diffusers' `prediction_type` of its EDM schedulers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -190,6 +196,160 @@ impl EdmPrecond {
     pub fn network_level(&self, sigma: f64) -> NoiseLevel {
         let c = self.c_in(sigma);
         NoiseLevel::new(self.c_noise(sigma), c, c * sigma)
+    }
+}
+
+impl EdmPrecond {
+    /// The weight on the raw network's squared error at `sigma` for an x0-space `weighting`:
+    /// `D - x0 = c_out (F - F_target)`, so the weight is `w0(sigma) c_out(sigma)^2`. EDM's
+    /// `lambda(sigma)` ([`LossWeighting::Edm`] with this `sigma_data`) gives 1 (k-diffusion's
+    /// `"karras"`); [`LossWeighting::SoftMinSnr`] with `gamma = 1 / sigma_data^2` gives
+    /// k-diffusion's `"soft-min-snr"` and [`LossWeighting::Snr`] its `"snr"`. The SD3 factors
+    /// (`SigmaSqrt`, `Cosmap`) and `Uniform` are applied as they are.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for invalid coefficients or weighting, or a `sigma` that is
+    /// not finite and above `sigma_min` (where `c_out = 0` and the target is undefined).
+    pub fn loss_weight(&self, weighting: LossWeighting, sigma: f64) -> Result<f64> {
+        self.validate()?;
+        weighting.validate()?;
+        self.check_sigma(sigma)?;
+        let level = NoiseLevel::new(sigma, 1.0, sigma);
+        Ok(match weighting.x0_weight(&level) {
+            Some(w0) => {
+                let c = self.c_out(sigma);
+                w0 * c * c
+            }
+            None => weighting.weight_of(Prediction::Sample, &level),
+        })
+    }
+
+    fn check_sigma(&self, sigma: f64) -> Result<()> {
+        if sigma.is_finite() && sigma > self.sigma_min {
+            Ok(())
+        } else {
+            Err(Error::InvalidParameter {
+                name: "sigma",
+                value: sigma,
+                reason: "an EDM training sigma must be finite and above sigma_min (c_out = 0 there)",
+            })
+        }
+    }
+
+    /// The training batch of an EDM-preconditioned network for clean samples `x0` (batch on
+    /// axis 0), the sigma of each element and the noise: the network's input `c_in (x0 + sigma
+    /// eps)` (in [`TrainingBatch::noisy`]), its level ([`network_level`](Self::network_level):
+    /// `t = c_noise`), the target `F* = (x0 - c_skip (x0 + sigma eps)) / c_out` and the weights
+    /// ([`loss_weight`](Self::loss_weight)). [`TrainingBatch::losses`] of the network's output
+    /// is k-diffusion's `layers.Denoiser.loss`.
+    ///
+    /// ```
+    /// use diffusion_samplers::forward::LossWeighting;
+    /// use diffusion_samplers::precond::EdmPrecond;
+    /// use ndarray::array;
+    /// let p = EdmPrecond::edm(0.5);
+    /// let x0 = array![[0.3f64, -0.2]];
+    /// let b = p.training_batch(x0.view(), &[2.0], array![[1.0, 0.5]], LossWeighting::Edm { sigma_data: 0.5 })?;
+    /// assert!((b.weights[0] - 1.0).abs() < 1e-12); // lambda(sigma) c_out^2 = 1
+    /// // c_skip x + c_out F* is x0 again.
+    /// let x = 0.3 + 2.0 * 1.0;
+    /// assert!((p.c_skip(2.0) * x + p.c_out(2.0) * b.target[[0, 0]] - 0.3).abs() < 1e-12);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `noise` differs from `x0` or the number of sigmas from the batch
+    /// size; as [`loss_weight`](Self::loss_weight) for a sigma, the coefficients or the
+    /// weighting; [`Error::InvalidParameter`] for [`EdmNoise::Timestep`] (no timestep to give).
+    pub fn training_batch<F: Float, D: Dimension>(
+        &self,
+        x0: ArrayView<'_, F, D>,
+        sigmas: &[f64],
+        noise: Array<F, D>,
+        weighting: LossWeighting,
+    ) -> Result<TrainingBatch<F, D>> {
+        if self.noise == EdmNoise::Timestep {
+            return Err(Error::InvalidParameter {
+                name: "noise",
+                value: f64::NAN,
+                reason: "EdmNoise::Timestep has no noise input to train with; pick QuarterLog, Atan, Sigma or ThousandQuarterLog",
+            });
+        }
+        if noise.shape() != x0.shape() {
+            return Err(Error::Shape {
+                what: "noise vs x0",
+                expected: x0.shape().to_vec(),
+                got: noise.shape().to_vec(),
+            });
+        }
+        let n = if x0.ndim() == 0 { 0 } else { x0.shape()[0] };
+        if x0.ndim() == 0 || sigmas.len() != n {
+            return Err(Error::Shape {
+                what: "sigmas (one per batch element on axis 0)",
+                expected: vec![n],
+                got: vec![sigmas.len()],
+            });
+        }
+        let weights = sigmas
+            .iter()
+            .map(|&s| self.loss_weight(weighting, s))
+            .collect::<Result<Vec<f64>>>()?;
+        let mut noisy = Array::zeros(x0.raw_dim());
+        let mut target = Array::zeros(x0.raw_dim());
+        {
+            let (x0, eps) = (x0.view().into_dyn(), noise.view().into_dyn());
+            let (mut nd, mut td) = (noisy.view_mut().into_dyn(), target.view_mut().into_dyn());
+            for (i, &s) in sigmas.iter().enumerate() {
+                let (c_in, c_skip, c_out) = (self.c_in(s), self.c_skip(s), self.c_out(s));
+                Zip::from(nd.index_axis_mut(Axis(0), i))
+                    .and(td.index_axis_mut(Axis(0), i))
+                    .and(x0.index_axis(Axis(0), i))
+                    .and(eps.index_axis(Axis(0), i))
+                    .for_each(|n, t, &x0, &e| {
+                        let (x0, e) = (x0.as_f64(), e.as_f64());
+                        let x = x0 + s * e;
+                        *n = F::cast(c_in * x);
+                        *t = F::cast((x0 - c_skip * x) / c_out);
+                    });
+            }
+        }
+        Ok(TrainingBatch {
+            draws: sigmas.to_vec(),
+            levels: sigmas.iter().map(|&s| self.network_level(s)).collect(),
+            noise,
+            noisy,
+            target,
+            weights,
+        })
+    }
+
+    /// [`training_batch`](Self::training_batch) with sigmas from `density` (spread as `draw`
+    /// says) and Gaussian noise, both from `rng`. EDM's recipe is [`Density::edm`] with
+    /// [`LossWeighting::Edm`].
+    ///
+    /// # Errors
+    /// As [`training_batch`](Self::training_batch) and [`Density::sample`]; a timestep density
+    /// (`Uniform`, ...) is refused.
+    pub fn training_example<F: Float, D: Dimension, R: Rng + ?Sized>(
+        &self,
+        x0: ArrayView<'_, F, D>,
+        density: &Density,
+        draw: Draw,
+        weighting: LossWeighting,
+        rng: &mut R,
+    ) -> Result<TrainingBatch<F, D>> {
+        if density.is_timestep() {
+            return Err(Error::InvalidParameter {
+                name: "density",
+                value: 0.0,
+                reason: "EDM training draws sigmas: use a sigma density (LogNormal, LogLogistic, ...)",
+            });
+        }
+        let n = if x0.ndim() == 0 { 0 } else { x0.shape()[0] };
+        let sigmas = density.sample(n, draw, rng)?;
+        let mut noise = Array::zeros(x0.raw_dim());
+        NoiseSource::fill(rng, 0, noise.view_mut());
+        self.training_batch(x0, &sigmas, noise, weighting)
     }
 }
 

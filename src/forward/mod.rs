@@ -1,9 +1,18 @@
 //! The forward (noising) process and the training side: `q(x_t | x_0)`, `q(x_t | x_{t-1})`, the
-//! posterior `q(x_{t-1} | x_t, x_0)`, training targets and loss weights.
+//! posterior `q(x_{t-1} | x_t, x_0)`, training targets and loss weights for discrete schedules
+//! ([`ForwardProcess`]) and for continuous-time VP / VE, EDM and rectified-flow training
+//! ([`Training`], [`Process`]), and the timestep / sigma densities they draw from ([`Density`]).
 //!
 //! The level-to-level formulas ([`transition`], [`posterior`]) are written for any two
 //! [`NoiseLevel`]s, so they hold for strided grids and non-VP schedules alike; the DDPM sampler
-//! uses the same [`posterior`].
+//! uses the same [`posterior`]. EDM-preconditioned training (a raw network `F` and its target)
+//! is [`EdmPrecond::training_batch`](crate::precond::EdmPrecond::training_batch).
+
+mod density;
+mod training;
+
+pub use density::{Density, Draw};
+pub use training::{Process, Training, TrainingBatch};
 
 use ndarray::{Array, ArrayView, Axis, Dimension, Zip};
 use rand::Rng;
@@ -78,8 +87,15 @@ pub fn posterior(t: &NoiseLevel, s: &NoiseLevel) -> Posterior {
     }
 }
 
-/// How training losses are weighted per timestep. Weights multiply the mean squared error in
+/// How training losses are weighted per level. Weights multiply the mean squared error in
 /// the prediction's own space (epsilon, x0, v or flow).
+///
+/// The SNR family (`MinSnr`, `SoftMinSnr`, `Snr`, `Edm`) is defined by its weight on the x0
+/// error, `w0(SNR)`, and converted to the prediction's space: a target `c_x0 x0 + c_eps eps`
+/// has error `(c_x0 - c_eps alpha / sigma)^2` times the x0 error, so the weight returned is
+/// `w0 / (c_x0 - c_eps alpha / sigma)^2` (`w0 / SNR` for epsilon, `w0 / (SNR + 1)` for v on a
+/// VP level, `w0 sigma^2` for the flow velocity). SD3's `SigmaSqrt` and `Cosmap` are the
+/// factors diffusers' training scripts multiply the loss with, whatever the target.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 #[non_exhaustive]
 pub enum LossWeighting {
@@ -93,9 +109,30 @@ pub enum LossWeighting {
         /// The clamp `gamma`.
         gamma: f64,
     },
+    /// Soft-min-SNR (Crowson et al. 2024, hourglass diffusion): the x0-space weight is
+    /// `1 / (1/SNR + 1/gamma)`, a smooth `min(SNR, gamma)`. With `gamma = 1 / sigma_data^2`
+    /// it is k-diffusion's `"soft-min-snr"` weighting of an EDM-preconditioned network.
+    SoftMinSnr {
+        /// The soft clamp `gamma`.
+        gamma: f64,
+    },
     /// The effective x0-space weight is `SNR` (the weighting epsilon-prediction training
-    /// implies): 1 in epsilon space, `SNR` in x0 space, `SNR / (SNR + 1)` in v space.
+    /// implies): 1 in epsilon space, `SNR` in x0 space, `SNR / (SNR + 1)` in v space
+    /// (k-diffusion's `"snr"` weighting).
     Snr,
+    /// EDM's `lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = SNR + 1 /
+    /// sigma_data^2` in x0 space (Karras et al. 2022, k-diffusion's `"karras"`): weight 1 on an
+    /// EDM-preconditioned network's own output.
+    Edm {
+        /// The data standard deviation.
+        sigma_data: f64,
+    },
+    /// SD3's `sigma_sqrt`: `sigma^-2` (diffusers' `compute_loss_weighting_for_sd3`), applied as
+    /// is to the loss in the prediction's space.
+    SigmaSqrt,
+    /// SD3's `cosmap`: `2 / (pi (1 - 2 sigma + 2 sigma^2))` (diffusers'
+    /// `compute_loss_weighting_for_sd3`), applied as is.
+    Cosmap,
 }
 
 impl LossWeighting {
@@ -116,8 +153,9 @@ impl LossWeighting {
     /// ```
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a `gamma` that is not positive (NaN included); `+inf`
-    /// is allowed and means [`Snr`](Self::Snr).
+    /// [`Error::InvalidParameter`] for a `gamma` that is not positive (NaN included; `+inf`
+    /// is allowed and means [`Snr`](Self::Snr)) or a `sigma_data` that is not finite and
+    /// positive.
     pub fn weight(self, prediction: Prediction, level: &NoiseLevel) -> Result<f64> {
         self.validate()?;
         Ok(self.weight_of(prediction, level))
@@ -129,26 +167,53 @@ impl LossWeighting {
     /// As [`weight`](Self::weight).
     pub fn validate(self) -> Result<()> {
         match self {
-            LossWeighting::MinSnr { gamma } if gamma.is_nan() || gamma <= 0.0 => {
+            LossWeighting::MinSnr { gamma } | LossWeighting::SoftMinSnr { gamma } if gamma.is_nan() || gamma <= 0.0 => {
                 Err(Error::InvalidParameter {
                     name: "gamma",
                     value: gamma,
                     reason: "min-SNR's clamp must be positive",
                 })
             }
+            LossWeighting::Edm { sigma_data } if !(sigma_data.is_finite() && sigma_data > 0.0) => {
+                Err(Error::InvalidParameter {
+                    name: "sigma_data",
+                    value: sigma_data,
+                    reason: "must be finite and positive",
+                })
+            }
             _ => Ok(()),
         }
     }
 
-    fn weight_of(self, prediction: Prediction, level: &NoiseLevel) -> f64 {
+    /// The weight on the x0 error (`None` for the weightings applied as is).
+    pub(crate) fn x0_weight(self, level: &NoiseLevel) -> Option<f64> {
+        let snr = level.snr();
+        match self {
+            LossWeighting::Uniform | LossWeighting::SigmaSqrt | LossWeighting::Cosmap => None,
+            LossWeighting::MinSnr { gamma } => Some(snr.min(gamma)),
+            LossWeighting::SoftMinSnr { gamma } => Some(if snr.is_infinite() {
+                gamma
+            } else {
+                snr * gamma / (snr + gamma)
+            }),
+            LossWeighting::Snr => Some(snr),
+            LossWeighting::Edm { sigma_data } => Some(snr + 1.0 / (sigma_data * sigma_data)),
+        }
+    }
+
+    pub(crate) fn weight_of(self, prediction: Prediction, level: &NoiseLevel) -> f64 {
+        let x0_weight = match self {
+            LossWeighting::Uniform => return 1.0,
+            LossWeighting::SigmaSqrt => return 1.0 / (level.sigma * level.sigma),
+            LossWeighting::Cosmap => {
+                let s = level.sigma;
+                return 2.0 / (std::f64::consts::PI * (1.0 - 2.0 * s + 2.0 * s * s));
+            }
+            _ => self.x0_weight(level).unwrap_or(1.0),
+        };
         let snr = level.snr();
         // x0-space weight w0 -> weight in the prediction's space. For a target c_x0 x0 + c_eps eps
         // the error is |target error|^2 = x0 error^2 * (c_x0 - c_eps alpha / sigma)^2.
-        let x0_weight = match self {
-            LossWeighting::Uniform => return 1.0,
-            LossWeighting::MinSnr { gamma } => snr.min(gamma),
-            LossWeighting::Snr => snr,
-        };
         let (cx, ce) = prediction.target_coefficients(level);
         let factor = cx - ce * level.alpha / level.sigma;
         let factor2 = factor * factor;
