@@ -308,6 +308,132 @@ impl GaussianMixture {
     }
 }
 
+impl GaussianMixture {
+    /// The log density of every point of `x` (last axis = data) under the noisy data
+    /// distribution at `level`: the mixture of `N(alpha mu_k, alpha^2 v_k + sigma^2)` (at the
+    /// clean level, the data density itself). Points in row-major order of the other axes.
+    ///
+    /// ```
+    /// use diffusion_samplers::{analytic::GaussianMixture, NoiseLevel};
+    /// use ndarray::array;
+    /// let g = GaussianMixture::gaussian(vec![0.0], vec![1.0])?;
+    /// let lp = g.log_density(array![[0.0f64]].view(), &NoiseLevel::CLEAN)?;
+    /// assert!((lp[0] + 0.5 * (2.0 * std::f64::consts::PI).ln()).abs() < 1e-15);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the last axis of `x` is not `dim` long.
+    pub fn log_density<F: Float, D: Dimension>(&self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Vec<f64>> {
+        self.check_dim(&x)?;
+        let d = self.dim() as f64;
+        let mut logp = vec![0.0; self.weights.len()];
+        let mut xin = vec![0.0; self.dim()];
+        Ok(x.lanes(Axis(x.ndim() - 1))
+            .into_iter()
+            .map(|lane| {
+                for (dst, &src) in xin.iter_mut().zip(lane.iter()) {
+                    *dst = src.as_f64();
+                }
+                self.log_responsibilities(&xin, level.alpha, level.sigma, &mut logp);
+                let max = logp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = logp.iter().map(|l| (l - max).exp()).sum();
+                max + sum.ln() - 0.5 * d * (2.0 * std::f64::consts::PI).ln()
+            })
+            .collect())
+    }
+
+    /// The Jacobian-vector product of the posterior mean: `d E[x0 | x] / dx . v` at `level`
+    /// for every point of `x` (last axis = data), exactly:
+    /// `sum_k r_k (g_k v + m_k (a_k . v - sum_j r_j a_j . v))` with responsibilities `r_k`,
+    /// gains `g_k = alpha v_k / (alpha^2 v_k + sigma^2)`, component means `m_k` and scores
+    /// `a_k = -(x - alpha mu_k) / (alpha^2 v_k + sigma^2)`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `x` and `v` differ in shape or the last axis is not `dim` long.
+    pub fn x0_jvp<F: Float, D: Dimension>(
+        &self,
+        x: ArrayView<'_, F, D>,
+        v: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+    ) -> Result<Array<F, D>> {
+        self.check_dim(&x)?;
+        if x.shape() != v.shape() {
+            return Err(Error::Shape {
+                what: "tangent vs sample",
+                expected: x.shape().to_vec(),
+                got: v.shape().to_vec(),
+            });
+        }
+        let (a, s) = (level.alpha, level.sigma);
+        let (d, k) = (self.dim(), self.weights.len());
+        let mut out = Array::zeros(x.raw_dim());
+        let last = Axis(x.ndim() - 1);
+        let (mut xin, mut vin) = (vec![0.0; d], vec![0.0; d]);
+        let mut r = vec![0.0; k];
+        let mut sk = vec![0.0; k];
+        Zip::from(out.lanes_mut(last))
+            .and(x.lanes(last))
+            .and(v.lanes(last))
+            .for_each(|mut o, xi, vi| {
+                for j in 0..d {
+                    xin[j] = xi[j].as_f64();
+                    vin[j] = vi[j].as_f64();
+                }
+                self.log_responsibilities(&xin, a, s, &mut r);
+                let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = r.iter_mut().map(|l| {
+                    *l = (*l - max).exp();
+                    *l
+                }).sum();
+                r.iter_mut().for_each(|l| *l /= total);
+                for (c, sc) in sk.iter_mut().enumerate() {
+                    *sc = (0..d)
+                        .map(|j| {
+                            let var = a * a * self.variances[c][j] + s * s;
+                            -(xin[j] - a * self.means[c][j]) / var * vin[j]
+                        })
+                        .sum();
+                }
+                let sbar: f64 = r.iter().zip(&sk).map(|(r, s)| r * s).sum();
+                for j in 0..d {
+                    let mut acc = 0.0;
+                    for c in 0..k {
+                        let var = a * a * self.variances[c][j] + s * s;
+                        let gain = a * self.variances[c][j] / var;
+                        let m = self.means[c][j] + gain * (xin[j] - a * self.means[c][j]);
+                        acc += r[c] * (gain * vin[j] + m * (sk[c] - sbar));
+                    }
+                    o[j] = F::cast(acc);
+                }
+            });
+        Ok(out)
+    }
+}
+
+impl<F: Float, D: Dimension> crate::likelihood::DenoiserJvp<F, D> for GaussianMixture {
+    fn denoise_jvp(
+        &mut self,
+        x: ArrayView<'_, F, D>,
+        v: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+    ) -> Result<(Array<F, D>, Array<F, D>), BoxError> {
+        let out = Denoiser::denoise(self, x.view(), level)?;
+        let jx0 = self.x0_jvp(x, v.view(), level)?;
+        // The output is c_x0 x0 + c_eps eps with eps = (x - alpha x0) / sigma.
+        let (cx, ce) = self.prediction.target_coefficients(level);
+        let (a, b) = if ce == 0.0 {
+            (cx, 0.0)
+        } else {
+            (cx - ce * level.alpha / level.sigma, ce / level.sigma)
+        };
+        let (a, b) = (F::cast(a), F::cast(b));
+        let mut j = jx0;
+        Zip::from(&mut j).and(&v).for_each(|j, &v| *j = a * *j + b * v);
+        Ok((out, j))
+    }
+}
+
 impl<F: Float, D: Dimension> Denoiser<F, D> for GaussianMixture {
     fn prediction(&self) -> Prediction {
         self.prediction

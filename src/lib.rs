@@ -104,6 +104,7 @@ pub mod forward;
 pub mod grid;
 pub mod guidance;
 pub mod learned;
+pub mod likelihood;
 mod level;
 pub mod noise;
 mod par;
