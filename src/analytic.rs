@@ -324,7 +324,11 @@ impl GaussianMixture {
     ///
     /// # Errors
     /// [`Error::Shape`] if the last axis of `x` is not `dim` long.
-    pub fn log_density<F: Float, D: Dimension>(&self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Vec<f64>> {
+    pub fn log_density<F: Float, D: Dimension>(
+        &self,
+        x: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+    ) -> Result<Vec<f64>> {
         self.check_dim(&x)?;
         let d = self.dim() as f64;
         let mut logp = vec![0.0; self.weights.len()];
@@ -382,10 +386,13 @@ impl GaussianMixture {
                 }
                 self.log_responsibilities(&xin, a, s, &mut r);
                 let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let total: f64 = r.iter_mut().map(|l| {
-                    *l = (*l - max).exp();
-                    *l
-                }).sum();
+                let total: f64 = r
+                    .iter_mut()
+                    .map(|l| {
+                        *l = (*l - max).exp();
+                        *l
+                    })
+                    .sum();
                 r.iter_mut().for_each(|l| *l /= total);
                 for (c, sc) in sk.iter_mut().enumerate() {
                     *sc = (0..d)

@@ -389,7 +389,9 @@ impl Vlb {
                 pred.axis_iter(Axis(0))
                     .zip(x0f.axis_iter(Axis(0)))
                     .map(|(p, x)| {
-                        let sq: f64 = Zip::from(&p).and(&x).fold(0.0, |acc, &p, &x| acc + (p - x) * (p - x));
+                        let sq: f64 = Zip::from(&p)
+                            .and(&x)
+                            .fold(0.0, |acc, &p, &x| acc + (p - x) * (p - x));
                         (base * dims as f64 + c * sq) * to_bits
                     })
                     .collect()
@@ -522,7 +524,9 @@ pub enum Difference {
 ///
 /// The prior at `sigma_max` is the grid family's starting distribution: `N(0, 1)` in the
 /// model's own coordinates for VP and flow grids, `N(0, sigma_max^2)` for VE (k-diffusion's
-/// `log_likelihood`). With [`dequantize`](Self::dequantize) the data are taken as discrete
+/// `log_likelihood`); it ignores the data's mean, an error of about `|mu| / sigma_max` nats per
+/// dimension (raise [`sigma_max`](Self::sigma_max) beyond the grid to shrink it, for a model
+/// that behaves there). With [`dequantize`](Self::dequantize) the data are taken as discrete
 /// values in `[-1, 1]` and uniformly dequantised; the bits are then an upper bound on the
 /// discrete NLL (Song et al.'s figure for CIFAR-10).
 #[derive(Clone, Debug, PartialEq)]
@@ -653,16 +657,12 @@ impl<F: Float, D: Dimension, M: DenoiserJvp<F, D> + ?Sized> Products<F, D> for E
     ) -> Result<(Array<f64, D>, Vec<Array<f64, D>>)> {
         let a = level.alpha;
         let xm = to_model::<F, D>(x_ve, a);
-        let c = self
-            .model
-            .prediction()
-            .to_x0(level)
-            .ok_or(Error::Undetermined {
-                step: call.step,
-                level: *level,
-                prediction: self.model.prediction(),
-                what: "x0",
-            })?;
+        let c = self.model.prediction().to_x0(level).ok_or(Error::Undetermined {
+            step: call.step,
+            level: *level,
+            prediction: self.model.prediction(),
+            what: "x0",
+        })?;
         let check = |o: &Array<F, D>, call: &Call| -> Result<()> {
             if o.shape() != x_ve.shape() {
                 return Err(Error::ShapeMismatch {
@@ -702,11 +702,19 @@ impl<F: Float, D: Dimension, M: DenoiserJvp<F, D> + ?Sized> Products<F, D> for E
         for v in tangents.iter().chain(tangents.is_empty().then_some(&zero)) {
             let (o, j) = run(v, call)?;
             if d0.is_none() {
-                d0 = Some(Zip::from(&xm).and(&o).map_collect(|&x, &o| c.x * x.as_f64() + c.out * o.as_f64()));
+                d0 = Some(
+                    Zip::from(&xm)
+                        .and(&o)
+                        .map_collect(|&x, &o| c.x * x.as_f64() + c.out * o.as_f64()),
+                );
             }
             if !tangents.is_empty() {
                 // d x0 / d x_ve . v = c.x alpha v + c.out J (alpha v).
-                out.push(Zip::from(v).and(&j).map_collect(|&v, &j| c.x * a * v + c.out * j.as_f64()));
+                out.push(
+                    Zip::from(v)
+                        .and(&j)
+                        .map_collect(|&v, &j| c.x * a * v + c.out * j.as_f64()),
+                );
             }
         }
         Ok((d0.expect("at least one product"), out))
@@ -847,7 +855,11 @@ impl OdeNll {
         if let Some(l) = self.dequantize
             && l < 2
         {
-            return bad("dequantize", f64::from(l), "dequantisation needs at least 2 data values");
+            return bad(
+                "dequantize",
+                f64::from(l),
+                "dequantisation needs at least 2 data values",
+            );
         }
         let lo = self.sigma_min.unwrap_or_else(|| grid.last_noisy().sigma_ve());
         let hi = self.sigma_max.unwrap_or_else(|| grid.levels()[0].sigma_ve());
@@ -864,7 +876,13 @@ impl OdeNll {
         Ok((lo, hi))
     }
 
-    fn run<F, D, P, N>(&self, products: &mut P, grid: &Grid, x0: ArrayView<'_, F, D>, noise: &mut N) -> Result<NllReport>
+    fn run<F, D, P, N>(
+        &self,
+        products: &mut P,
+        grid: &Grid,
+        x0: ArrayView<'_, F, D>,
+        noise: &mut N,
+    ) -> Result<NllReport>
     where
         F: Float,
         D: Dimension,
@@ -889,7 +907,9 @@ impl OdeNll {
             let width = 2.0 / f64::from(levels - 1);
             let mut z = Array::<F, D>::zeros(x.raw_dim());
             noise.fill(usize::MAX - 1, z.view_mut());
-            Zip::from(&mut x).and(&z).for_each(|x, &z| *x += (norm_cdf(z.as_f64()) - 0.5) * width);
+            Zip::from(&mut x)
+                .and(&z)
+                .for_each(|x, &z| *x += (norm_cdf(z.as_f64()) - 0.5) * width);
             log_offset = -(dims as f64) * width.ln();
         }
         // Probe vectors.
@@ -952,7 +972,13 @@ impl OdeNll {
             })?;
             let (d0, jv) = products.eval(&xv, &level, &tangents, call)?;
             let mut dy = Vec::with_capacity(y.len());
-            dy.extend(Zip::from(&xv).and(&d0).map_collect(|&x, &d| x - d).iter().copied());
+            dy.extend(
+                Zip::from(&xv)
+                    .and(&d0)
+                    .map_collect(|&x, &d| x - d)
+                    .iter()
+                    .copied(),
+            );
             // Divergence of the drift per sample and estimate: d - tr(dD/dx).
             let mut div = vec![0.0; batch * estimates];
             match self.trace {
@@ -989,7 +1015,11 @@ impl OdeNll {
         };
 
         let (s0, s1) = (sigma_min.ln(), sigma_max.ln());
-        let mut y: Vec<f64> = x.iter().copied().chain(std::iter::repeat_n(0.0, batch * estimates)).collect();
+        let mut y: Vec<f64> = x
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0.0, batch * estimates))
+            .collect();
         let mut s = s0;
         let mut h = (s1 - s0) / 16.0;
         let mut k1 = rhs(s, &y, &mut call, &mut evaluations)?;
@@ -1085,9 +1115,27 @@ where
         &[1.0 / 5.0],
         &[3.0 / 40.0, 9.0 / 40.0],
         &[44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
-        &[19372.0 / 6561.0, -25360.0 / 2187.0, 64448.0 / 6561.0, -212.0 / 729.0],
-        &[9017.0 / 3168.0, -355.0 / 33.0, 46732.0 / 5247.0, 49.0 / 176.0, -5103.0 / 18656.0],
-        &[35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0],
+        &[
+            19372.0 / 6561.0,
+            -25360.0 / 2187.0,
+            64448.0 / 6561.0,
+            -212.0 / 729.0,
+        ],
+        &[
+            9017.0 / 3168.0,
+            -355.0 / 33.0,
+            46732.0 / 5247.0,
+            49.0 / 176.0,
+            -5103.0 / 18656.0,
+        ],
+        &[
+            35.0 / 384.0,
+            0.0,
+            500.0 / 1113.0,
+            125.0 / 192.0,
+            -2187.0 / 6784.0,
+            11.0 / 84.0,
+        ],
     ];
     // 5th minus 4th order weights.
     const E: [f64; 7] = [

@@ -312,7 +312,11 @@ mod tests {
         assert!((norm_ppf(0.3) + 0.524_400_512_708_040_9).abs() < 1e-14);
         for &x in &[-8.0, -3.3, -1.0, -0.01, 0.2, 2.0, 3.0] {
             // (above ~3 the round trip loses digits to 1 - Phi(x) itself, not to the quantile)
-            assert!((norm_ppf(norm_cdf(x)) - x).abs() < 1e-12 * (1.0 + x.abs()), "{x} {}", norm_ppf(norm_cdf(x)));
+            assert!(
+                (norm_ppf(norm_cdf(x)) - x).abs() < 1e-12 * (1.0 + x.abs()),
+                "{x} {}",
+                norm_ppf(norm_cdf(x))
+            );
         }
         assert_eq!(norm_ppf(0.0), f64::NEG_INFINITY);
         assert_eq!(norm_ppf(1.0), f64::INFINITY);

@@ -190,7 +190,11 @@ fn positive(name: &'static str, v: f64) -> Result<()> {
 }
 
 fn finite(name: &'static str, v: f64) -> Result<()> {
-    if v.is_finite() { Ok(()) } else { bad(name, v, "must be finite") }
+    if v.is_finite() {
+        Ok(())
+    } else {
+        bad(name, v, "must be finite")
+    }
 }
 
 /// Truncation bounds `0 <= min < max <= inf`.
@@ -234,7 +238,10 @@ impl CosineInterp {
     fn piece(p: (f64, f64, f64), u: f64) -> (f64, f64) {
         let (t_min, t_max, shift) = p;
         let th = t_min + u * (t_max - t_min);
-        (-2.0 * th.tan().ln() + shift, -4.0 * (t_max - t_min) / (2.0 * th).sin())
+        (
+            -2.0 * th.tan().ln() + shift,
+            -4.0 * (t_max - t_min) / (2.0 * th).sin(),
+        )
     }
 
     /// `(ln sigma, d ln sigma / du)` at `u`.
@@ -290,7 +297,11 @@ impl Density {
                 if (-1.0..=2.0 / (PI - 2.0)).contains(&scale) {
                     Ok(())
                 } else {
-                    bad("scale", scale, "the mode density needs scale in [-1, 2 / (pi - 2)]")
+                    bad(
+                        "scale",
+                        scale,
+                        "the mode density needs scale in [-1, 2 / (pi - 2)]",
+                    )
                 }
             }
             Density::LogLogistic { loc, scale, min, max } => {
@@ -323,7 +334,11 @@ impl Density {
                 positive("max", max)?;
                 bounds(min, max)
             }
-            Density::SplitLogNormal { loc, scale_1, scale_2 } => {
+            Density::SplitLogNormal {
+                loc,
+                scale_1,
+                scale_2,
+            } => {
                 finite("loc", loc)?;
                 positive("scale_1", scale_1)?;
                 positive("scale_2", scale_2)
@@ -343,7 +358,9 @@ impl Density {
     /// The support `[lo, hi]`.
     pub fn support(&self) -> (f64, f64) {
         match *self {
-            Density::Uniform | Density::LogitNormal { .. } | Density::Mode { .. } | Density::CosMap => (0.0, 1.0),
+            Density::Uniform | Density::LogitNormal { .. } | Density::Mode { .. } | Density::CosMap => {
+                (0.0, 1.0)
+            }
             Density::LogNormal { .. } | Density::SplitLogNormal { .. } => (0.0, f64::INFINITY),
             Density::LogLogistic { min, max, .. }
             | Density::LogUniform { min, max }
@@ -402,7 +419,11 @@ impl Density {
                 let c = CosineInterp::new(image_d, noise_d_low, noise_d_high, sigma_data, min, max);
                 c.log_sigma(1.0 - u).0.exp()
             }
-            Density::SplitLogNormal { loc, scale_1, scale_2 } => {
+            Density::SplitLogNormal {
+                loc,
+                scale_1,
+                scale_2,
+            } => {
                 let r = scale_1 / (scale_1 + scale_2);
                 if u < r {
                     (loc + scale_1 * norm_ppf(0.5 * u / r)).exp()
@@ -457,7 +478,11 @@ impl Density {
                 min,
                 max,
             } => 1.0 - CosineInterp::new(image_d, noise_d_low, noise_d_high, sigma_data, min, max).inverse(x),
-            Density::SplitLogNormal { loc, scale_1, scale_2 } => {
+            Density::SplitLogNormal {
+                loc,
+                scale_1,
+                scale_2,
+            } => {
                 let r = scale_1 / (scale_1 + scale_2);
                 let y = x.ln() - loc;
                 if y < 0.0 {
@@ -508,7 +533,11 @@ impl Density {
                 let (_, dlog) = c.log_sigma(c.inverse(x));
                 1.0 / (x * dlog.abs())
             }
-            Density::SplitLogNormal { loc, scale_1, scale_2 } => {
+            Density::SplitLogNormal {
+                loc,
+                scale_1,
+                scale_2,
+            } => {
                 let y = x.ln() - loc;
                 let s = if y < 0.0 { scale_1 } else { scale_2 };
                 2.0 * norm_pdf(y / s) / ((scale_1 + scale_2) * x)
@@ -569,7 +598,11 @@ impl Density {
             }
         };
         match *self {
-            Density::SplitLogNormal { loc, scale_1, scale_2 } => {
+            Density::SplitLogNormal {
+                loc,
+                scale_1,
+                scale_2,
+            } => {
                 if draw != Draw::Independent {
                     return Err(Error::InvalidParameter {
                         name: "draw",
@@ -584,13 +617,19 @@ impl Density {
                     .zip(&u)
                     .map(|(&z, &u)| {
                         let a = z.abs();
-                        if u < r { loc - a * scale_1 } else { loc + a * scale_2 }.exp()
+                        if u < r {
+                            loc - a * scale_1
+                        } else {
+                            loc + a * scale_2
+                        }
+                        .exp()
                     })
                     .collect())
             }
-            Density::LogitNormal { mean, std } if draw == Draw::Independent => {
-                Ok(randn(generator).into_iter().map(|z| sigmoid(mean + std * z)).collect())
-            }
+            Density::LogitNormal { mean, std } if draw == Draw::Independent => Ok(randn(generator)
+                .into_iter()
+                .map(|z| sigmoid(mean + std * z))
+                .collect()),
             _ => {
                 let mut u = if matches!(self, Density::LogLogistic { .. }) {
                     let mut u = vec![0f64; n];
@@ -639,7 +678,10 @@ mod tests {
                 min: 1e-3,
                 max: 80.0,
             },
-            Density::LogUniform { min: 0.002, max: 80.0 },
+            Density::LogUniform {
+                min: 0.002,
+                max: 80.0,
+            },
             Density::VDiffusion {
                 sigma_data: 0.5,
                 min: 0.0,
@@ -676,7 +718,11 @@ mod tests {
                 assert!((d.cdf(x) - u).abs() < 1e-9, "{d:?} u {u}: cdf {}", d.cdf(x));
                 let h = 1e-5 * x.max(1e-300);
                 let num = (d.cdf(x + h) - d.cdf(x - h)) / (2.0 * h);
-                assert!((num / d.pdf(x) - 1.0).abs() < 1e-5, "{d:?} at {x}: {num} vs {}", d.pdf(x));
+                assert!(
+                    (num / d.pdf(x) - 1.0).abs() < 1e-5,
+                    "{d:?} at {x}: {num} vs {}",
+                    d.pdf(x)
+                );
             }
         }
     }
@@ -688,7 +734,10 @@ mod tests {
             let s = d.sample(64, Draw::stratified(), &mut rng).unwrap();
             for (i, &x) in s.iter().enumerate() {
                 let u = d.cdf(x);
-                assert!(u >= i as f64 / 64.0 - 1e-9 && u <= (i + 1) as f64 / 64.0 + 1e-9, "{d:?} {i} {u}");
+                assert!(
+                    u >= i as f64 / 64.0 - 1e-9 && u <= (i + 1) as f64 / 64.0 + 1e-9,
+                    "{d:?} {i} {u}"
+                );
             }
             // Two groups of 32 cover the 64 strata together.
             let mut cover = vec![0; 64];
@@ -709,7 +758,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let bad = [
             Density::LogNormal { mean: 0.0, std: 0.0 },
-            Density::LogitNormal { mean: f64::NAN, std: 1.0 },
+            Density::LogitNormal {
+                mean: f64::NAN,
+                std: 1.0,
+            },
             Density::Mode { scale: 2.0 },
             Density::LogUniform { min: 1.0, max: 1.0 },
             Density::LogLogistic {
@@ -725,7 +777,13 @@ mod tests {
             },
         ];
         for d in bad {
-            assert!(matches!(d.sample(4, Draw::Independent, &mut rng), Err(Error::InvalidParameter { .. })), "{d:?}");
+            assert!(
+                matches!(
+                    d.sample(4, Draw::Independent, &mut rng),
+                    Err(Error::InvalidParameter { .. })
+                ),
+                "{d:?}"
+            );
         }
         assert!(
             Density::Uniform

@@ -167,7 +167,9 @@ impl LossWeighting {
     /// As [`weight`](Self::weight).
     pub fn validate(self) -> Result<()> {
         match self {
-            LossWeighting::MinSnr { gamma } | LossWeighting::SoftMinSnr { gamma } if gamma.is_nan() || gamma <= 0.0 => {
+            LossWeighting::MinSnr { gamma } | LossWeighting::SoftMinSnr { gamma }
+                if gamma.is_nan() || gamma <= 0.0 =>
+            {
                 Err(Error::InvalidParameter {
                     name: "gamma",
                     value: gamma,

@@ -320,7 +320,10 @@ impl Training {
     pub fn levels<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Result<(Vec<f64>, Vec<NoiseLevel>)> {
         self.validate()?;
         let draws = self.density.sample(n, self.draw, rng)?;
-        let levels = draws.iter().map(|&u| self.process.level(u)).collect::<Result<_>>()?;
+        let levels = draws
+            .iter()
+            .map(|&u| self.process.level(u))
+            .collect::<Result<_>>()?;
         Ok((draws, levels))
     }
 
@@ -366,7 +369,10 @@ impl Training {
                 got: vec![draws.len()],
             });
         }
-        let levels: Vec<NoiseLevel> = draws.iter().map(|&u| self.process.level(u)).collect::<Result<_>>()?;
+        let levels: Vec<NoiseLevel> = draws
+            .iter()
+            .map(|&u| self.process.level(u))
+            .collect::<Result<_>>()?;
         let coefs: Vec<(f64, f64)> = levels.iter().map(|l| (l.alpha, l.sigma)).collect();
         let noisy = per_sample_combine(x0.view(), noise.view(), &coefs);
         let coefs: Vec<(f64, f64)> = levels
@@ -428,11 +434,20 @@ mod tests {
         let x0 = Array2::<f64>::zeros((3, 2));
         let mut rng = StdRng::seed_from_u64(0);
         let t = Training::new(Process::Sigma, Prediction::Sample).density(Density::Uniform);
-        assert!(matches!(t.batch(x0.view(), &mut rng), Err(Error::InvalidParameter { name: "density", .. })));
+        assert!(matches!(
+            t.batch(x0.view(), &mut rng),
+            Err(Error::InvalidParameter { name: "density", .. })
+        ));
         let t = Training::flow_matching();
-        assert!(t.batch_with(x0.view(), &[0.5, 0.5], Array2::zeros((3, 2))).is_err());
+        assert!(
+            t.batch_with(x0.view(), &[0.5, 0.5], Array2::zeros((3, 2)))
+                .is_err()
+        );
         assert!(t.batch_with(x0.view(), &[0.5; 3], Array2::zeros((3, 1))).is_err());
-        assert!(t.batch_with(x0.view(), &[0.5, 0.5, 2.0], Array2::zeros((3, 2))).is_err());
+        assert!(
+            t.batch_with(x0.view(), &[0.5, 0.5, 2.0], Array2::zeros((3, 2)))
+                .is_err()
+        );
         let b = t.batch_with(x0.view(), &[0.5; 3], Array2::ones((3, 2))).unwrap();
         assert!(b.loss(Array2::zeros((3, 1)).view()).is_err());
         // Output = target gives zero loss; output off by 1 gives the weight.
