@@ -424,7 +424,7 @@ impl<F: Float, D: Dimension> crate::likelihood::DenoiserJvp<F, D> for GaussianMi
         x: ArrayView<'_, F, D>,
         v: ArrayView<'_, F, D>,
         level: &NoiseLevel,
-    ) -> Result<(Array<F, D>, Array<F, D>), BoxError> {
+    ) -> Result<crate::likelihood::OutputAndJvp<F, D>, BoxError> {
         let out = Denoiser::denoise(self, x.view(), level)?;
         let jx0 = self.x0_jvp(x, v.view(), level)?;
         // The output is c_x0 x0 + c_eps eps with eps = (x - alpha x0) / sigma.

@@ -46,6 +46,12 @@ use crate::noise::NoiseSource;
 use crate::schedule::NoiseSchedule;
 use crate::special::norm_cdf;
 
+/// A model output and its Jacobian-vector product (see [`DenoiserJvp`]).
+pub type OutputAndJvp<F, D> = (Array<F, D>, Array<F, D>);
+
+/// The x0 estimate and its products with each tangent (k-diffusion coordinates).
+type Evaluated<D> = (Array<f64, D>, Vec<Array<f64, D>>);
+
 /// A model that gives exact Jacobian-vector products of its output: forward-mode automatic
 /// differentiation (JAX's `jvp`, torch's `torch.func.jvp`), or an analytic formula. With it
 /// [`OdeNll::bits_per_dim_jvp`] needs no finite differences.
@@ -60,7 +66,7 @@ pub trait DenoiserJvp<F, D: Dimension>: Denoiser<F, D> {
         x: ArrayView<'_, F, D>,
         v: ArrayView<'_, F, D>,
         level: &NoiseLevel,
-    ) -> Result<(Array<F, D>, Array<F, D>), BoxError>;
+    ) -> Result<OutputAndJvp<F, D>, BoxError>;
 }
 
 /// Mean and standard error of per-sample values.
@@ -599,7 +605,7 @@ trait Products<F, D: Dimension> {
         level: &NoiseLevel,
         tangents: &[Array<f64, D>],
         call: &mut Call,
-    ) -> Result<(Array<f64, D>, Vec<Array<f64, D>>)>;
+    ) -> Result<Evaluated<D>>;
 }
 
 struct FiniteDifferences<'m, M: ?Sized> {
@@ -619,7 +625,7 @@ impl<F: Float, D: Dimension, M: Denoiser<F, D> + ?Sized> Products<F, D> for Fini
         level: &NoiseLevel,
         tangents: &[Array<f64, D>],
         call: &mut Call,
-    ) -> Result<(Array<f64, D>, Vec<Array<f64, D>>)> {
+    ) -> Result<Evaluated<D>> {
         let mut calls = |x: &Array<f64, D>, call: &mut Call| {
             let r = x0_estimate(self.model, &to_model::<F, D>(x, level.alpha), call);
             call.index += 1;
@@ -654,7 +660,7 @@ impl<F: Float, D: Dimension, M: DenoiserJvp<F, D> + ?Sized> Products<F, D> for E
         level: &NoiseLevel,
         tangents: &[Array<f64, D>],
         call: &mut Call,
-    ) -> Result<(Array<f64, D>, Vec<Array<f64, D>>)> {
+    ) -> Result<Evaluated<D>> {
         let a = level.alpha;
         let xm = to_model::<F, D>(x_ve, a);
         let c = self.model.prediction().to_x0(level).ok_or(Error::Undetermined {

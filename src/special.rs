@@ -198,7 +198,7 @@ pub(crate) fn norm_ppf(p: f64) -> f64 {
     if p == 0.0 {
         return f64::NEG_INFINITY;
     }
-    if p == 1.0 {
+    if p >= 1.0 {
         return f64::INFINITY;
     }
     if p > 0.5 {

@@ -642,7 +642,9 @@ impl Density {
                 Ok(u.into_iter()
                     .map(|u| match *self {
                         Density::LogNormal { .. } => self.quantile(u * (1.0 - 2e-7) + 1e-7),
-                        Density::Mode { scale } => Self::mode_map(scale, u),
+                        // diffusers' own map of the uniform (its draws reversed); stratified
+                        // draws keep stratum order through the quantile.
+                        Density::Mode { scale } if draw == Draw::Independent => Self::mode_map(scale, u),
                         Density::CosineInterpolated { .. } => self.quantile(1.0 - u),
                         _ => self.quantile(u),
                     })

@@ -396,6 +396,7 @@ impl Training {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values by construction")]
 mod tests {
     use super::*;
     use ndarray::Array2;
