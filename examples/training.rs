@@ -188,7 +188,7 @@ fn main() -> Result<(), BoxError> {
         &mut |x0, rng| {
             p.training_example(
                 x0.view(),
-                &Density::edm(),
+                Density::edm(),
                 Draw::stratified(),
                 LossWeighting::Edm { sigma_data },
                 rng,

@@ -876,7 +876,7 @@ impl OdeNll {
             return bad(
                 "sigma_max",
                 hi,
-                "must be finite and above sigma_min (set it for a zero-terminal-SNR grid)",
+                "must be finite and above sigma_min (a grid that starts at pure noise - zero terminal SNR, flow sigma 1 - needs an explicit sigma_max, e.g. 1e3)",
             );
         }
         Ok((lo, hi))

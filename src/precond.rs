@@ -215,17 +215,26 @@ impl EdmPrecond {
         weighting.validate()?;
         self.check_sigma(sigma)?;
         let level = NoiseLevel::new(sigma, 1.0, sigma);
-        Ok(match weighting.x0_weight(&level) {
+        let w = match weighting.x0_weight(&level) {
             Some(w0) => {
                 let c = self.c_out(sigma);
                 w0 * c * c
             }
             None => weighting.weight_of(Prediction::Sample, &level),
-        })
+        };
+        if w.is_finite() {
+            Ok(w)
+        } else {
+            Err(Error::InvalidParameter {
+                name: "sigma",
+                value: sigma,
+                reason: "the loss weight overflows at this sigma",
+            })
+        }
     }
 
     fn check_sigma(&self, sigma: f64) -> Result<()> {
-        if sigma.is_finite() && sigma > self.sigma_min {
+        if (sigma * sigma).is_finite() && sigma > self.sigma_min {
             Ok(())
         } else {
             Err(Error::InvalidParameter {
@@ -260,7 +269,9 @@ impl EdmPrecond {
     /// # Errors
     /// [`Error::Shape`] if `noise` differs from `x0` or the number of sigmas from the batch
     /// size; as [`loss_weight`](Self::loss_weight) for a sigma, the coefficients or the
-    /// weighting; [`Error::InvalidParameter`] for [`EdmNoise::Timestep`] (no timestep to give).
+    /// weighting; [`Error::InvalidParameter`] for [`EdmNoise::Timestep`] (no timestep to give);
+    /// [`Error::InvalidValue`] where finite data and noise give an input or target that
+    /// overflows the float type.
     pub fn training_batch<F: Float, D: Dimension>(
         &self,
         x0: ArrayView<'_, F, D>,
@@ -301,6 +312,7 @@ impl EdmPrecond {
             let (mut nd, mut td) = (noisy.view_mut().into_dyn(), target.view_mut().into_dyn());
             for (i, &s) in sigmas.iter().enumerate() {
                 let (c_in, c_skip, c_out) = (self.c_in(s), self.c_skip(s), self.c_out(s));
+                let mut overflow = false;
                 Zip::from(nd.index_axis_mut(Axis(0), i))
                     .and(td.index_axis_mut(Axis(0), i))
                     .and(x0.index_axis(Axis(0), i))
@@ -310,7 +322,16 @@ impl EdmPrecond {
                         let x = x0 + s * e;
                         *n = F::cast(c_in * x);
                         *t = F::cast((x0 - c_skip * x) / c_out);
+                        overflow |= x0.is_finite() && e.is_finite() && !(n.is_finite() && t.is_finite());
                     });
+                if overflow {
+                    return Err(Error::InvalidValue {
+                        what: "sigmas",
+                        index: i,
+                        value: s,
+                        reason: "the network input or target overflows the float type at this sigma",
+                    });
+                }
             }
         }
         Ok(TrainingBatch {
@@ -333,7 +354,7 @@ impl EdmPrecond {
     pub fn training_example<F: Float, D: Dimension, R: Rng + ?Sized>(
         &self,
         x0: ArrayView<'_, F, D>,
-        density: &Density,
+        density: Density,
         draw: Draw,
         weighting: LossWeighting,
         rng: &mut R,

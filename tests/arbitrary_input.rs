@@ -975,4 +975,103 @@ proptest! {
             prop_assert!(x.iter().all(|v| v.is_finite()));
         }
     }
+
+    /// Training densities, processes and batches with any parameters: typed errors, or finite
+    /// draws inside the support, finite non-negative weights and finite batches for finite data.
+    #[test]
+    fn training_densities_and_batches(which in 0usize..10, a in wild(), b in wild(), c in wild(), d in wild(), n in 0usize..40, group in 0usize..4, groups in 0usize..4, x in array(3), e in array(3), pw in 0usize..7, pp in 0usize..6, pred in prediction(), seed in any::<u64>()) {
+        use diffusion_samplers::forward::{Density, Draw, Process, Training};
+        use diffusion_samplers::noise::TorchGenerator;
+        let density = match which {
+            0 => Density::Uniform,
+            1 => Density::LogitNormal { mean: a, std: b },
+            2 => Density::Mode { scale: a },
+            3 => Density::CosMap,
+            4 => Density::LogNormal { mean: a, std: b },
+            5 => Density::LogLogistic { loc: a, scale: b, min: c, max: d },
+            6 => Density::LogUniform { min: a, max: b },
+            7 => Density::VDiffusion { sigma_data: a, min: c, max: d },
+            8 => Density::CosineInterpolated { image_d: 64.0, noise_d_low: a.abs() * 64.0, noise_d_high: 64.0, sigma_data: b, min: c, max: d },
+            _ => Density::SplitLogNormal { loc: a, scale_1: b, scale_2: c },
+        };
+        let draw = if groups == 0 && group == 0 { Draw::Independent } else { Draw::Stratified { group, groups } };
+        let (lo, hi) = density.support();
+        for r in [
+            density.sample(n, draw, &mut StdRng::seed_from_u64(seed)),
+            density.sample_torch(n, draw, &mut TorchGenerator::new(seed)),
+        ] {
+            if let Ok(v) = r {
+                prop_assert_eq!(v.len(), n);
+                prop_assert!(v.iter().all(|&v| v.is_finite() && v >= lo && v <= hi), "{:?} {:?}", density, v);
+                for &v in &v {
+                    let (p, f) = (density.pdf(v), density.cdf(v));
+                    prop_assert!(p >= 0.0 && (0.0..=1.0).contains(&f), "{:?} {} {} {}", density, v, p, f);
+                }
+            }
+        }
+        let weighting = match pw {
+            0 => LossWeighting::Uniform,
+            1 => LossWeighting::MinSnr { gamma: a },
+            2 => LossWeighting::SoftMinSnr { gamma: b },
+            3 => LossWeighting::Snr,
+            4 => LossWeighting::Edm { sigma_data: c },
+            5 => LossWeighting::SigmaSqrt,
+            _ => LossWeighting::Cosmap,
+        };
+        let process = match pp {
+            0 => Process::Vp { beta_min: a, beta_max: b },
+            1 => Process::VpCosine { s: c },
+            2 => Process::Ve { sigma_min: c, sigma_max: d },
+            3 => Process::Sigma,
+            4 => Process::flow(),
+            _ => match NoiseSchedule::linear(1000, 1e-4, 0.02) { Ok(s) => Process::Discrete(s), Err(_) => Process::Sigma },
+        };
+        let t = Training::new(process, pred).density(density).draw(draw).weighting(weighting);
+        if let Ok(batch) = t.batch(x.view(), &mut StdRng::seed_from_u64(seed)) {
+            prop_assert!(batch.weights.iter().all(|w| w.is_finite() && *w >= 0.0), "{:?}", batch.weights);
+            prop_assert!(batch.levels.iter().all(|l| l.is_valid()), "{:?}", batch.levels);
+            if finite(&x) {
+                prop_assert!(finite(&batch.noisy), "{:?} {:?}", batch.levels, batch.noisy);
+            }
+        }
+        let draws = [a, b, c];
+        let _ = t.batch_with(x.view(), &draws, e.clone());
+        let p = diffusion_samplers::precond::EdmPrecond::edm(d);
+        if let Ok(batch) = p.training_batch(x.view(), &[a.abs(), b.abs(), c.abs()], e.clone(), weighting) {
+            prop_assert!(batch.weights.iter().all(|w| w.is_finite() && *w >= 0.0), "{:?}", batch.weights);
+            if finite(&x) && finite(&e) {
+                prop_assert!(finite(&batch.target) && finite(&batch.noisy), "{:?}", batch);
+            }
+        }
+    }
+
+    /// Likelihood with any grid, data, options and misbehaving models: typed errors or finite
+    /// figures.
+    #[test]
+    fn likelihood(g in grid(), b in behaviour(), pred in prediction(), x in array(2), rtol in wild(), smin in prop::option::of(wild()), smax in prop::option::of(wild()), probes in 0usize..3, deq in prop::option::of(0u32..300), ts in prop::option::of(prop::collection::vec(count(), 0..5)), which in 0usize..3, clip in any::<bool>()) {
+        use diffusion_samplers::likelihood::{Decoder, OdeNll, Probe, ReverseVariance, Trace, Vlb};
+        let Ok(g) = g else { return Ok(()) };
+        let mut calls = 0;
+        let mut m = model(b.clone(), pred, &mut calls);
+        let mut o = OdeNll::new().tolerances(rtol.abs().max(1e-3), 1e-3).max_evaluations(60).trace(match which {
+            0 => Trace::Exact,
+            1 => Trace::Hutchinson { probe: Probe::Gaussian, probes },
+            _ => Trace::default(),
+        });
+        if let Some(v) = smin { o = o.sigma_min(v); }
+        if let Some(v) = smax { o = o.sigma_max(v); }
+        if let Some(l) = deq { o = o.dequantize(l); }
+        if let Ok(r) = o.bits_per_dim(&mut m, &g, x.view(), &mut SeededNoise::new(1)) {
+            prop_assert!(r.bits_per_dim.iter().all(|v| v.is_finite()), "{:?}", r);
+        }
+        let schedule = NoiseSchedule::linear(50, 1e-4, 0.02).unwrap();
+        let mut v = Vlb::new().clip(clip).variance(if which == 0 { ReverseVariance::FixedSmall } else { ReverseVariance::FixedLarge });
+        if let Some(l) = deq { v = v.decoder(Decoder::Discretized { levels: l }); } else { v = v.decoder(Decoder::Gaussian); }
+        if let Some(ts) = ts { v = v.timesteps(ts); }
+        let mut calls = 0;
+        let mut m = model(b, pred, &mut calls);
+        if let Ok(r) = v.bits_per_dim(&mut m, &schedule, x.view(), &mut SeededNoise::new(2)) {
+            prop_assert!(r.bits_per_dim.iter().all(|v| v.is_finite()), "{:?}", r);
+        }
+    }
 }

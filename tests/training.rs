@@ -726,7 +726,7 @@ fn edm_training_loss_of_the_exact_network() {
         let batch = p
             .training_example(
                 x0.view(),
-                &Density::edm(),
+                Density::edm(),
                 Draw::stratified(),
                 LossWeighting::Edm { sigma_data: sd },
                 &mut rng,

@@ -269,6 +269,18 @@ impl CosineInterp {
     }
 }
 
+/// Draws that overflowed (a density far outside f64's range) are an error, not `Ok(inf)`.
+fn finite_draws(draws: Vec<f64>) -> Result<Vec<f64>> {
+    match draws.iter().find(|v| !v.is_finite()) {
+        Some(&v) => Err(Error::InvalidParameter {
+            name: "density",
+            value: v,
+            reason: "the density's parameters put draws beyond f64's range",
+        }),
+        None => Ok(draws),
+    }
+}
+
 impl Density {
     /// SD3's default logit-normal density (`mean 0`, `std 1`).
     pub fn logit_normal() -> Self {
@@ -307,7 +319,8 @@ impl Density {
             Density::LogLogistic { loc, scale, min, max } => {
                 finite("loc", loc)?;
                 positive("scale", scale)?;
-                bounds(min, max)
+                bounds(min, max)?;
+                self.mass()
             }
             Density::LogUniform { min, max } => {
                 positive("min", min)?;
@@ -316,7 +329,8 @@ impl Density {
             }
             Density::VDiffusion { sigma_data, min, max } => {
                 positive("sigma_data", sigma_data)?;
-                bounds(min, max)
+                bounds(min, max)?;
+                self.mass()
             }
             Density::CosineInterpolated {
                 image_d,
@@ -366,6 +380,20 @@ impl Density {
             | Density::LogUniform { min, max }
             | Density::VDiffusion { min, max, .. }
             | Density::CosineInterpolated { min, max, .. } => (min, max),
+        }
+    }
+
+    /// A truncation that leaves (numerically) no probability mass is an error.
+    fn mass(&self) -> Result<()> {
+        let (a, b) = self.truncation();
+        if b > a {
+            Ok(())
+        } else {
+            bad(
+                "max",
+                self.support().1,
+                "the truncation [min, max] holds no probability mass in f64",
+            )
         }
     }
 
@@ -550,13 +578,15 @@ impl Density {
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for parameters out of range (see
-    /// [`validate`](Self::validate)) or a stratification with `group >= groups`.
+    /// [`validate`](Self::validate)), a stratification with `group >= groups`, or draws that
+    /// overflow f64 (a log-normal with a mean of 800, say).
     pub fn sample<R: Rng + ?Sized>(&self, n: usize, draw: Draw, rng: &mut R) -> Result<Vec<f64>> {
         self.validate()?;
         draw.validate()?;
         let mut u: Vec<f64> = (0..n).map(|_| open_uniform(rng)).collect();
         draw.spread(&mut u);
-        Ok(u.into_iter().map(|u| self.quantile(u)).collect())
+        let (lo, hi) = self.support();
+        finite_draws(u.into_iter().map(|u| self.quantile(u).clamp(lo, hi)).collect())
     }
 
     /// Draws `n` values as the Python reference does from a torch generator `generator`, so a seeded
@@ -577,6 +607,16 @@ impl Density {
     /// # Errors
     /// As [`sample`](Self::sample); also a stratified `draw` for `SplitLogNormal`.
     pub fn sample_torch(&self, n: usize, draw: Draw, generator: &mut TorchGenerator) -> Result<Vec<f64>> {
+        let (lo, hi) = self.support();
+        finite_draws(
+            self.torch_draws(n, draw, generator)?
+                .into_iter()
+                .map(|v| v.clamp(lo, hi))
+                .collect(),
+        )
+    }
+
+    fn torch_draws(&self, n: usize, draw: Draw, generator: &mut TorchGenerator) -> Result<Vec<f64>> {
         self.validate()?;
         draw.validate()?;
         let rand_f32 = |generator: &mut TorchGenerator| {

@@ -126,7 +126,7 @@ impl Process {
                 },
             });
         }
-        Ok(match self {
+        let level = match self {
             Process::Discrete(s) => {
                 let t = ((u * s.len() as f64) as usize).min(s.len() - 1);
                 s.level(t as f64)
@@ -149,7 +149,16 @@ impl Process {
                 f.shifted(&mut s);
                 f.level_from_sigma(s[0].clamp(0.0, 1.0))
             }
-        })
+        };
+        if level.is_valid() && level.alpha.is_finite() && level.sigma.is_finite() {
+            Ok(level)
+        } else {
+            Err(Error::InvalidParameter {
+                name: "draw",
+                value: u,
+                reason: "the process's level at this draw is not finite (its parameters overflow f64)",
+            })
+        }
     }
 }
 
@@ -352,7 +361,8 @@ impl Training {
     /// # Errors
     /// As [`batch`](Self::batch); [`Error::Shape`] if `noise` differs from `x0` or the number
     /// of draws from the batch size; [`Error::InvalidParameter`] for a draw out of the
-    /// process's range.
+    /// process's range; [`Error::InvalidValue`] for a draw whose loss weight is not finite (an
+    /// SNR weighting at a clean level).
     pub fn batch_with<F: Float, D: Dimension>(
         &self,
         x0: ArrayView<'_, F, D>,
@@ -380,10 +390,18 @@ impl Training {
             .map(|l| self.prediction.target_coefficients(l))
             .collect();
         let target = per_sample_combine(x0, noise.view(), &coefs);
-        let weights = levels
+        let weights: Vec<f64> = levels
             .iter()
             .map(|l| self.weighting.weight_of(self.prediction, l))
             .collect();
+        if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
+            return Err(Error::InvalidValue {
+                what: "draws",
+                index: i,
+                value: draws[i],
+                reason: "the loss weight is not finite at this draw's level (a clean level, sigma = 0?)",
+            });
+        }
         Ok(TrainingBatch {
             draws: draws.to_vec(),
             levels,
