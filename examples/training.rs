@@ -41,6 +41,9 @@ fn edm_time(c_noise: f64) -> f64 {
     250.0 * (c_noise + 2.0)
 }
 
+/// Draws one training batch for clean samples.
+type BatchFn<'a> = dyn FnMut(&Array2<f32>, &mut StdRng) -> TrainingBatch<f32, Ix2> + 'a;
+
 /// Trains `model` for `steps` Adam steps on batches from `batch` (cosine learning-rate decay);
 /// `time` maps a batch level to the MLP's time input. Returns the mean loss of the first and
 /// last 10% of steps.
@@ -48,7 +51,7 @@ fn train(
     model: &mut Mlp<f32>,
     steps: usize,
     rng: &mut StdRng,
-    batch: &mut dyn FnMut(&Array2<f32>, &mut StdRng) -> TrainingBatch<f32, Ix2>,
+    batch: &mut BatchFn<'_>,
     time: &dyn Fn(&NoiseLevel) -> f64,
 ) -> (f64, f64) {
     let mut opt = Adam::new(2e-3);
