@@ -996,17 +996,16 @@ proptest! {
         };
         let draw = if groups == 0 && group == 0 { Draw::Independent } else { Draw::Stratified { group, groups } };
         let (lo, hi) = density.support();
-        for r in [
+        let drawn = [
             density.sample(n, draw, &mut StdRng::seed_from_u64(seed)),
             density.sample_torch(n, draw, &mut TorchGenerator::new(seed)),
-        ] {
-            if let Ok(v) = r {
-                prop_assert_eq!(v.len(), n);
-                prop_assert!(v.iter().all(|&v| v.is_finite() && v >= lo && v <= hi), "{:?} {:?}", density, v);
-                for &v in &v {
-                    let (p, f) = (density.pdf(v), density.cdf(v));
-                    prop_assert!(p >= 0.0 && (0.0..=1.0).contains(&f), "{:?} {} {} {}", density, v, p, f);
-                }
+        ];
+        for v in drawn.into_iter().flatten() {
+            prop_assert_eq!(v.len(), n);
+            prop_assert!(v.iter().all(|&v| v.is_finite() && v >= lo && v <= hi), "{:?} {:?}", density, v);
+            for &v in &v {
+                let (p, f) = (density.pdf(v), density.cdf(v));
+                prop_assert!(p >= 0.0 && (0.0..=1.0).contains(&f), "{:?} {} {} {}", density, v, p, f);
             }
         }
         let weighting = match pw {
