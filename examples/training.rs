@@ -4,7 +4,8 @@
 //!     cargo run --release --example training            # ~1 min on 2 cores
 //!     cargo run --release --example training -- --steps 500   # a quick look
 //!
-//! * DDPM: epsilon prediction on DDPM's linear schedule (`ForwardProcess`, uniform timesteps);
+//! * DDPM: epsilon prediction on DDPM's linear schedule (`Training` on `Process::Discrete`,
+//!   uniform timesteps);
 //!   scored with the variational bound (`likelihood::Vlb`, 1000 calls) and the ODE likelihood.
 //! * Flow matching (SD3 / Flux): `Training::flow_matching()` — rectified flow, logit-normal
 //!   timesteps, velocity target; sampled with Euler / Heun on a flow grid.
@@ -24,7 +25,7 @@ mod models;
 use std::time::Instant;
 
 use diffusion_samplers::analytic::GaussianMixture;
-use diffusion_samplers::forward::{Density, Draw, Training, TrainingBatch};
+use diffusion_samplers::forward::{Density, Draw, Process, Training, TrainingBatch};
 use diffusion_samplers::likelihood::{Decoder, OdeNll, ReverseVariance, Trace, Vlb};
 use diffusion_samplers::precond::{EdmPrecond, Preconditioned};
 use diffusion_samplers::prelude::*;
@@ -110,26 +111,15 @@ fn main() -> Result<(), BoxError> {
 
     // 1. DDPM: epsilon prediction, uniform timesteps.
     let schedule = NoiseSchedule::linear(1000, 1e-4, 0.02)?;
-    let fp = ForwardProcess::new(schedule.clone());
+    // The discrete schedule through `Training`: uniform timesteps, as `ForwardProcess` draws them.
+    let ddpm_training = Training::new(Process::Discrete(schedule.clone()), Prediction::Epsilon);
     let mut ddpm = Mlp::<f32>::new(Prediction::Epsilon, 128, 3, &mut rng);
     let start = Instant::now();
     let (first, last) = train(
         &mut ddpm,
         steps,
         &mut rng,
-        &mut |x0, rng| {
-            let ex = fp
-                .training_example(x0.view(), Prediction::Epsilon, LossWeighting::Uniform, rng)
-                .expect("a batch");
-            TrainingBatch {
-                draws: ex.timesteps.iter().map(|&t| t as f64).collect(),
-                levels: ex.timesteps.iter().map(|&t| schedule.level(t as f64)).collect(),
-                noise: ex.noise,
-                noisy: ex.noisy,
-                target: ex.target,
-                weights: ex.weights,
-            }
-        },
+        &mut |x0, rng| ddpm_training.batch(x0.view(), rng).expect("a batch"),
         &|l| l.t,
     );
     let secs = start.elapsed().as_secs_f64();

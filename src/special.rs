@@ -126,10 +126,10 @@ pub(crate) fn beta_ppf(p: f64, a: f64, b: f64) -> f64 {
     x
 }
 
-/// erfc(x), accurate to ~1e-15 relative for `x <= 2.5` and ~1e-15 relative in the upper tail:
-/// the everywhere-convergent series `erf(x) = 2x/sqrt(pi) e^{-x^2} sum (2x^2)^n / (2n+1)!!` below
-/// 2.5, the continued fraction `e^{-x^2}/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...))))`
-/// (modified Lentz) above.
+/// erfc(x) to ~1e-15 relative: the everywhere-convergent series `erf(x) = 2x/sqrt(pi) e^{-x^2}
+/// sum (2x^2)^n / (2n+1)!!` below 1 (where `erfc > 0.15`, so `1 - erf` keeps its digits), the
+/// continued fraction `e^{-x^2}/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...))))`
+/// (modified Lentz) from 1 on.
 pub(crate) fn erfc(x: f64) -> f64 {
     if x.is_nan() {
         return f64::NAN;
@@ -138,7 +138,7 @@ pub(crate) fn erfc(x: f64) -> f64 {
         return 2.0 - erfc(-x);
     }
     const FRAC_1_SQRT_PI: f64 = 0.564_189_583_547_756_3;
-    if x < 2.5 {
+    if x < 1.0 {
         let x2 = x * x;
         let (mut term, mut sum) = (1.0f64, 1.0f64);
         for n in 1..200 {
@@ -158,7 +158,7 @@ pub(crate) fn erfc(x: f64) -> f64 {
     let mut f = x;
     let mut c = x;
     let mut d = 0.0f64;
-    for n in 1..500 {
+    for n in 1..5000 {
         let a = n as f64 * 0.5;
         d = x + a * d;
         if d.abs() < TINY {
@@ -307,6 +307,24 @@ mod tests {
         assert!((norm_cdf(-10.0) / 7.619_853_024_160_47e-24 - 1.0).abs() < 1e-12);
         assert!((erfc(3.0) / 2.209_049_699_858_544_5e-5 - 1.0).abs() < 1e-13);
         assert!((erfc(0.5) - 0.479_500_122_186_953_5).abs() < 1e-15);
+        // Both sides of the series / continued-fraction cut-over at 1 (scipy.special.erfc).
+        for (x, want) in [
+            (0.99, 0.161_491_930_444_630_17),
+            (1.0, 0.157_299_207_050_285_16),
+            (1.01, 0.153_189_503_771_723_33),
+            (1.5, 0.033_894_853_524_689_27),
+            (1.99, 0.004_888_586_800_383_002),
+            (2.0, 0.004_677_734_981_047_266),
+            (2.01, 0.004_475_150_644_751_764),
+            (2.45, 0.000_530_580_112_251_053_8),
+            (4.0, 1.541_725_790_028_002e-8),
+        ] {
+            assert!(
+                (erfc(x) / want - 1.0).abs() < 2e-14,
+                "{x}: {}",
+                erfc(x) / want - 1.0
+            );
+        }
         assert!((norm_ppf(0.975) - 1.959_963_984_540_054).abs() < 1e-14);
         assert!((norm_ppf(1e-10) + 6.361_340_902_404_056).abs() < 1e-12);
         assert!((norm_ppf(0.3) + 0.524_400_512_708_040_9).abs() < 1e-14);

@@ -619,14 +619,10 @@ fn stratified_torch_draws_have_one_draw_per_stratum() {
     }
 }
 
-/// `Density::sample_torch` documents that stratified draws of the diffusers densities "use
-/// k-diffusion's stratified uniforms and the quantile", and `Draw::Stratified` that draw `i`
-/// takes stratum `group + i groups` — but for `Mode` the code pushes the stratified uniform
-/// through the (decreasing) mode map itself, `mode_map(u) = quantile(1 - u)`, so draw `i` lands
-/// in stratum `n - 1 - i` and group `g` of `G` covers the strata of group `G - 1 - g`. (The
-/// independent draws must use the map, to reproduce diffusers; the stratified ones have no
-/// Python counterpart.) Ignored until the code or the documentation changes; see
-/// `stratified_torch_draws_have_one_draw_per_stratum` for the order as it is.
+/// Regression: `sample_torch`'s stratified `Mode` draws pushed the stratified uniform through
+/// the (decreasing) mode map itself, so draw `i` landed in stratum `n - 1 - i`, unlike the
+/// documented stratum order (the independent draws must use the map, to reproduce diffusers;
+/// the stratified ones go through the quantile).
 #[test]
 fn stratified_torch_mode_draws_follow_the_documented_order() {
     let n = 64;

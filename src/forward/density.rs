@@ -148,15 +148,22 @@ impl Draw {
         Draw::Stratified { group: 0, groups: 1 }
     }
 
-    fn validate(self) -> Result<()> {
-        if let Draw::Stratified { group, groups } = self
-            && (groups == 0 || group >= groups)
-        {
-            return Err(Error::InvalidParameter {
-                name: "group",
-                value: group as f64,
-                reason: "stratified draws need groups >= 1 and group < groups",
-            });
+    fn validate(self, n: usize) -> Result<()> {
+        if let Draw::Stratified { group, groups } = self {
+            if groups == 0 || group >= groups {
+                return Err(Error::InvalidParameter {
+                    name: "group",
+                    value: group as f64,
+                    reason: "stratified draws need groups >= 1 and group < groups",
+                });
+            }
+            if n.checked_mul(groups).is_none() {
+                return Err(Error::InvalidParameter {
+                    name: "groups",
+                    value: groups as f64,
+                    reason: "the number of strata (draws times groups) overflows usize",
+                });
+            }
         }
         Ok(())
     }
@@ -297,7 +304,8 @@ impl Density {
     /// # Errors
     /// [`Error::InvalidParameter`] naming the first parameter out of range: non-finite values,
     /// non-positive scales, truncation bounds not `0 <= min < max`, a mode scale outside
-    /// `[-1, 2 / (pi - 2)]`, a cosine-interpolated `min` that is zero.
+    /// `[-1, 2 / (pi - 2)]`, a cosine-interpolated `min` that is zero or resolutions that make its
+    /// map non-monotone, a truncation that leaves no probability mass.
     pub fn validate(&self) -> Result<()> {
         match *self {
             Density::Uniform | Density::CosMap => Ok(()),
@@ -346,7 +354,19 @@ impl Density {
                 positive("sigma_data", sigma_data)?;
                 positive("min", min)?;
                 positive("max", max)?;
-                bounds(min, max)
+                bounds(min, max)?;
+                // The CDF and density invert the map: it must decrease everywhere.
+                let c = CosineInterp::new(image_d, noise_d_low, noise_d_high, sigma_data, min, max);
+                if (0..=64).any(|i| {
+                    c.log_sigma(f64::from(i) / 64.0).1.partial_cmp(&0.0) != Some(std::cmp::Ordering::Less)
+                }) {
+                    return bad(
+                        "noise_d_low",
+                        noise_d_low,
+                        "these resolutions make the interpolated schedule non-monotone (its CDF would not exist)",
+                    );
+                }
+                Ok(())
             }
             Density::SplitLogNormal {
                 loc,
@@ -578,11 +598,12 @@ impl Density {
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for parameters out of range (see
-    /// [`validate`](Self::validate)), a stratification with `group >= groups`, or draws that
+    /// [`validate`](Self::validate)), a stratification with `group >= groups` (or so many groups
+    /// that the strata overflow `usize`), or draws that
     /// overflow f64 (a log-normal with a mean of 800, say).
     pub fn sample<R: Rng + ?Sized>(&self, n: usize, draw: Draw, rng: &mut R) -> Result<Vec<f64>> {
         self.validate()?;
-        draw.validate()?;
+        draw.validate(n)?;
         let mut u: Vec<f64> = (0..n).map(|_| open_uniform(rng)).collect();
         draw.spread(&mut u);
         let (lo, hi) = self.support();
@@ -618,7 +639,7 @@ impl Density {
 
     fn torch_draws(&self, n: usize, draw: Draw, generator: &mut TorchGenerator) -> Result<Vec<f64>> {
         self.validate()?;
-        draw.validate()?;
+        draw.validate(n)?;
         let rand_f32 = |generator: &mut TorchGenerator| {
             let mut u = vec![0f32; n];
             generator.rand_f32(&mut u);
@@ -832,6 +853,37 @@ mod tests {
                 .sample(4, Draw::Stratified { group: 2, groups: 2 }, &mut rng)
                 .is_err()
         );
+        // Regression: strata counts overflowing usize panicked (debug) or wrapped (release).
+        assert!(
+            Density::Uniform
+                .sample(
+                    2,
+                    Draw::Stratified {
+                        group: 0,
+                        groups: usize::MAX
+                    },
+                    &mut rng
+                )
+                .is_err()
+        );
+        // Regression: resolutions making the interpolated cosine map non-monotone were accepted
+        // (its CDF then misses by up to 0.98).
+        let wild = Density::CosineInterpolated {
+            image_d: 64.0,
+            noise_d_low: 4096.0,
+            noise_d_high: 1.0,
+            sigma_data: 1.0,
+            min: 1e-3,
+            max: 1e3,
+        };
+        assert!(wild.validate().is_err());
+        // A truncation with no mass in f64.
+        let empty = Density::VDiffusion {
+            sigma_data: 1e-300,
+            min: 0.5,
+            max: 1.0,
+        };
+        assert!(empty.sample(2, Draw::Independent, &mut rng).is_err());
         let split = Density::SplitLogNormal {
             loc: 0.0,
             scale_1: 1.0,

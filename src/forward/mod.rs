@@ -155,10 +155,21 @@ impl LossWeighting {
     /// # Errors
     /// [`Error::InvalidParameter`] for a `gamma` that is not positive (NaN included; `+inf`
     /// is allowed and means [`Snr`](Self::Snr)) or a `sigma_data` that is not finite and
-    /// positive.
+    /// positive; [`Error::InvalidValue`] where the weight is infinite (an SNR weighting at a
+    /// clean level).
     pub fn weight(self, prediction: Prediction, level: &NoiseLevel) -> Result<f64> {
         self.validate()?;
-        Ok(self.weight_of(prediction, level))
+        let w = self.weight_of(prediction, level);
+        if w.is_finite() {
+            Ok(w)
+        } else {
+            Err(Error::InvalidValue {
+                what: "level sigma",
+                index: 0,
+                value: level.sigma,
+                reason: "the weighting is not finite at this level (an SNR weighting at a clean level)",
+            })
+        }
     }
 
     /// Checks the weighting's parameters.
@@ -193,11 +204,8 @@ impl LossWeighting {
         match self {
             LossWeighting::Uniform | LossWeighting::SigmaSqrt | LossWeighting::Cosmap => None,
             LossWeighting::MinSnr { gamma } => Some(snr.min(gamma)),
-            LossWeighting::SoftMinSnr { gamma } => Some(if snr.is_infinite() {
-                gamma
-            } else {
-                snr * gamma / (snr + gamma)
-            }),
+            // 1 / (1/SNR + 1/gamma): SNR for gamma = inf, gamma for SNR = inf.
+            LossWeighting::SoftMinSnr { gamma } => Some(1.0 / (1.0 / snr + 1.0 / gamma)),
             LossWeighting::Snr => Some(snr),
             LossWeighting::Edm { sigma_data } => Some(snr + 1.0 / (sigma_data * sigma_data)),
         }
@@ -217,7 +225,11 @@ impl LossWeighting {
         // x0-space weight w0 -> weight in the prediction's space. For a target c_x0 x0 + c_eps eps
         // the error is |target error|^2 = x0 error^2 * (c_x0 - c_eps alpha / sigma)^2.
         let (cx, ce) = prediction.target_coefficients(level);
-        let factor = cx - ce * level.alpha / level.sigma;
+        let factor = if ce == 0.0 {
+            cx
+        } else {
+            cx - ce * level.alpha / level.sigma
+        };
         let factor2 = factor * factor;
         if factor2 == 0.0 || !factor2.is_finite() {
             // Limits: epsilon at alpha = 0 (SNR = 0) has weight min(SNR, g)/SNR -> 1.
@@ -597,6 +609,15 @@ mod tests {
         }
         let inf = LossWeighting::MinSnr { gamma: f64::INFINITY };
         assert!(inf.weight(Prediction::Epsilon, &l).unwrap().is_finite());
+        // Regression: soft-min-SNR with gamma = inf gave Ok(NaN); it is SNR.
+        let soft = LossWeighting::SoftMinSnr { gamma: f64::INFINITY };
+        assert!((soft.weight(Prediction::Sample, &l).unwrap() - l.snr()).abs() < 1e-12);
+        // An SNR weighting at a clean level is infinite: an error, not Ok(inf).
+        assert!(
+            LossWeighting::Snr
+                .weight(Prediction::Sample, &NoiseLevel::CLEAN)
+                .is_err()
+        );
     }
 
     #[test]

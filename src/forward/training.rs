@@ -21,8 +21,8 @@ use super::density::{Density, Draw};
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Process {
-    /// A discrete schedule: `t` in `[0, 1)` picks training timestep `floor(t T)` (diffusers'
-    /// SD3 scripts' `(u * T).long()`); the level's `t` is that integer timestep.
+    /// A discrete schedule: `t` in `[0, 1)` picks training timestep `floor(t T)` (`T - 1` for
+    /// `t = 1`); the level's `t` is that integer timestep.
     Discrete(NoiseSchedule),
     /// Continuous-time VP with linear `beta(t)` (Song et al. 2021): `ln alpha_bar(t) = -t^2
     /// (beta_max - beta_min) / 2 - t beta_min`; score SDE uses 0.1 and 20. The level's `t` is
@@ -52,7 +52,12 @@ pub enum Process {
     Sigma,
     /// Rectified flow: `t` is shifted by the schedule's shift to the flow sigma `s`, `x_t = (1 -
     /// s) x0 + s eps` and the level's `t` is `s T` (SD3 / Flux; the velocity target is `eps -
-    /// x0`).
+    /// x0`). The schedule's `shift_terminal` (a stretch of a sampling grid) is not applied.
+    ///
+    /// This is the SD3 paper's `t`. diffusers' SD3 / Flux scripts index the scheduler's
+    /// descending timesteps with `(u * T).long()`, so their sigma is about `shift(1 - u)`: the
+    /// same for the symmetric densities (logit-normal with mean 0, mode), the mirror image for a
+    /// logit-normal mean `m` (use `-m` here to train as the scripts do).
     Flow(FlowSchedule),
 }
 
@@ -144,11 +149,7 @@ impl Process {
                 NoiseLevel::new(u, 1.0, sigma_min * (sigma_max / sigma_min).powf(u))
             }
             Process::Sigma => NoiseLevel::new(u, 1.0, u),
-            Process::Flow(f) => {
-                let mut s = [u];
-                f.shifted(&mut s);
-                f.level_from_sigma(s[0].clamp(0.0, 1.0))
-            }
+            Process::Flow(f) => f.level_from_sigma(f.shift().apply(u).clamp(0.0, 1.0)),
         };
         if level.is_valid() && level.alpha.is_finite() && level.sigma.is_finite() {
             Ok(level)
@@ -165,6 +166,7 @@ impl Process {
 /// One training batch: the levels drawn, the noise, the model input, the target and the loss
 /// weights (batch on axis 0, one level per element).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct TrainingBatch<F, D: Dimension> {
     /// The draw of each element (a timestep in `[0, 1]` or a sigma).
     pub draws: Vec<f64>,
@@ -441,8 +443,18 @@ mod tests {
             .unwrap()
             .with_shift(crate::schedule::FlowShift::Static(3.0))
             .unwrap();
-        let l = Process::Flow(f).level(0.5).unwrap();
+        let l = Process::Flow(f.clone()).level(0.5).unwrap();
         assert!((l.sigma - 0.75).abs() < 1e-15);
+        // Regression: a shift_terminal stretched the one-element draw to the terminal value.
+        let ft = f.with_shift_terminal(0.1).unwrap();
+        let sig: Vec<f64> = [0.1, 0.5, 0.9]
+            .iter()
+            .map(|&u| Process::Flow(ft.clone()).level(u).unwrap().sigma)
+            .collect();
+        assert!(
+            (sig[1] - 0.75).abs() < 1e-15 && sig[0] < sig[1] && sig[1] < sig[2],
+            "{sig:?}"
+        );
         assert!(Process::flow().level(1.5).is_err());
         assert!(Process::Sigma.level(-1.0).is_err());
         assert!(Process::Sigma.level(f64::NAN).is_err());
