@@ -4,7 +4,8 @@
 //! * [`Vlb`]: DDPM's variational bound `L_vlb = L_T + sum L_{t-1} + L_0` (Ho et al. 2020,
 //!   eq. 5) for a discrete VP schedule, with fixed reverse variances and the discretised
 //!   Gaussian decoder for 8-bit data (or a Gaussian decoder for continuous data). One model call
-//!   per timestep of the chain; a subset of timesteps gives the bound of the strided model.
+//!   per timestep of the chain; a subset of timesteps gives the bound of the strided model; a
+//!   model with a learned variance (Improved DDPM) through [`Vlb::bits_per_dim_learned`].
 //! * [`OdeNll`]: the probability-flow ODE's exact likelihood (Song et al. 2021, FFJORD's
 //!   instantaneous change of variables): integrate the ODE and the divergence of its drift from
 //!   `sigma_min` to `sigma_max` with an adaptive Dormand–Prince 5(4) solver, the divergence
@@ -41,6 +42,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::float::Float;
 use crate::forward::{posterior, transition};
 use crate::grid::{Grid, ScheduleFamily};
+use crate::learned::{LearnedVariance, VarianceDenoiser};
 use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
 use crate::schedule::NoiseSchedule;
@@ -51,6 +53,9 @@ pub type OutputAndJvp<F, D> = (Array<F, D>, Array<F, D>);
 
 /// The x0 estimate and its products with each tangent (k-diffusion coordinates).
 type Evaluated<D> = (Array<f64, D>, Vec<Array<f64, D>>);
+
+/// A model's x0 estimate and, for a learned variance, its variance parameter.
+type Estimate = (ndarray::ArrayD<f64>, Option<ndarray::ArrayD<f64>>);
 
 /// A model that gives exact Jacobian-vector products of its output: forward-mode automatic
 /// differentiation (JAX's `jvp`, torch's `torch.func.jvp`), or an analytic formula. With it
@@ -340,6 +345,109 @@ impl Vlb {
         M: Denoiser<F, D> + ?Sized,
         N: NoiseSource<F> + ?Sized,
     {
+        self.run(schedule, x0, noise, None, |xt, call| {
+            Ok((x0_estimate(model, xt, call)?.into_dyn(), None))
+        })
+    }
+
+    /// The bound of a model that also outputs its reverse variance (Improved DDPM: a learned
+    /// `Sigma_theta`, read as `kind` says, per element; the variance options of this `Vlb` are
+    /// not used). With `LearnedRange` at the decoder step the posterior variance is that of the
+    /// step above (improved-diffusion's clipped log-variance at `t = 0`).
+    ///
+    /// ```
+    /// use diffusion_samplers::analytic::GaussianMixture;
+    /// use diffusion_samplers::learned::{LearnedVariance, VarianceDenoiser, WithVariance};
+    /// use diffusion_samplers::likelihood::{Decoder, ReverseVariance, Vlb};
+    /// use diffusion_samplers::prelude::*;
+    /// use ndarray::{Array2, ArrayView2};
+    /// use rand::SeedableRng;
+    /// // An exact x0 model that answers v = 1 (the forward variance): fixed-large's bound.
+    /// struct Large(GaussianMixture);
+    /// impl VarianceDenoiser<f64, ndarray::Ix2> for Large {
+    ///     fn prediction(&self) -> Prediction { Prediction::Sample }
+    ///     fn denoise_with_variance(&mut self, x: ArrayView2<'_, f64>, l: &NoiseLevel)
+    ///         -> Result<WithVariance<f64, ndarray::Ix2>, BoxError> {
+    ///         Ok((self.0.x0(x, l)?, Array2::ones(x.raw_dim())))
+    ///     }
+    /// }
+    /// let gm = GaussianMixture::gaussian(vec![0.0; 2], vec![0.25; 2])?;
+    /// let x0: Array2<f64> = gm.sample(16, &mut rand::rngs::StdRng::seed_from_u64(0));
+    /// let s = NoiseSchedule::linear(100, 1e-3, 0.2)?;
+    /// let vlb = Vlb::new().decoder(Decoder::Gaussian);
+    /// let learned = vlb.bits_per_dim_learned(&mut Large(gm.clone()), LearnedVariance::LearnedRange,
+    ///     &s, x0.view(), &mut SeededNoise::new(1))?;
+    /// let fixed = vlb.clone().variance(ReverseVariance::FixedLarge)
+    ///     .bits_per_dim(&mut gm.clone().with_prediction(Prediction::Sample), &s, x0.view(), &mut SeededNoise::new(1))?;
+    /// // Every KL term is fixed-large's (the decoders differ: learned uses beta at t = 0).
+    /// for (a, b) in learned.terms.iter().zip(&fixed.terms).take(99) {
+    ///     assert!((a - b).abs() < 1e-9 * b.abs().max(1.0));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`bits_per_dim`](Self::bits_per_dim); [`Error::ShapeMismatch`] for a variance output
+    /// shaped unlike the sample, [`Error::NonFinite`] for a learned variance that is not
+    /// positive and finite.
+    pub fn bits_per_dim_learned<F, D, M, N>(
+        &self,
+        model: &mut M,
+        kind: LearnedVariance,
+        schedule: &NoiseSchedule,
+        x0: ArrayView<'_, F, D>,
+        noise: &mut N,
+    ) -> Result<VlbReport>
+    where
+        F: Float,
+        D: Dimension,
+        M: VarianceDenoiser<F, D> + ?Sized,
+        N: NoiseSource<F> + ?Sized,
+    {
+        self.run(schedule, x0, noise, Some(kind), |xt, call| {
+            let (out, var) = model
+                .denoise_with_variance(xt.view(), &call.level)
+                .map_err(|source| Error::Model {
+                    step: call.step,
+                    level: call.level,
+                    source,
+                })?;
+            for o in [&out, &var] {
+                if o.shape() != xt.shape() {
+                    return Err(Error::ShapeMismatch {
+                        step: call.step,
+                        level: call.level,
+                        expected: xt.shape().to_vec(),
+                        got: o.shape().to_vec(),
+                    });
+                }
+            }
+            let x0 = model
+                .prediction()
+                .convert(Prediction::Sample, out.view(), xt.view(), &call.level)
+                .map_err(|e| attribute(e, call))?;
+            Ok((
+                x0.mapv(|v| v.as_f64()).into_dyn(),
+                Some(var.mapv(|v| v.as_f64()).into_dyn()),
+            ))
+        })
+    }
+
+    /// The bound's loop: `eval` gives the x0 estimate and, for a learned variance, its parameter.
+    fn run<F, D, N, E>(
+        &self,
+        schedule: &NoiseSchedule,
+        x0: ArrayView<'_, F, D>,
+        noise: &mut N,
+        learned: Option<LearnedVariance>,
+        mut eval: E,
+    ) -> Result<VlbReport>
+    where
+        F: Float,
+        D: Dimension,
+        N: NoiseSource<F> + ?Sized,
+        E: FnMut(&Array<F, D>, &Call) -> Result<Estimate>,
+    {
         let (batch, dims) = batch_and_dims(&x0)?;
         check_finite(&x0)?;
         let ts = self.chain(schedule)?;
@@ -379,40 +487,85 @@ impl Vlb {
             noise.fill(i, eps.view_mut());
             let (a, s) = (F::cast(lt.alpha), F::cast(lt.sigma));
             let xt = Zip::from(&x0).and(&eps).map_collect(|&x, &e| a * x + s * e);
-            let mut pred = x0_estimate(model, &xt, &call)?.into_dyn();
+            let (mut pred, param) = eval(&xt, &call)?;
             if self.clip {
                 pred.mapv_inplace(|v| v.clamp(-1.0, 1.0));
             }
-            let per_sample: Vec<f64> = if i + 1 < k {
-                let ls = levels[i + 1];
-                let post = posterior(lt, &ls);
+            // The step's forward and posterior variances (at the decoder: the clean level, with
+            // the posterior variance of the step above, improved-diffusion's clipped value).
+            let last = i + 1 == k;
+            let ls = if last { NoiseLevel::CLEAN } else { levels[i + 1] };
+            let post = posterior(lt, &ls);
+            let beta = transition(&ls, lt).variance;
+            let small = if !last {
+                post.variance
+            } else if k >= 2 {
+                posterior(&levels[k - 2], lt).variance
+            } else {
+                beta
+            };
+            // The reverse variance of every element (None: one fixed value).
+            let var: Option<ndarray::ArrayD<f64>> = match (learned, param) {
+                (Some(LearnedVariance::Learned), Some(v)) => Some(v),
+                (Some(_), Some(v)) => {
+                    let (lb, ls_) = (beta.max(1e-300).ln(), small.max(1e-300).ln());
+                    Some(v.mapv(|v| {
+                        let f = (v + 1.0) / 2.0;
+                        (f * lb + (1.0 - f) * ls_).exp()
+                    }))
+                }
+                _ => None,
+            };
+            if let Some(v) = &var
+                && v.iter().any(|v| !(v.is_finite() && *v > 0.0))
+            {
+                return Err(Error::NonFinite {
+                    step: i,
+                    level: *lt,
+                    what: "learned variance (it must be positive and finite)",
+                });
+            }
+            let per_sample: Vec<f64> = if !last {
                 let vq = post.variance;
-                let vp = match self.variance {
+                let fixed = match self.variance {
                     ReverseVariance::FixedSmall => vq,
-                    ReverseVariance::FixedLarge => transition(&ls, lt).variance,
+                    ReverseVariance::FixedLarge => beta,
                 };
-                let base = 0.5 * ((vp / vq).ln() + vq / vp - 1.0);
-                let c = 0.5 * post.x0 * post.x0 / vp;
-                pred.axis_iter(Axis(0))
-                    .zip(x0f.axis_iter(Axis(0)))
-                    .map(|(p, x)| {
-                        let sq: f64 = Zip::from(&p)
-                            .and(&x)
-                            .fold(0.0, |acc, &p, &x| acc + (p - x) * (p - x));
-                        (base * dims as f64 + c * sq) * to_bits
+                let c2 = post.x0 * post.x0;
+                let kl = |p: f64, x: f64, vp: f64| {
+                    0.5 * ((vp / vq).ln() + vq / vp - 1.0) + 0.5 * c2 * (p - x) * (p - x) / vp
+                };
+                (0..batch)
+                    .map(|b| {
+                        let (p, x) = (pred.index_axis(Axis(0), b), x0f.index_axis(Axis(0), b));
+                        let sum = match &var {
+                            Some(v) => Zip::from(&p)
+                                .and(&x)
+                                .and(v.index_axis(Axis(0), b))
+                                .fold(0.0, |acc, &p, &x, &vp| acc + kl(p, x, vp)),
+                            None => Zip::from(&p)
+                                .and(&x)
+                                .fold(0.0, |acc, &p, &x| acc + kl(p, x, fixed)),
+                        };
+                        sum * to_bits
                     })
                     .collect()
             } else {
-                // L_0: the decoder at the least noisy level, variance sigma^2 / alpha^2 there.
-                let var = (lt.sigma / lt.alpha).powi(2);
-                let dec: Vec<f64> = pred
-                    .axis_iter(Axis(0))
-                    .zip(x0f.axis_iter(Axis(0)))
-                    .map(|(p, x)| {
-                        Zip::from(&p)
-                            .and(&x)
-                            .fold(0.0, |acc, &m, &x| acc + self.decoder_nll(x, m, var))
-                            * to_bits
+                // L_0: the decoder at the least noisy level; fixed variance sigma^2 / alpha^2.
+                let fixed = (lt.sigma / lt.alpha).powi(2);
+                let dec: Vec<f64> = (0..batch)
+                    .map(|b| {
+                        let (p, x) = (pred.index_axis(Axis(0), b), x0f.index_axis(Axis(0), b));
+                        let sum = match &var {
+                            Some(v) => Zip::from(&p)
+                                .and(&x)
+                                .and(v.index_axis(Axis(0), b))
+                                .fold(0.0, |acc, &m, &x, &vp| acc + self.decoder_nll(x, m, vp)),
+                            None => Zip::from(&p)
+                                .and(&x)
+                                .fold(0.0, |acc, &m, &x| acc + self.decoder_nll(x, m, fixed)),
+                        };
+                        sum * to_bits
                     })
                     .collect();
                 decoder.clone_from(&dec);
