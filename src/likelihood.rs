@@ -45,6 +45,7 @@ use crate::grid::{Grid, ScheduleFamily};
 use crate::learned::{LearnedVariance, VarianceDenoiser};
 use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
+use crate::sampler::core::options::setters;
 use crate::schedule::NoiseSchedule;
 use crate::special::norm_cdf;
 
@@ -263,22 +264,13 @@ impl Vlb {
         Vlb::default()
     }
 
-    /// The reverse variance.
-    pub fn variance(mut self, variance: ReverseVariance) -> Self {
-        self.variance = variance;
-        self
-    }
-
-    /// The decoder.
-    pub fn decoder(mut self, decoder: Decoder) -> Self {
-        self.decoder = decoder;
-        self
-    }
-
-    /// Clip the model's x0 estimate to `[-1, 1]` (improved-diffusion's `clip_denoised`).
-    pub fn clip(mut self, clip: bool) -> Self {
-        self.clip = clip;
-        self
+    setters! {
+        /// The reverse variance.
+        variance: ReverseVariance,
+        /// The decoder.
+        decoder: Decoder,
+        /// Clip the model's x0 estimate to `[-1, 1]` (improved-diffusion's `clip_denoised`).
+        clip: bool,
     }
 
     /// Evaluate the chain on these timesteps only (any order; distinct, `< T`).
@@ -895,16 +887,13 @@ impl OdeNll {
         self
     }
 
-    /// The trace estimator.
-    pub fn trace(mut self, trace: Trace) -> Self {
-        self.trace = trace;
-        self
-    }
-
-    /// The finite difference (for [`bits_per_dim`](Self::bits_per_dim)).
-    pub fn difference(mut self, difference: Difference) -> Self {
-        self.difference = difference;
-        self
+    setters! {
+        /// The trace estimator.
+        trace: Trace,
+        /// The finite difference (for [`bits_per_dim`](Self::bits_per_dim)).
+        difference: Difference,
+        /// The most right-hand-side evaluations before giving up.
+        max_evaluations: usize,
     }
 
     /// The relative finite-difference step (see the type's docs).
@@ -929,12 +918,6 @@ impl OdeNll {
     /// uniformly within each value's bin.
     pub fn dequantize(mut self, levels: u32) -> Self {
         self.dequantize = Some(levels);
-        self
-    }
-
-    /// The most right-hand-side evaluations before giving up.
-    pub fn max_evaluations(mut self, max: usize) -> Self {
-        self.max_evaluations = max;
         self
     }
 

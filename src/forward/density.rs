@@ -356,7 +356,7 @@ impl Density {
                 positive("max", max)?;
                 bounds(min, max)?;
                 // The CDF and density invert the map: it must decrease everywhere.
-                let c = CosineInterp::new(image_d, noise_d_low, noise_d_high, sigma_data, min, max);
+                let Some(c) = self.cosine() else { return Ok(()) };
                 if (0..=64).any(|i| {
                     c.log_sigma(f64::from(i) / 64.0).1.partial_cmp(&0.0) != Some(std::cmp::Ordering::Less)
                 }) {
@@ -417,6 +417,28 @@ impl Density {
         }
     }
 
+    /// The interpolated cosine map of a `CosineInterpolated` density.
+    fn cosine(&self) -> Option<CosineInterp> {
+        match *self {
+            Density::CosineInterpolated {
+                image_d,
+                noise_d_low,
+                noise_d_high,
+                sigma_data,
+                min,
+                max,
+            } => Some(CosineInterp::new(
+                image_d,
+                noise_d_low,
+                noise_d_high,
+                sigma_data,
+                min,
+                max,
+            )),
+            _ => None,
+        }
+    }
+
     /// `(F(min), F(max))` of a truncated density's untruncated CDF.
     fn truncation(&self) -> (f64, f64) {
         match *self {
@@ -455,17 +477,9 @@ impl Density {
                 let (lo, hi) = self.truncation();
                 (FRAC_PI_2 * (lo + u * (hi - lo))).tan() * sigma_data
             }
-            Density::CosineInterpolated {
-                image_d,
-                noise_d_low,
-                noise_d_high,
-                sigma_data,
-                min,
-                max,
-            } => {
-                // k-diffusion's map is decreasing in its uniform: quantile u is its 1 - u.
-                let c = CosineInterp::new(image_d, noise_d_low, noise_d_high, sigma_data, min, max);
-                c.log_sigma(1.0 - u).0.exp()
+            // k-diffusion's map is decreasing in its uniform: quantile u is its 1 - u.
+            Density::CosineInterpolated { .. } => {
+                self.cosine().map_or(f64::NAN, |c| c.log_sigma(1.0 - u).0.exp())
             }
             Density::SplitLogNormal {
                 loc,
@@ -518,14 +532,7 @@ impl Density {
                 let (a, b) = self.truncation();
                 ((x / sigma_data).atan() / FRAC_PI_2 - a) / (b - a)
             }
-            Density::CosineInterpolated {
-                image_d,
-                noise_d_low,
-                noise_d_high,
-                sigma_data,
-                min,
-                max,
-            } => 1.0 - CosineInterp::new(image_d, noise_d_low, noise_d_high, sigma_data, min, max).inverse(x),
+            Density::CosineInterpolated { .. } => self.cosine().map_or(f64::NAN, |c| 1.0 - c.inverse(x)),
             Density::SplitLogNormal {
                 loc,
                 scale_1,
@@ -569,18 +576,9 @@ impl Density {
                 let (a, b) = self.truncation();
                 sigma_data / (FRAC_PI_2 * (sigma_data * sigma_data + x * x) * (b - a))
             }
-            Density::CosineInterpolated {
-                image_d,
-                noise_d_low,
-                noise_d_high,
-                sigma_data,
-                min,
-                max,
-            } => {
-                let c = CosineInterp::new(image_d, noise_d_low, noise_d_high, sigma_data, min, max);
-                let (_, dlog) = c.log_sigma(c.inverse(x));
-                1.0 / (x * dlog.abs())
-            }
+            Density::CosineInterpolated { .. } => self
+                .cosine()
+                .map_or(f64::NAN, |c| 1.0 / (x * c.log_sigma(c.inverse(x)).1.abs())),
             Density::SplitLogNormal {
                 loc,
                 scale_1,

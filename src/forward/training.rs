@@ -12,6 +12,7 @@ use crate::denoiser::Prediction;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::noise::NoiseSource;
+use crate::sampler::core::options::setters;
 use crate::schedule::{FlowSchedule, NoiseLevel, NoiseSchedule};
 
 use super::density::{Density, Draw};
@@ -279,22 +280,13 @@ impl Training {
         Training::new(Process::flow(), Prediction::Flow).density(Density::logit_normal())
     }
 
-    /// The density of the draws.
-    pub fn density(mut self, density: Density) -> Self {
-        self.density = density;
-        self
-    }
-
-    /// How a batch spreads its draws.
-    pub fn draw(mut self, draw: Draw) -> Self {
-        self.draw = draw;
-        self
-    }
-
-    /// The loss weighting.
-    pub fn weighting(mut self, weighting: LossWeighting) -> Self {
-        self.weighting = weighting;
-        self
+    setters! {
+        /// The density of the draws.
+        density: Density,
+        /// How a batch spreads its draws.
+        draw: Draw,
+        /// The loss weighting.
+        weighting: LossWeighting,
     }
 
     /// The process.
