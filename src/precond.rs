@@ -429,12 +429,18 @@ impl<N> Preconditioned<N> {
     }
 }
 
-impl<F: Float, D: Dimension, N: RawNetwork<F, D>> Denoiser<F, D> for Preconditioned<N> {
-    fn prediction(&self) -> Prediction {
-        Prediction::Sample
-    }
+/// The wrapper's coefficients at a level: `D(x) = skip x + c_out F(c_in x; level)`.
+struct Coefs {
+    skip: f64,
+    c_in: f64,
+    c_out: f64,
+    level: NoiseLevel,
+}
 
-    fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+impl<N> Preconditioned<N> {
+    /// The coefficients at `level` in the sample's own scaling, or `None` at `sigma = 0` (where
+    /// `D(x) = x / alpha` without a network call).
+    fn coefs(&self, level: &NoiseLevel) -> Result<Option<Coefs>, BoxError> {
         self.precond.validate()?;
         if level.alpha <= 0.0 {
             return Err(Box::new(Error::InvalidValue {
@@ -447,28 +453,104 @@ impl<F: Float, D: Dimension, N: RawNetwork<F, D>> Denoiser<F, D> for Preconditio
         let inv_a = 1.0 / level.alpha;
         let s = level.sigma * inv_a;
         if s == 0.0 {
-            return Ok(x.mapv(|v| v * F::cast(inv_a)));
+            return Ok(None);
         }
         let p = &self.precond;
-        let c_in = F::cast(p.c_in(s) * inv_a);
-        let input = x.mapv(|v| v * c_in);
         let mut net_level = p.network_level(s);
         if p.noise == EdmNoise::Timestep {
             net_level.t = level.t;
         }
-        let out = self.net.forward(input.view(), &net_level)?;
-        if out.shape() != x.shape() {
-            return Err(Box::new(Error::Shape {
-                what: "raw network output",
-                expected: x.shape().to_vec(),
-                got: out.shape().to_vec(),
-            }));
-        }
-        let (skip, c_out) = (F::cast(p.c_skip(s) * inv_a), F::cast(p.c_out(s)));
-        let mut r = out;
-        Zip::from(&mut r)
-            .and(&x)
-            .for_each(|o, &xv| *o = skip * xv + c_out * *o);
-        Ok(r)
+        Ok(Some(Coefs {
+            skip: p.c_skip(s) * inv_a,
+            c_in: p.c_in(s) * inv_a,
+            c_out: p.c_out(s),
+            level: net_level,
+        }))
+    }
+}
+
+fn check_shape(got: &[usize], expected: &[usize], what: &'static str) -> Result<(), BoxError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Box::new(Error::Shape {
+            what,
+            expected: expected.to_vec(),
+            got: got.to_vec(),
+        }))
+    }
+}
+
+/// `skip a + c_out b`, in place in `b`.
+fn combine<F: Float, D: Dimension>(
+    skip: f64,
+    a: &ArrayView<'_, F, D>,
+    c_out: f64,
+    mut b: Array<F, D>,
+) -> Array<F, D> {
+    let (skip, c_out) = (F::cast(skip), F::cast(c_out));
+    Zip::from(&mut b)
+        .and(a)
+        .for_each(|o, &xv| *o = skip * xv + c_out * *o);
+    b
+}
+
+impl<F: Float, D: Dimension, N: RawNetwork<F, D>> Denoiser<F, D> for Preconditioned<N> {
+    fn prediction(&self) -> Prediction {
+        Prediction::Sample
+    }
+
+    fn denoise(&mut self, x: ArrayView<'_, F, D>, level: &NoiseLevel) -> Result<Array<F, D>, BoxError> {
+        let Some(c) = self.coefs(level)? else {
+            return Ok(x.mapv(|v| v * F::cast(1.0 / level.alpha)));
+        };
+        let input = x.mapv(|v| v * F::cast(c.c_in));
+        let out = self.net.forward(input.view(), &c.level)?;
+        check_shape(out.shape(), x.shape(), "raw network output")?;
+        Ok(combine(c.skip, &x, c.c_out, out))
+    }
+}
+
+/// A raw network with exact Jacobian-vector products (forward-mode autodiff): with it,
+/// [`Preconditioned`] implements [`DenoiserJvp`](crate::likelihood::DenoiserJvp), and the ODE
+/// likelihood ([`OdeNll::bits_per_dim_jvp`](crate::likelihood::OdeNll::bits_per_dim_jvp)) needs no
+/// finite differences.
+pub trait RawNetworkJvp<F, D: Dimension>: RawNetwork<F, D> {
+    /// The network's output at `x`, `level` and its derivative along `v`: `(F, dF/dx . v)`.
+    ///
+    /// # Errors
+    /// Any error of the network.
+    fn forward_jvp(
+        &mut self,
+        x: ArrayView<'_, F, D>,
+        v: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+    ) -> Result<crate::likelihood::OutputAndJvp<F, D>, BoxError>;
+}
+
+impl<F: Float, D: Dimension, N: RawNetworkJvp<F, D>> crate::likelihood::DenoiserJvp<F, D>
+    for Preconditioned<N>
+{
+    fn denoise_jvp(
+        &mut self,
+        x: ArrayView<'_, F, D>,
+        v: ArrayView<'_, F, D>,
+        level: &NoiseLevel,
+    ) -> Result<crate::likelihood::OutputAndJvp<F, D>, BoxError> {
+        check_shape(v.shape(), x.shape(), "tangent")?;
+        let Some(c) = self.coefs(level)? else {
+            let k = F::cast(1.0 / level.alpha);
+            return Ok((x.mapv(|e| e * k), v.mapv(|e| e * k)));
+        };
+        let ci = F::cast(c.c_in);
+        let (input, vin) = (x.mapv(|e| e * ci), v.mapv(|e| e * ci));
+        // D = skip x + c_out F(c_in x): dD . v = skip v + c_out dF . (c_in v).
+        let (out, jv) = self.net.forward_jvp(input.view(), vin.view(), &c.level)?;
+        check_shape(out.shape(), x.shape(), "raw network output")?;
+        check_shape(jv.shape(), x.shape(), "raw network JVP")?;
+        Ok((
+            combine(c.skip, &x, c.c_out, out),
+            combine(c.skip, &v, c.c_out, jv),
+        ))
     }
 }
