@@ -197,19 +197,26 @@ impl GaussianMixture {
         }
     }
 
-    /// The posterior mean `E[x0 | x]` of one point at `(alpha, sigma)`, written into `out`.
-    fn posterior_mean(&self, x: &[f64], level: &NoiseLevel, logp: &mut [f64], out: &mut [f64]) {
-        let (a, s) = (level.alpha, level.sigma);
-        self.log_responsibilities(x, a, s, logp);
-        let max = logp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    /// The normalised responsibilities of each component for `x` at `(alpha, sigma)`, written
+    /// into `out`; returns the log of their normaliser (log-sum-exp of the unnormalised ones).
+    fn responsibilities(&self, x: &[f64], alpha: f64, sigma: f64, out: &mut [f64]) -> f64 {
+        self.log_responsibilities(x, alpha, sigma, out);
+        let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mut total = 0.0;
-        for lp in logp.iter_mut() {
+        for lp in out.iter_mut() {
             *lp = (*lp - max).exp();
             total += *lp;
         }
+        out.iter_mut().for_each(|p| *p /= total);
+        max + total.ln()
+    }
+
+    /// The posterior mean `E[x0 | x]` of one point at `(alpha, sigma)`, written into `out`.
+    fn posterior_mean(&self, x: &[f64], level: &NoiseLevel, r: &mut [f64], out: &mut [f64]) {
+        let (a, s) = (level.alpha, level.sigma);
+        self.responsibilities(x, a, s, r);
         out.iter_mut().for_each(|o| *o = 0.0);
-        for (k, &p) in logp.iter().enumerate() {
-            let r = p / total;
+        for (k, &r) in r.iter().enumerate() {
             for j in 0..x.len() {
                 let v = self.variances[k][j];
                 let mu = self.means[k][j];
@@ -339,10 +346,8 @@ impl GaussianMixture {
                 for (dst, &src) in xin.iter_mut().zip(lane.iter()) {
                     *dst = src.as_f64();
                 }
-                self.log_responsibilities(&xin, level.alpha, level.sigma, &mut logp);
-                let max = logp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = logp.iter().map(|l| (l - max).exp()).sum();
-                max + sum.ln() - 0.5 * d * (2.0 * std::f64::consts::PI).ln()
+                self.responsibilities(&xin, level.alpha, level.sigma, &mut logp)
+                    - 0.5 * d * (2.0 * std::f64::consts::PI).ln()
             })
             .collect())
     }
@@ -384,16 +389,7 @@ impl GaussianMixture {
                     xin[j] = xi[j].as_f64();
                     vin[j] = vi[j].as_f64();
                 }
-                self.log_responsibilities(&xin, a, s, &mut r);
-                let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let total: f64 = r
-                    .iter_mut()
-                    .map(|l| {
-                        *l = (*l - max).exp();
-                        *l
-                    })
-                    .sum();
-                r.iter_mut().for_each(|l| *l /= total);
+                self.responsibilities(&xin, a, s, &mut r);
                 for (c, sc) in sk.iter_mut().enumerate() {
                     *sc = (0..d)
                         .map(|j| {
@@ -427,16 +423,8 @@ impl<F: Float, D: Dimension> crate::likelihood::DenoiserJvp<F, D> for GaussianMi
     ) -> Result<crate::likelihood::OutputAndJvp<F, D>, BoxError> {
         let out = Denoiser::denoise(self, x.view(), level)?;
         let jx0 = self.x0_jvp(x, v.view(), level)?;
-        // The output is c_x0 x0 + c_eps eps with eps = (x - alpha x0) / sigma.
-        let (cx, ce) = self.prediction.target_coefficients(level);
-        let (a, b) = if ce == 0.0 {
-            (cx, 0.0)
-        } else {
-            (cx - ce * level.alpha / level.sigma, ce / level.sigma)
-        };
-        let (a, b) = (F::cast(a), F::cast(b));
-        let mut j = jx0;
-        Zip::from(&mut j).and(&v).for_each(|j, &v| *j = a * *j + b * v);
+        // The output is linear in (x0, x): its derivative along v is the same map of (dx0, v).
+        let j = Prediction::Sample.convert(self.prediction, jx0.view(), v, level)?;
         Ok((out, j))
     }
 }

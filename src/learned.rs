@@ -50,6 +50,15 @@ pub enum LearnedVariance {
     LearnedRange,
 }
 
+impl LearnedVariance {
+    /// `learned_range`'s log-variance for output `v`: `f ln beta + (1 - f) ln beta~`, `f = (v +
+    /// 1) / 2`.
+    pub(crate) fn range_log_variance(v: f64, ln_beta: f64, ln_small: f64) -> f64 {
+        let f = (v + 1.0) * 0.5;
+        f * ln_beta + (1.0 - f) * ln_small
+    }
+}
+
 /// A model's prediction and its variance parameter, each shaped like the input.
 pub type WithVariance<F, D> = (Array<F, D>, Array<F, D>);
 
@@ -240,8 +249,7 @@ impl DdpmLearned {
                         match kind {
                             LearnedVariance::Learned => v.as_f64().sqrt(),
                             LearnedVariance::LearnedRange => {
-                                let f = (v.as_f64() + 1.0) * 0.5;
-                                (0.5 * (f * ln_b + (1.0 - f) * ln_small)).exp()
+                                (0.5 * LearnedVariance::range_log_variance(v.as_f64(), ln_b, ln_small)).exp()
                             }
                         }
                     } else {

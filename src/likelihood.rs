@@ -500,11 +500,9 @@ impl Vlb {
             let var: Option<ndarray::ArrayD<f64>> = match (learned, param) {
                 (Some(LearnedVariance::Learned), Some(v)) => Some(v),
                 (Some(_), Some(v)) => {
-                    let (lb, ls_) = (beta.max(1e-300).ln(), small.max(1e-300).ln());
-                    Some(v.mapv(|v| {
-                        let f = (v + 1.0) / 2.0;
-                        (f * lb + (1.0 - f) * ls_).exp()
-                    }))
+                    // As the learned-variance sampler reads it (`learned::DdpmLearned`).
+                    let (lb, ls_) = (beta.max(1e-20).ln(), small.max(1e-20).ln());
+                    Some(v.mapv(|v| LearnedVariance::range_log_variance(v, lb, ls_).exp()))
                 }
                 _ => None,
             };
@@ -809,33 +807,11 @@ impl<F: Float, D: Dimension, M: DenoiserJvp<F, D> + ?Sized> Products<F, D> for E
     ) -> Result<Evaluated<D>> {
         let a = level.alpha;
         let xm = to_model::<F, D>(x_ve, a);
-        let c = self.model.prediction().to_x0(level).ok_or(Error::Undetermined {
-            step: call.step,
-            level: *level,
-            prediction: self.model.prediction(),
-            what: "x0",
-        })?;
-        let check = |o: &Array<F, D>, call: &Call| -> Result<()> {
-            if o.shape() != x_ve.shape() {
-                return Err(Error::ShapeMismatch {
-                    step: call.step,
-                    level: *level,
-                    expected: x_ve.shape().to_vec(),
-                    got: o.shape().to_vec(),
-                });
-            }
-            if o.iter().any(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    step: call.step,
-                    level: *level,
-                    what: "model output or its Jacobian-vector product",
-                });
-            }
-            Ok(())
-        };
+        let pred = self.model.prediction();
         let mut d0 = None;
         let mut out = Vec::with_capacity(tangents.len());
-        let mut run = |v: &Array<f64, D>, call: &mut Call| -> Result<(Array<F, D>, Array<F, D>)> {
+        let zero = Array::<f64, D>::zeros(x_ve.raw_dim());
+        for v in tangents.iter().chain(tangents.is_empty().then_some(&zero)) {
             let vm = to_model::<F, D>(v, a);
             let (o, j) = self
                 .model
@@ -845,28 +821,29 @@ impl<F: Float, D: Dimension, M: DenoiserJvp<F, D> + ?Sized> Products<F, D> for E
                     level: *level,
                     source,
                 })?;
-            check(&o, call)?;
-            check(&j, call)?;
+            for r in [&o, &j] {
+                if r.shape() != x_ve.shape() {
+                    return Err(Error::ShapeMismatch {
+                        step: call.step,
+                        level: *level,
+                        expected: x_ve.shape().to_vec(),
+                        got: r.shape().to_vec(),
+                    });
+                }
+            }
             call.index += 1;
-            Ok((o, j))
-        };
-        let zero = Array::<f64, D>::zeros(x_ve.raw_dim());
-        for v in tangents.iter().chain(tangents.is_empty().then_some(&zero)) {
-            let (o, j) = run(v, call)?;
+            // The x0 estimate is linear in (x, output), so its derivative along alpha v (the
+            // tangent in the model's coordinates) is the same map of (alpha v, J alpha v).
+            let to_x0 = |o: &Array<F, D>, x: &Array<F, D>| {
+                pred.convert(Prediction::Sample, o.view(), x.view(), level)
+                    .map(|r| r.mapv(|e| e.as_f64()))
+                    .map_err(|e| attribute(e, call))
+            };
             if d0.is_none() {
-                d0 = Some(
-                    Zip::from(&xm)
-                        .and(&o)
-                        .map_collect(|&x, &o| c.x * x.as_f64() + c.out * o.as_f64()),
-                );
+                d0 = Some(to_x0(&o, &xm)?);
             }
             if !tangents.is_empty() {
-                // d x0 / d x_ve . v = c.x alpha v + c.out J (alpha v).
-                out.push(
-                    Zip::from(v)
-                        .and(&j)
-                        .map_collect(|&v, &j| c.x * a * v + c.out * j.as_f64()),
-                );
+                out.push(to_x0(&j, &vm)?);
             }
         }
         Ok((d0.expect("at least one product"), out))

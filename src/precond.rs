@@ -41,7 +41,7 @@ use rand::Rng;
 use crate::denoiser::{Denoiser, Prediction};
 use crate::error::{BoxError, Error, Result};
 use crate::float::Float;
-use crate::forward::{Density, Draw, LossWeighting, TrainingBatch};
+use crate::forward::{Density, Draw, LossWeighting, TrainingBatch, batch_size, same_shape};
 use crate::level::NoiseLevel;
 use crate::noise::NoiseSource;
 
@@ -286,15 +286,9 @@ impl EdmPrecond {
                 reason: "EdmNoise::Timestep has no noise input to train with; pick QuarterLog, Atan, Sigma or ThousandQuarterLog",
             });
         }
-        if noise.shape() != x0.shape() {
-            return Err(Error::Shape {
-                what: "noise vs x0",
-                expected: x0.shape().to_vec(),
-                got: noise.shape().to_vec(),
-            });
-        }
-        let n = if x0.ndim() == 0 { 0 } else { x0.shape()[0] };
-        if x0.ndim() == 0 || sigmas.len() != n {
+        same_shape("noise vs x0", &x0, &noise.view())?;
+        let n = batch_size(&x0)?;
+        if sigmas.len() != n {
             return Err(Error::Shape {
                 what: "sigmas (one per batch element on axis 0)",
                 expected: vec![n],
@@ -366,8 +360,7 @@ impl EdmPrecond {
                 reason: "EDM training draws sigmas: use a sigma density (LogNormal, LogLogistic, ...)",
             });
         }
-        let n = if x0.ndim() == 0 { 0 } else { x0.shape()[0] };
-        let sigmas = density.sample(n, draw, rng)?;
+        let sigmas = density.sample(batch_size(&x0)?, draw, rng)?;
         let mut noise = Array::zeros(x0.raw_dim());
         NoiseSource::fill(rng, 0, noise.view_mut());
         self.training_batch(x0, &sigmas, noise, weighting)

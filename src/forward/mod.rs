@@ -467,7 +467,7 @@ impl ForwardProcess {
     }
 }
 
-fn batch_size<F, D: Dimension>(x: &ArrayView<'_, F, D>) -> Result<usize> {
+pub(crate) fn batch_size<F, D: Dimension>(x: &ArrayView<'_, F, D>) -> Result<usize> {
     if x.ndim() == 0 {
         return Err(Error::Shape {
             what: "batched array (batch on axis 0)",
@@ -478,7 +478,7 @@ fn batch_size<F, D: Dimension>(x: &ArrayView<'_, F, D>) -> Result<usize> {
     Ok(x.shape()[0])
 }
 
-fn same_shape<F, D: Dimension>(
+pub(crate) fn same_shape<F, D: Dimension>(
     what: &'static str,
     a: &ArrayView<'_, F, D>,
     b: &ArrayView<'_, F, D>,

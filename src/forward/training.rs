@@ -343,7 +343,8 @@ impl Training {
         rng: &mut R,
     ) -> Result<TrainingBatch<F, D>> {
         let n = batch_size(&x0)?;
-        let (draws, _) = self.levels(n, rng)?;
+        self.validate()?;
+        let draws = self.density.sample(n, self.draw, rng)?;
         let mut noise = Array::zeros(x0.raw_dim());
         NoiseSource::fill(rng, 0, noise.view_mut());
         self.batch_with(x0, &draws, noise)
