@@ -741,6 +741,34 @@ fn bad_inputs_are_typed_errors() {
         .bits_per_dim(&mut nan, &grid, x0.view(), &mut noise)
         .unwrap_err();
     assert!(matches!(e, Error::NonFinite { .. }), "{e:?}");
+    // Regression: a model whose output grows as the solver's stages close in on each other (it
+    // answers 1 / the log-sigma distance to its previous call) makes every step's error
+    // estimate independent of the step size, so the step shrinks until the stages coincide;
+    // that used to end in an unrelated error (a non-finite drift, or zero-length steps); now
+    // the collapsed step is reported as such, with where it happened.
+    let mut last = f64::NAN;
+    let mut rough = FnDenoiser::new(
+        Prediction::Sample,
+        move |x: ndarray::ArrayView2<'_, f64>, l: &NoiseLevel| {
+            let ls = l.sigma_ve().ln();
+            let k = if last.is_nan() || ls == last {
+                1.0
+            } else {
+                1.0 / (ls - last).abs()
+            };
+            last = ls;
+            Ok::<Array2<f64>, BoxError>(x.mapv(|v| v + k))
+        },
+    );
+    let data: Array2<f64> = gm.sample(4, &mut StdRng::seed_from_u64(0));
+    let e = OdeNll::new()
+        .max_evaluations(1_000_000)
+        .bits_per_dim(&mut rough, &grid, data.view(), &mut noise)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::NonFinite { what, .. } if what.starts_with("ODE step size")),
+        "{e:?}"
+    );
     let schedule = NoiseSchedule::linear(100, 1e-4, 0.02).unwrap();
     let e = Vlb::new()
         .bits_per_dim(&mut nan, &schedule, x0.view(), &mut noise)
