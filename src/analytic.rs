@@ -358,6 +358,18 @@ impl GaussianMixture {
     /// gains `g_k = alpha v_k / (alpha^2 v_k + sigma^2)`, component means `m_k` and scores
     /// `a_k = -(x - alpha mu_k) / (alpha^2 v_k + sigma^2)`.
     ///
+    /// ```
+    /// use diffusion_samplers::{analytic::GaussianMixture, NoiseLevel};
+    /// use ndarray::array;
+    /// let g = GaussianMixture::new(vec![0.5, 0.5], vec![vec![-1.0], vec![1.0]], vec![vec![0.1], vec![0.1]])?;
+    /// let (x, v, l) = (array![[0.2f64]], array![[1.0f64]], NoiseLevel::from_alpha_bar(0.0, 0.5));
+    /// let j = g.x0_jvp(x.view(), v.view(), &l)?;
+    /// let h = 1e-6;
+    /// let d = (g.x0((&x + h).view(), &l)? - g.x0((&x - h).view(), &l)?) / (2.0 * h);
+    /// assert!((j[[0, 0]] - d[[0, 0]]).abs() < 1e-7);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Shape`] if `x` and `v` differ in shape or the last axis is not `dim` long.
     pub fn x0_jvp<F: Float, D: Dimension>(

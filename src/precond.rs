@@ -207,6 +207,18 @@ impl EdmPrecond {
     /// k-diffusion's `"soft-min-snr"` and [`LossWeighting::Snr`] its `"snr"`. The SD3 factors
     /// (`SigmaSqrt`, `Cosmap`) and `Uniform` are applied as they are.
     ///
+    /// ```
+    /// use diffusion_samplers::forward::LossWeighting;
+    /// use diffusion_samplers::precond::EdmPrecond;
+    /// let (p, sd) = (EdmPrecond::edm(0.5), 0.5);
+    /// assert!((p.loss_weight(LossWeighting::Edm { sigma_data: sd }, 2.0)? - 1.0).abs() < 1e-12);
+    /// // k-diffusion's "soft-min-snr": (sigma sd)^2 / (sigma^2 + sd^2)^2.
+    /// let w = p.loss_weight(LossWeighting::SoftMinSnr { gamma: 1.0 / (sd * sd) }, 2.0)?;
+    /// assert!((w - 1.0 / (4.25f64 * 4.25)).abs() < 1e-12);
+    /// assert!(p.loss_weight(LossWeighting::Snr, 0.0).is_err()); // sigma 0: no target
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::InvalidParameter`] for invalid coefficients or weighting, or a `sigma` that is
     /// not finite and above `sigma_min` (where `c_out = 0` and the target is undefined).
@@ -341,6 +353,20 @@ impl EdmPrecond {
     /// [`training_batch`](Self::training_batch) with sigmas from `density` (spread as `draw`
     /// says) and Gaussian noise, both from `rng`. EDM's recipe is [`Density::edm`] with
     /// [`LossWeighting::Edm`].
+    ///
+    /// ```
+    /// use diffusion_samplers::forward::{Density, Draw, LossWeighting};
+    /// use diffusion_samplers::precond::EdmPrecond;
+    /// use ndarray::Array2;
+    /// use rand::{rngs::StdRng, SeedableRng};
+    /// let p = EdmPrecond::edm(0.5);
+    /// let x0 = Array2::<f32>::zeros((16, 3));
+    /// let b = p.training_example(x0.view(), Density::edm(), Draw::stratified(),
+    ///                            LossWeighting::Edm { sigma_data: 0.5 }, &mut StdRng::seed_from_u64(0))?;
+    /// // The network sees c_in x at t = c_noise = ln(sigma) / 4.
+    /// assert!((b.levels[0].t - 0.25 * b.draws[0].ln()).abs() < 1e-12);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`training_batch`](Self::training_batch) and [`Density::sample`]; a timestep density
@@ -508,6 +534,36 @@ impl<F: Float, D: Dimension, N: RawNetwork<F, D>> Denoiser<F, D> for Preconditio
 /// [`Preconditioned`] implements [`DenoiserJvp`](crate::likelihood::DenoiserJvp), and the ODE
 /// likelihood ([`OdeNll::bits_per_dim_jvp`](crate::likelihood::OdeNll::bits_per_dim_jvp)) needs no
 /// finite differences.
+///
+/// ```
+/// use diffusion_samplers::likelihood::{DenoiserJvp, OutputAndJvp};
+/// use diffusion_samplers::precond::{EdmPrecond, Preconditioned, RawNetwork, RawNetworkJvp};
+/// use diffusion_samplers::{BoxError, NoiseLevel};
+/// use ndarray::{Array1, ArrayView1};
+/// /// F(y) = tanh(y), with its derivative.
+/// struct Tanh;
+/// impl RawNetwork<f64, ndarray::Ix1> for Tanh {
+///     fn forward(&mut self, y: ArrayView1<'_, f64>, _: &NoiseLevel) -> Result<Array1<f64>, BoxError> {
+///         Ok(y.mapv(f64::tanh))
+///     }
+/// }
+/// impl RawNetworkJvp<f64, ndarray::Ix1> for Tanh {
+///     fn forward_jvp(&mut self, y: ArrayView1<'_, f64>, w: ArrayView1<'_, f64>, _: &NoiseLevel)
+///         -> Result<OutputAndJvp<f64, ndarray::Ix1>, BoxError> {
+///         Ok((y.mapv(f64::tanh), ndarray::Zip::from(&y).and(&w).map_collect(|y, w| w / y.cosh().powi(2))))
+///     }
+/// }
+/// let mut m = Preconditioned::new(Tanh, EdmPrecond::edm(0.5));
+/// let (x, v) = (ndarray::array![0.3, -1.2], ndarray::array![1.0, 0.0]);
+/// let l = NoiseLevel::new(0.0, 1.0, 0.8);
+/// let (_, jv) = m.denoise_jvp(x.view(), v.view(), &l)?;
+/// // Against a central difference of the wrapper itself.
+/// use diffusion_samplers::Denoiser;
+/// let h = 1e-6;
+/// let d = (m.denoise((&x + &(&v * h)).view(), &l)? - m.denoise((&x - &(&v * h)).view(), &l)?) / (2.0 * h);
+/// assert!((jv[0] - d[0]).abs() < 1e-8 && jv[1].abs() < 1e-15);
+/// # Ok::<(), BoxError>(())
+/// ```
 pub trait RawNetworkJvp<F, D: Dimension>: RawNetwork<F, D> {
     /// The network's output at `x`, `level` and its derivative along `v`: `(F, dF/dx . v)`.
     ///

@@ -123,6 +123,17 @@ pub enum Density {
 }
 
 /// How a batch of draws is spread.
+///
+/// ```
+/// use diffusion_samplers::forward::{Density, Draw};
+/// use rand::{rngs::StdRng, SeedableRng};
+/// // Process 1 of 4, 8 draws each: strata 1, 5, 9, ... of 32.
+/// let u = Density::Uniform.sample(8, Draw::Stratified { group: 1, groups: 4 }, &mut StdRng::seed_from_u64(0))?;
+/// for (i, &t) in u.iter().enumerate() {
+///     assert_eq!((t * 32.0) as usize, 1 + 4 * i);
+/// }
+/// # Ok::<(), diffusion_samplers::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Draw {
@@ -551,6 +562,17 @@ impl Density {
 
     /// The probability density at `x` (with respect to `t` or `sigma` itself, not its log), for
     /// importance weighting.
+    ///
+    /// ```
+    /// use diffusion_samplers::forward::Density;
+    /// // SD3's cosmap density is the cosmap loss weight: 2 / (pi (1 - 2t + 2t^2)).
+    /// let t = 0.3f64;
+    /// let want = 2.0 / (std::f64::consts::PI * (1.0 - 2.0 * t + 2.0 * t * t));
+    /// assert!((Density::CosMap.pdf(t) - want).abs() < 1e-15);
+    /// // Weights that turn logit-normal draws into uniform ones: 1 / pdf.
+    /// let w = 1.0 / Density::logit_normal().pdf(t);
+    /// assert!(w > 0.0 && w.is_finite());
+    /// ```
     pub fn pdf(&self, x: f64) -> f64 {
         let (lo, hi) = self.support();
         if !(x > lo && x < hi) {
@@ -622,6 +644,22 @@ impl Density {
     ///   `mode` and uniform (`torch.rand` float32) — stratified draws use k-diffusion's
     ///   stratified uniforms and the quantile instead;
     /// * `CosMap` has no Python sampler: `torch.rand` float32 through the quantile.
+    ///
+    /// ```
+    /// use diffusion_samplers::forward::{Density, Draw};
+    /// use diffusion_samplers::noise::TorchGenerator;
+    /// // torch.manual_seed(0); k_diffusion.utils.rand_log_normal([4], -1.2, 1.2): the same
+    /// // sigmas, drawn from the same uniforms.
+    /// let d = Density::edm();
+    /// let a = d.sample_torch(4, Draw::Independent, &mut TorchGenerator::new(0))?;
+    /// let mut g = TorchGenerator::new(0);
+    /// let mut u = [0f32; 4];
+    /// g.rand_f32(&mut u);
+    /// for (s, u) in a.iter().zip(u) {
+    ///     assert!((s - d.quantile(f64::from(u) * (1.0 - 2e-7) + 1e-7)).abs() < 1e-12);
+    /// }
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`sample`](Self::sample); also a stratified `draw` for `SplitLogNormal`.

@@ -190,6 +190,20 @@ impl<F: Float, D: Dimension> TrainingBatch<F, D> {
     /// target)^2)` (each element's mean over its own entries), in f64. A framework with autograd
     /// computes the same expression on its tensors.
     ///
+    /// ```
+    /// use diffusion_samplers::forward::{Process, Training};
+    /// use diffusion_samplers::Prediction;
+    /// use ndarray::Array2;
+    /// use rand::{rngs::StdRng, SeedableRng};
+    /// let tr = Training::new(Process::Vp { beta_min: 0.1, beta_max: 20.0 }, Prediction::Epsilon);
+    /// let b = tr.batch(Array2::<f64>::zeros((8, 2)).view(), &mut StdRng::seed_from_u64(0))?;
+    /// assert_eq!(b.loss(b.target.view())?, 0.0); // the target itself
+    /// let zero = Array2::<f64>::zeros((8, 2));
+    /// let per = b.losses(zero.view())?; // what k-diffusion's Denoiser.loss returns
+    /// assert!((b.loss(zero.view())? - per.iter().sum::<f64>() / 8.0).abs() < 1e-15);
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Shape`] if `output` differs from the target in shape.
     pub fn loss(&self, output: ArrayView<'_, F, D>) -> Result<f64> {
@@ -317,6 +331,16 @@ impl Training {
     }
 
     /// Draws `n` levels: `(draws, levels)`.
+    ///
+    /// ```
+    /// use diffusion_samplers::forward::{Density, Process, Training};
+    /// use diffusion_samplers::Prediction;
+    /// use rand::{rngs::StdRng, SeedableRng};
+    /// let tr = Training::new(Process::Sigma, Prediction::Sample).density(Density::edm());
+    /// let (sigmas, levels) = tr.levels(3, &mut StdRng::seed_from_u64(0))?;
+    /// assert!(levels.iter().zip(&sigmas).all(|(l, &s)| l.alpha == 1.0 && l.sigma == s));
+    /// # Ok::<(), diffusion_samplers::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`batch`](Self::batch).
